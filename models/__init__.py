@@ -1,0 +1,1 @@
+"""nn.Modules only: the Swin UNETR wrapper, SSL heads and weight transfer."""

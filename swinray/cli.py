@@ -1,0 +1,170 @@
+"""Command lines: argument parsing -> typed config -> ``run_*()``; one ``*_main()`` per verb.
+
+Every verb takes ``--preset NAME``, ``--set KEY=VALUE`` (repeatable, any field) and a few
+shortcut flags for the fields people set most. Precedence: override > preset > default.
+Progress goes to stderr; the last line on stdout is one JSON summary for scripts.
+
+    python -m platform.phantom --out outputs/phantom --cases 8
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from swinray import config as C
+
+Shortcut = tuple[str, str, str]  # (flag, dotted config key, help)
+
+
+def log(message: str) -> None:
+    """Progress for people, on stderr so stdout stays one JSON line."""
+    print(f"[swinray] {message}", file=sys.stderr, flush=True)
+
+
+def emit(summary: dict[str, Any]) -> None:
+    """The one line of JSON that ends every command."""
+    print(json.dumps(summary, default=str), flush=True)
+
+
+def _parser(verb: str, cls: type, description: str, shortcuts: list[Shortcut]) -> argparse.ArgumentParser:
+    defaults = C.flat_items(C.preset(cls, "default"))
+    keys = "\n".join(f"  {k} = {json.dumps(v)}" for k, v in defaults.items())
+    parser = argparse.ArgumentParser(
+        prog=f"python -m platform.{verb}", description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"presets: {', '.join(C.PRESETS[cls])}\nsettable keys (--set KEY=VALUE) and their defaults:\n{keys}")
+    parser.add_argument("--preset", default="default", help="named preset (default: %(default)s)")
+    parser.add_argument("--config", metavar="FILE", help="a saved config.json to start from instead of a preset")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one field, e.g. --set optim.lr=3e-4 (repeatable)")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print and save the resolved config, then exit without running")
+    for flag, key, help_text in shortcuts:
+        parser.add_argument(flag, dest=key, default=None, metavar=key.split(".")[-1].upper(),
+                            help=f"{help_text} (sets {key})")
+    return parser
+
+
+def resolve(cls: type, args: argparse.Namespace, shortcuts: list[Shortcut]):
+    """Preset (or saved config) -> shortcut flags -> --set overrides, validated at each step."""
+    cfg = C.load_config(cls, args.config) if args.config else C.preset(cls, args.preset)
+    flagged = [f"{key}={getattr(args, key)}" for _, key, _ in shortcuts if getattr(args, key) is not None]
+    return C.apply_overrides(cfg, C.parse_assignments(flagged + args.overrides, cfg))
+
+
+@dataclass(frozen=True)
+class Verb:
+    cls: type                               # the command's config dataclass
+    description: str
+    shortcuts: list[Shortcut]
+    run: Callable[[Any], dict]              # config -> summary; "ok": False means failure
+    config_path: Callable[[Any], Path]      # where the resolved config is saved
+
+
+def run_verb(verb: str, argv: list[str] | None = None) -> dict:
+    """Parse, resolve and save the config, run the verb; return its JSON summary."""
+    spec = VERBS[verb]
+    parser = _parser(verb, spec.cls, spec.description, spec.shortcuts)
+    args = parser.parse_args(argv)
+    try:
+        cfg = resolve(spec.cls, args, spec.shortcuts)
+    except C.ConfigError as e:
+        parser.error(str(e))
+    saved = C.save_config(cfg, spec.config_path(cfg))
+    log(f"{verb} config ({args.config or 'preset ' + args.preset}), saved to {saved}:\n"
+        + json.dumps(C.to_dict(cfg), indent=2))
+    if args.print_config:
+        return {"command": verb, "config_path": str(saved), "config": C.to_dict(cfg)}
+    start = time.perf_counter()
+    summary = spec.run(cfg)
+    return {**summary, "config_path": str(saved), "seconds": round(time.perf_counter() - start, 2)}
+
+
+def main(verb: str, argv: list[str] | None = None) -> int:
+    summary = run_verb(verb, argv)
+    emit(summary)
+    return 0 if summary.get("ok", True) else 1
+
+
+def _run_config_path(cfg) -> Path:
+    return Path(cfg.run.storage) / cfg.run.name / "config.json"
+
+
+# --------------------------------------------------------------------------------------------
+# Verbs
+# --------------------------------------------------------------------------------------------
+
+def _phantom(cfg: C.PhantomConfig) -> dict:
+    from swinray.data.phantom import write_phantom_dataset
+    log(f"writing {cfg.num_cases} phantom CT case(s) of {cfg.shape} voxels to {cfg.out_dir}")
+    return {"command": "phantom", **write_phantom_dataset(cfg.out_dir, cfg.num_cases, cfg.seed, cfg.shape)}
+
+
+def _doctor(cfg: C.DoctorConfig) -> dict:
+    from swinray.doctor import run_doctor
+    return run_doctor(cfg, log)
+
+
+def _quickstart(cfg: C.QuickstartConfig) -> dict:
+    from swinray.quickstart import run_quickstart
+    return run_quickstart(cfg, run_verb, log)
+
+
+def _not_yet(verb: str, issue: str):
+    def run(cfg) -> dict:
+        log(f"{verb}: not implemented yet ({issue}); --print-config resolves and saves the config")
+        return {"command": verb, "ok": False, "error": f"not implemented yet ({issue})"}
+    return run
+
+
+_DATA_FLAGS: list[Shortcut] = [
+    ("--data", "data.source", "dataset folder or dataset file (default: the built-in phantom)"),
+    ("--task", "data.task", "registry task name, or auto"),
+]
+
+VERBS: dict[str, Verb] = {
+    "phantom": Verb(C.PhantomConfig,
+                    "Write the built-in synthetic abdominal CT phantom as an MSD-layout dataset.",
+                    [("--out", "out_dir", "output folder"), ("--cases", "num_cases", "number of cases"),
+                     ("--seed", "seed", "random seed")],
+                    _phantom, lambda cfg: Path(cfg.out_dir) / "phantom_config.json"),
+    "preprocess": Verb(C.PreprocessConfig, "Preprocess a dataset into a reusable cache with Ray Data.",
+                       _DATA_FLAGS, _not_yet("preprocess", "issue 3"), _run_config_path),
+    "pretrain": Verb(C.PretrainConfig,
+                     "Self-supervised pretraining of the Swin UNETR encoder with Ray Train.",
+                     _DATA_FLAGS + [("--name", "run.name", "run name; the same name resumes"),
+                                    ("--workers", "run.num_workers", "Ray Train workers")],
+                     _not_yet("pretrain", "issue 4"), _run_config_path),
+    "doctor": Verb(C.DoctorConfig,
+                   "Check that Ray can run this project: library imports on workers, Train all-reduce.",
+                   [("--workers", "run.num_workers", "Ray Train workers to start")],
+                   _doctor, _run_config_path),
+    "quickstart": Verb(C.QuickstartConfig,
+                       "Run the whole platform on the built-in phantom, step by step.",
+                       [], _quickstart, _run_config_path),
+}
+
+
+def phantom_main(argv=None) -> int:
+    return main("phantom", argv)
+
+
+def preprocess_main(argv=None) -> int:
+    return main("preprocess", argv)
+
+
+def pretrain_main(argv=None) -> int:
+    return main("pretrain", argv)
+
+
+def doctor_main(argv=None) -> int:
+    return main("doctor", argv)
+
+
+def quickstart_main(argv=None) -> int:
+    return main("quickstart", argv)

@@ -1,0 +1,320 @@
+"""Typed configuration: frozen dataclasses per concern, presets per command, strict overrides.
+
+Configuration flows one way: preset -> CLI overrides -> ``to_dict()`` -> Ray -> ``from_dict()`` on
+each worker. Overrides and sweep parameters are dotted paths into that dict (``optim.lr=3e-4``);
+unknown keys and wrong types are errors that list what is valid.
+
+    python -m platform.pretrain --preset debug --set optim.lr=3e-4 --print-config
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is invalid; the message names the field and what is valid."""
+
+
+# --------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = ""                    # dataset folder or dataset file; "" = the built-in phantom
+    task: str = "auto"                  # registry name (BTCV, Task01_BrainTumour, ...) or "auto"
+    cache_dir: str = "outputs/cache"    # preprocessed cases, one subfolder per dataset + settings
+    num_phantom_cases: int = 8          # cases generated when source is the phantom
+    phantom_dir: str = "outputs/phantom"  # where the phantom is written when it is the source
+
+
+@dataclass(frozen=True)
+class PhantomConfig:
+    out_dir: str = "outputs/phantom"    # MSD-layout folder to write
+    num_cases: int = 8
+    seed: int = 0
+    shape: tuple[int, int, int] = (128, 128, 64)  # voxels per case before any reorientation
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "swin_unetr"
+    feature_size: int = 48              # 48 is the paper's Swin UNETR-B; must be divisible by 12
+    roi_size: tuple[int, int, int] = (96, 96, 96)  # sides divisible by 32 (five 2x downsamplings)
+    drop_path_rate: float = 0.0
+    gradient_checkpointing: bool = False  # trades compute for memory on large ROIs
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 4e-4
+    weight_decay: float = 1e-5
+    warmup_steps: int = 500
+    num_steps: int = 45000              # the paper pretrains for 450K steps on 4 GPUs
+    batch_size: int = 2                 # per worker
+    grad_accum_steps: int = 1
+    grad_clip_norm: float = 1.0
+
+
+@dataclass(frozen=True)
+class PretextConfig:
+    rotation_weight: float = 1.0        # 0 switches the rotation task off
+    contrastive_weight: float = 1.0
+    reconstruction_weight: float = 1.0
+    temperature: float = 0.5            # NT-Xent temperature
+    cutout_max_fraction: float = 0.3    # the paper masks up to 30% of the volume
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = "swinray"               # run name; rerunning with the same name resumes
+    storage: str = "outputs"            # local path, shared filesystem path or s3:// URI
+    num_workers: int = 2                # Ray Train workers
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when Ray sees GPUs
+    amp_bf16: bool = True               # used on GPU only
+    checkpoint_every_steps: int = 500
+    num_checkpoints_kept: int = 2
+    max_failures: int = 3               # worker restarts from the latest checkpoint
+    aim_repo: str = ""                  # "" = <storage>/.aim; or aim://HOST:PORT
+    seed: int = 0
+    ray_address: str = ""               # "" = $RAY_ADDRESS if set, else a new local Ray instance
+    dashboard: bool = False             # start Ray's dashboard (on 127.0.0.1) with a local instance
+
+
+# --------------------------------------------------------------------------------------------
+# Command configs
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    run: RunConfig = field(default_factory=lambda: RunConfig(name="preprocess"))
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    pretext: PretextConfig = field(default_factory=PretextConfig)
+    run: RunConfig = field(default_factory=lambda: RunConfig(name="pretrain"))
+
+
+@dataclass(frozen=True)
+class DoctorConfig:
+    run: RunConfig = field(default_factory=lambda: RunConfig(name="doctor"))
+
+
+@dataclass(frozen=True)
+class QuickstartConfig:
+    preset: str = "default"             # the preset every step runs with (debug = smallest)
+    run: RunConfig = field(default_factory=lambda: RunConfig(name="quickstart"))
+
+
+_DEBUG_DATA = DataConfig(num_phantom_cases=4, phantom_dir="outputs/phantom-debug",
+                         cache_dir="outputs/cache-debug")
+_DEBUG_RUN = dict(num_workers=2, checkpoint_every_steps=5, storage="outputs/debug")
+
+PRESETS: dict[type, dict[str, Any]] = {
+    PhantomConfig: {
+        "default": PhantomConfig(),
+        "debug": PhantomConfig(out_dir="outputs/phantom-debug", num_cases=4, shape=(64, 64, 32)),
+    },
+    PreprocessConfig: {
+        "default": PreprocessConfig(),
+        "debug": PreprocessConfig(data=_DEBUG_DATA,
+                                  run=RunConfig(name="preprocess", **_DEBUG_RUN)),
+    },
+    PretrainConfig: {
+        "default": PretrainConfig(),
+        "base": PretrainConfig(model=ModelConfig(feature_size=48, roi_size=(96, 96, 96))),
+        "debug": PretrainConfig(
+            data=_DEBUG_DATA,
+            model=ModelConfig(feature_size=12, roi_size=(64, 64, 64)),
+            optim=OptimConfig(lr=1e-3, warmup_steps=2, num_steps=20, batch_size=1),
+            run=RunConfig(name="pretrain-debug", **_DEBUG_RUN),
+        ),
+    },
+    QuickstartConfig: {
+        "default": QuickstartConfig(),
+        "debug": QuickstartConfig(preset="debug", run=RunConfig(name="quickstart", **_DEBUG_RUN)),
+    },
+    DoctorConfig: {
+        "default": DoctorConfig(),
+        "debug": DoctorConfig(run=RunConfig(name="doctor", **_DEBUG_RUN)),
+    },
+}
+
+
+def preset(cls: type, name: str):
+    """The named preset of a command config; an unknown name lists the valid ones."""
+    presets = PRESETS[cls]
+    if name not in presets:
+        raise ConfigError(f"unknown preset {name!r} for {cls.__name__}; valid presets: "
+                          f"{', '.join(presets)}")
+    return presets[name]
+
+
+# --------------------------------------------------------------------------------------------
+# dict <-> dataclass, with strict checks
+# --------------------------------------------------------------------------------------------
+
+def to_dict(cfg) -> dict[str, Any]:
+    """Plain nested dict (tuples become lists) that JSON and Ray carry unchanged."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def from_dict(cls: type, data: dict[str, Any], path: str = ""):
+    """Rebuild ``cls`` from a dict, rejecting unknown keys and wrong types; missing keys default."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path or cls.__name__}: expected a mapping of fields, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        where = f"in {path!r}" if path else f"for {cls.__name__}"
+        raise ConfigError(f"unknown key(s) {', '.join(repr(_join(path, k)) for k in unknown)} "
+                          f"{where}; valid keys: {', '.join(_join(path, n) for n in names)}")
+    return cls(**{k: _coerce(hints[k], v, _join(path, k)) for k, v in data.items()})
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _coerce(tp, value, path: str):
+    """Check ``value`` against the annotation ``tp``; return it in the dataclass's own types."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, path)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(option, value, path)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{path}: {value!r} matches none of {tp}: " + "; ".join(errors))
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{path}: {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v, f"{path}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{path}: expected {len(args)} values, got {len(value)} ({value!r})")
+        return tuple(_coerce(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (bool, int, float, str):
+        if type(value) is not tp:
+            raise ConfigError(f"{path}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+        return value
+    raise ConfigError(f"{path}: unsupported annotation {tp}")
+
+
+# --------------------------------------------------------------------------------------------
+# Overrides: "section.field=value" from the CLI, or {"section.field": value} from a sweep
+# --------------------------------------------------------------------------------------------
+
+def apply_overrides(cfg, overrides: dict[str, Any]):
+    """Return ``cfg`` with dotted-path overrides applied and the result validated."""
+    data = to_dict(cfg)
+    for dotted, value in overrides.items():
+        node, keys = data, dotted.split(".")
+        for depth, key in enumerate(keys):
+            prefix = ".".join(keys[:depth])
+            if not isinstance(node, dict) or key not in node:
+                valid = ", ".join(_join(prefix, k) for k in node) if isinstance(node, dict) else "none"
+                raise ConfigError(f"unknown key {dotted!r}; valid keys here: {valid}")
+            if depth == len(keys) - 1:
+                if isinstance(node[key], dict):
+                    raise ConfigError(f"{dotted!r} is a section; set one of its fields: "
+                                      + ", ".join(_join(dotted, k) for k in node[key]))
+                node[key] = value
+            node = node[key]
+    return from_dict(type(cfg), data)
+
+
+def parse_assignments(assignments: list[str], cfg) -> dict[str, Any]:
+    """Parse CLI ``key=value`` strings; values are typed by the field they set."""
+    hints = field_types(type(cfg))
+    parsed = {}
+    for item in assignments:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+        if key not in hints:
+            raise ConfigError(f"unknown key {key!r}; valid keys: {', '.join(hints)}")
+        parsed[key] = parse_value(text, hints[key], key)
+    return parsed
+
+
+def parse_value(text: str, tp, path: str):
+    """Text from the command line -> a value for a field of annotation ``tp``."""
+    if tp is str or (typing.get_origin(tp) is Literal and all(isinstance(a, str) for a in typing.get_args(tp))):
+        return text
+    if tp is bool:
+        lowered = text.lower()
+        if lowered in ("true", "1", "yes", "on"):
+            return True
+        if lowered in ("false", "0", "no", "off"):
+            return False
+        raise ConfigError(f"{path}: expected true or false, got {text!r}")
+    if typing.get_origin(tp) is tuple and not text.lstrip().startswith("["):
+        text = f"[{text}]"                      # allow 96,96,96 as well as [96,96,96]
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise ConfigError(f"{path}: cannot read {text!r} as {getattr(tp, '__name__', tp)}") from None
+
+
+def field_types(cls: type, prefix: str = "") -> dict[str, Any]:
+    """Every settable dotted key of a command config and its annotation."""
+    out = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            out.update(field_types(tp, _join(prefix, f.name)))
+        else:
+            out[_join(prefix, f.name)] = tp
+    return out
+
+
+def flat_items(cfg, prefix: str = "") -> dict[str, Any]:
+    """Dotted key -> current value, for help texts and tracking."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            out.update(flat_items(value, _join(prefix, f.name)))
+        else:
+            out[_join(prefix, f.name)] = value
+    return out
+
+
+def save_config(cfg, path: str | Path) -> Path:
+    """Write the resolved config as JSON next to a run's outputs."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+    return path
+
+
+def load_config(cls: type, path: str | Path):
+    try:
+        return from_dict(cls, json.loads(Path(path).read_text()))
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: not valid JSON ({e})") from None

@@ -1,0 +1,203 @@
+"""Dataset manifests: which cases a dataset has, where their files are, and which task it is.
+
+Accepted sources: a folder with an MSD ``dataset.json`` (or BTCV's ``dataset_0.json`` with
+``training``/``validation`` lists), a dataset file itself, or a plain folder of unlabelled NIfTI
+volumes (pretraining corpora). Paths listed in a dataset file must stay inside the dataset root.
+
+    python -c "from swinray.data.datasets import load_dataset; print(load_dataset('../shared/data/Task04_Hippocampus').task)"
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from monai.data import load_decathlon_datalist
+
+from swinray.data.tasks import TASKS, TaskSpec
+
+DATASET_FILES = ("dataset.json", "dataset_0.json")
+SPLITS = ("training", "validation", "test")
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+_SAMPLE_CASES = 8           # cases read to derive an unknown CT task's HU window
+_CT_FALLBACK_WINDOW = (-175.0, 250.0)  # the reference BTCV window, for CT without labels
+
+
+class DatasetError(ValueError):
+    """A dataset file or folder is unusable; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class Case:
+    case_id: str
+    image: tuple[str, ...]      # absolute paths; several files = several channels
+    label: str | None           # absolute path, None for unlabelled cases
+    split: str                  # training, validation or test
+
+
+@dataclass(frozen=True)
+class Dataset:
+    root: Path
+    dataset_file: Path | None   # None for a plain folder of volumes
+    task: TaskSpec
+    cases: tuple[Case, ...]
+
+    def split(self, name: str) -> tuple[Case, ...]:
+        return tuple(c for c in self.cases if c.split == name)
+
+
+def find_dataset_file(source: str | Path) -> Path | None:
+    """The dataset file of a folder (or the file itself); None for a plain folder of volumes."""
+    source = Path(source)
+    if not source.exists():
+        raise DatasetError(f"{source}: no such dataset folder or file")
+    if source.is_file():
+        return source
+    for name in DATASET_FILES:
+        if (source / name).is_file():
+            return source / name
+    return None
+
+
+def check_inside(root: Path, path: str, dataset_file: Path) -> str:
+    """Refuse a listed path that escapes the dataset root; return it unchanged otherwise.
+
+    The check is lexical (on the normalised path), so a dataset whose folders are symlinks to
+    other disks still works; what it stops is an entry like ``../../etc/passwd`` or an absolute
+    path elsewhere.
+    """
+    root = Path(os.path.abspath(root))
+    resolved = Path(os.path.normpath(os.path.join(root, path)))
+    if root not in resolved.parents:
+        raise DatasetError(f"{dataset_file}: path {path!r} escapes the dataset root {root}")
+    return str(resolved)
+
+
+def _case_id(path: str) -> str:
+    name = Path(path).name
+    for suffix in NIFTI_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _read_json(dataset_file: Path) -> dict:
+    try:
+        return json.loads(dataset_file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DatasetError(f"{dataset_file}: cannot read the dataset file ({e})") from None
+
+
+def _listed_cases(dataset_file: Path, meta: dict) -> list[Case]:
+    root = dataset_file.parent
+    cases = []
+    for split in SPLITS:
+        if not meta.get(split):
+            continue
+        if not isinstance(meta[split], list):
+            raise DatasetError(f"{dataset_file}: '{split}' must be a list of cases")
+        # MONAI joins each entry to the root (an absolute entry stays as it is); we then check it.
+        for item in load_decathlon_datalist(dataset_file, split != "test", split, root):
+            images = item["image"] if isinstance(item["image"], list) else [item["image"]]
+            images = tuple(check_inside(root, p, dataset_file) for p in images)
+            label = check_inside(root, item["label"], dataset_file) if item.get("label") else None
+            cases.append(Case(_case_id(images[0]), images, label, split))
+    if not cases:
+        raise DatasetError(f"{dataset_file}: lists no cases under {', '.join(SPLITS)}")
+    return cases
+
+
+def _folder_cases(folder: Path) -> list[Case]:
+    files = sorted(p for p in folder.iterdir() if p.name.endswith(NIFTI_SUFFIXES))
+    if not files:
+        raise DatasetError(f"{folder}: no dataset file ({' or '.join(DATASET_FILES)}) and no "
+                           f"NIfTI volumes ({', '.join(NIFTI_SUFFIXES)}) in it")
+    return [Case(_case_id(str(p)), (str(p.resolve()),), None, "training") for p in files]
+
+
+def load_dataset(source: str | Path, task: str = "auto") -> Dataset:
+    """Read a dataset's manifest and settle its task (a registry name, or ``auto``)."""
+    source = Path(source)
+    dataset_file = find_dataset_file(source)
+    if dataset_file is None:
+        meta, cases, root = {}, _folder_cases(source), source
+    else:
+        meta = _read_json(dataset_file)
+        cases, root = _listed_cases(dataset_file, meta), dataset_file.parent
+    if task != "auto":
+        if task not in TASKS:
+            raise DatasetError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)} or auto")
+        spec = TASKS[task]
+    elif root.resolve().name in TASKS:
+        spec = TASKS[root.resolve().name]
+    else:
+        spec = infer_task(root.resolve().name, meta, cases, dataset_file or root)
+    return Dataset(root.resolve(), dataset_file, spec, tuple(cases))
+
+
+# --------------------------------------------------------------------------------------------
+# Settings for a dataset the registry does not know, derived from dataset.json and the data
+# --------------------------------------------------------------------------------------------
+
+def _label_names(meta: dict, where: Path) -> tuple[str, ...]:
+    labels = meta.get("labels") or {"0": "background", "1": "foreground"}
+    # MSD: {"0": "background"}; nnU-Net v2: {"background": 0}.
+    pairs = ([(int(k), v) for k, v in labels.items()] if all(str(k).isdigit() for k in labels)
+             else [(int(v), k) for k, v in labels.items()])
+    values = sorted(v for v, _ in pairs)
+    if values != list(range(len(values))):
+        raise DatasetError(f"{where}: label values must be 0..N-1 without gaps, got {values}")
+    return tuple(name for _, name in sorted(pairs))
+
+
+def _ras_spacing(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """Voxel size and shape along R, A, S from the header alone (no voxel data is read)."""
+    img = nib.load(path)
+    ornt = nib.orientations.io_orientation(img.affine)
+    order = np.argsort(ornt[:, 0].astype(int))
+    zooms = np.asarray(img.header.get_zooms()[:3], dtype=float)
+    return zooms[order], np.asarray(img.shape[:3], dtype=float)[order]
+
+
+def _ceil_roi(extent_vox: float) -> int:
+    """Smallest valid ROI side for a typical extent: 64 or 96 (multiples of 32, at least 64)."""
+    return int(min(96, max(64, 32 * math.ceil(extent_vox / 32))))
+
+
+def infer_task(name: str, meta: dict, cases: list[Case], where: Path) -> TaskSpec:
+    """Target spacing = median voxel size; ROI from the median extent; CT window from the labels."""
+    modality = meta.get("modality") or {"0": "CT"}
+    channels = tuple(modality[k] for k in sorted(modality, key=int))
+    is_ct = all(str(m).upper() == "CT" for m in channels)
+    sample = [c for c in cases if c.split == "training"][:_SAMPLE_CASES] or cases[:_SAMPLE_CASES]
+    geometry = [_ras_spacing(c.image[0]) for c in sample]
+    spacing = np.median([g[0] for g in geometry], axis=0)
+    extent = np.median([g[0] * g[1] for g in geometry], axis=0) / spacing
+    window = _foreground_window(sample) if is_ct else None
+    return TaskSpec(
+        name=name, modality="CT" if is_ct else "MRI", channel_names=channels,
+        label_names=_label_names(meta, where),
+        spacing_mm=tuple(round(float(s), 3) for s in spacing),
+        intensity="ct_window" if is_ct else "zscore_nonzero", window_hu=window,
+        roi_size=tuple(_ceil_roi(e) for e in extent),
+        dataset_file=where.name if where.is_file() else "dataset.json",
+    )
+
+
+def _foreground_window(sample: list[Case]) -> tuple[float, float]:
+    """nnU-Net's CT normalisation: the 0.5 and 99.5 percentiles of HU inside the labels."""
+    values = []
+    for case in (c for c in sample if c.label):
+        image = np.asanyarray(nib.load(case.image[0]).dataobj)
+        label = np.asanyarray(nib.load(case.label).dataobj)
+        if image.shape == label.shape:
+            values.append(image[label > 0][::10])
+    values = np.concatenate(values) if values else np.empty(0)
+    if values.size < 100:
+        return _CT_FALLBACK_WINDOW
+    low, high = np.percentile(values, [0.5, 99.5])
+    return (float(round(low)), float(round(high)))

@@ -1,0 +1,92 @@
+"""Task registry: BTCV and the ten Medical Segmentation Decathlon tasks.
+
+Each entry says how a task's data is read and normalised: modality and channels, label names
+(index = label value), target spacing, intensity handling and the training ROI. A folder with an
+MSD-format ``dataset.json`` that is not listed here is still a valid task: see
+``swinray.data.datasets.infer_task``.
+
+    python -c "from swinray.data.tasks import get_task; print(get_task('Task09_Spleen'))"
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+IntensityKind = Literal["ct_window", "zscore_nonzero"]
+
+# BTCV's numbering, as in the reference Swin UNETR dataset_0.json.
+BTCV_LABELS = (
+    "background", "spleen", "right_kidney", "left_kidney", "gallbladder", "esophagus", "liver",
+    "stomach", "aorta", "inferior_vena_cava", "portal_and_splenic_veins", "pancreas",
+    "right_adrenal_gland", "left_adrenal_gland",
+)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """How one task's volumes are read, normalised and cropped for training."""
+
+    name: str
+    modality: str                               # "CT" or "MRI" (as in dataset.json)
+    channel_names: tuple[str, ...]              # one per input channel, dataset.json order
+    label_names: tuple[str, ...]                # index = label value; 0 is background
+    spacing_mm: tuple[float, float, float]      # target voxel size after resampling, RAS order
+    intensity: IntensityKind                    # CT: clip to window_hu, scale to [0, 1]; MRI: z-score
+    window_hu: tuple[float, float] | None       # (low, high) HU for ct_window, else None
+    roi_size: tuple[int, int, int]              # training crop; each side divisible by 32 (Swin's 5 halvings)
+    dataset_file: str = "dataset.json"          # BTCV's reference layout uses dataset_0.json
+
+    def __post_init__(self) -> None:
+        if any(side % 32 or side < 64 for side in self.roi_size):
+            raise ValueError(f"task {self.name}: roi_size {self.roi_size} must have sides that are "
+                             "multiples of 32 and at least 64 (Swin UNETR downsamples 5 times)")
+        if (self.intensity == "ct_window") != (self.window_hu is not None):
+            raise ValueError(f"task {self.name}: window_hu is required for ct_window and only for it")
+
+    @property
+    def num_channels(self) -> int:
+        return len(self.channel_names)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.label_names)
+
+
+def _ct(name, labels, spacing, window, roi=(96, 96, 96), dataset_file="dataset.json") -> TaskSpec:
+    return TaskSpec(name, "CT", ("CT",), labels, spacing, "ct_window", window, roi, dataset_file)
+
+
+def _mri(name, channels, labels, spacing, roi=(96, 96, 96)) -> TaskSpec:
+    return TaskSpec(name, "MRI", channels, labels, spacing, "zscore_nonzero", None, roi)
+
+
+# CT windows: BTCV's is the reference code's a_min/a_max; the MSD ones are the 0.5/99.5 percentiles
+# of foreground HU that nnU-Net's fingerprints report, rounded. Spacings are the tasks' median
+# voxel sizes (nnU-Net), coarsened where the reference Swin UNETR recipes do.
+TASKS: dict[str, TaskSpec] = {t.name: t for t in (
+    _ct("BTCV", BTCV_LABELS, (1.5, 1.5, 2.0), (-175.0, 250.0), dataset_file="dataset_0.json"),
+    _mri("Task01_BrainTumour", ("FLAIR", "T1w", "t1gd", "T2w"),
+         ("background", "edema", "non_enhancing_tumor", "enhancing_tumour"), (1.0, 1.0, 1.0),
+         roi=(128, 128, 128)),
+    _mri("Task02_Heart", ("MRI",), ("background", "left_atrium"), (1.25, 1.25, 1.37)),
+    _ct("Task03_Liver", ("background", "liver", "cancer"), (1.0, 1.0, 1.0), (-17.0, 201.0)),
+    # Hippocampus crops are about 35x50x35 voxels: the smallest valid ROI, volumes padded up to it.
+    _mri("Task04_Hippocampus", ("MRI",), ("background", "anterior", "posterior"), (1.0, 1.0, 1.0),
+         roi=(64, 64, 64)),
+    _mri("Task05_Prostate", ("T2", "ADC"), ("background", "peripheral_zone", "transition_zone"),
+         (0.625, 0.625, 3.6)),
+    _ct("Task06_Lung", ("background", "cancer"), (0.8, 0.8, 1.25), (-1024.0, 325.0)),
+    _ct("Task07_Pancreas", ("background", "pancreas", "cancer"), (0.8, 0.8, 2.5), (-96.0, 215.0)),
+    _ct("Task08_HepaticVessel", ("background", "vessel", "cancer"), (0.8, 0.8, 1.5), (-3.0, 243.0)),
+    _ct("Task09_Spleen", ("background", "spleen"), (0.8, 0.8, 1.6), (-41.0, 176.0)),
+    _ct("Task10_Colon", ("background", "colon_cancer_primaries"), (0.8, 0.8, 3.0), (-30.0, 165.0)),
+)}
+
+
+def get_task(name: str) -> TaskSpec:
+    """Look a task up by its exact name; an unknown name lists the valid ones."""
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise KeyError(f"unknown task {name!r}; valid tasks: {', '.join(TASKS)} "
+                       "(or 'auto' for any MSD-format folder)") from None

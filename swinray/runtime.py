@@ -1,0 +1,38 @@
+"""Connecting to Ray: the cluster a job was submitted to, or a private local instance.
+
+A laptop needs nothing: with no address configured and no ``RAY_ADDRESS`` we start a local
+instance. ``ray job submit`` sets ``RAY_ADDRESS`` for the driver, so the same command joins the
+cluster it was submitted to.
+"""
+from __future__ import annotations
+
+import os
+
+import ray
+
+from swinray.config import RunConfig
+
+
+def init_ray(run: RunConfig) -> dict:
+    """Start or join Ray once per process; return where we are connected and what it has."""
+    if not ray.is_initialized():
+        address = run.ray_address or os.environ.get("RAY_ADDRESS") or "local"
+        kwargs = {"include_dashboard": run.dashboard} if address == "local" else {}
+        ray.init(address=address, log_to_driver=True, **kwargs)
+    resources = ray.cluster_resources()
+    return {
+        "ray_address": ray.get_runtime_context().gcs_address,
+        "nodes": sum(1 for n in ray.nodes() if n["Alive"]),
+        "cpus": resources.get("CPU", 0.0),
+        "gpus": resources.get("GPU", 0.0),
+    }
+
+
+def use_gpu(run: RunConfig) -> bool:
+    """GPU is a runtime choice: cuda when asked, or when "auto" and the cluster has GPUs."""
+    gpus = ray.cluster_resources().get("GPU", 0.0)
+    if run.device == "cuda" and gpus < run.num_workers:
+        raise RuntimeError(f"run.device=cuda needs {run.num_workers} GPUs for run.num_workers="
+                           f"{run.num_workers}, the Ray cluster has {gpus:g}; "
+                           "set run.device=cpu or auto")
+    return run.device == "cuda" or (run.device == "auto" and gpus >= 1)

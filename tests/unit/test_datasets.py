@@ -1,0 +1,124 @@
+"""Dataset manifests: MSD and BTCV files, plain folders, paths kept inside the root, auto tasks."""
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from conftest import shared_dataset
+from swinray.data.datasets import DatasetError, check_inside, load_dataset
+
+
+def write_case(folder, name, shape=(32, 32, 16), zooms=(0.8, 0.8, 3.0), hu=40, label=True):
+    (folder / "imagesTr").mkdir(parents=True, exist_ok=True)
+    (folder / "labelsTr").mkdir(parents=True, exist_ok=True)
+    affine = np.diag([*zooms, 1.0])
+    rng = np.random.default_rng(len(name))
+    image = (rng.normal(hu, 10, shape)).astype(np.int16)
+    nib.save(nib.Nifti1Image(image, affine), folder / "imagesTr" / f"{name}.nii.gz")
+    seg = np.zeros(shape, np.uint8)
+    seg[8:20, 8:20, 4:10] = 1
+    if label:
+        nib.save(nib.Nifti1Image(seg, affine), folder / "labelsTr" / f"{name}.nii.gz")
+    return {"image": f"./imagesTr/{name}.nii.gz", "label": f"./labelsTr/{name}.nii.gz"}
+
+
+def write_msd(folder, entries, modality=None, labels=None, **extra):
+    meta = {"name": folder.name, "modality": modality or {"0": "CT"},
+            "labels": labels or {"0": "background", "1": "organ"}, "training": entries, **extra}
+    (folder / "dataset.json").write_text(json.dumps(meta))
+
+
+def test_user_task_not_in_registry_is_derived_from_dataset_json_and_data(tmp_path):
+    root = tmp_path / "MyKidneys"
+    write_msd(root, [write_case(root, f"c{i}") for i in range(3)])
+    ds = load_dataset(root)
+    assert [c.case_id for c in ds.cases] == ["c0", "c1", "c2"]
+    assert ds.task.name == "MyKidneys" and ds.task.modality == "CT"
+    assert ds.task.label_names == ("background", "organ")
+    assert ds.task.spacing_mm == (0.8, 0.8, 3.0)
+    assert ds.task.roi_size == (64, 64, 64)           # small volumes: the smallest valid ROI
+    low, high = ds.task.window_hu                     # from HU inside the labels (mean 40, sd 10)
+    assert 0 < low < 40 < high < 80
+    assert all(c.label and c.label.startswith(str(root)) for c in ds.cases)
+
+
+def test_mri_user_task_uses_zscore_and_keeps_channel_names(tmp_path):
+    root = tmp_path / "Brains"
+    write_msd(root, [write_case(root, "b0")], modality={"0": "T1", "1": "FLAIR"})
+    task = load_dataset(root).task
+    assert task.intensity == "zscore_nonzero" and task.channel_names == ("T1", "FLAIR")
+
+
+def test_nnunet_v2_style_labels_are_understood(tmp_path):
+    root = tmp_path / "V2"
+    write_msd(root, [write_case(root, "v0")], labels={"background": 0, "tumour": 2, "organ": 1})
+    assert load_dataset(root).task.label_names == ("background", "organ", "tumour")
+
+
+def test_btcv_dataset_0_json_with_training_and_validation(tmp_path):
+    root = tmp_path / "btcv"
+    train = [write_case(root, f"img{i:04d}") for i in range(1, 4)]
+    meta = {"labels": {str(i): n for i, n in enumerate(["background"] + ["o"] * 13)},
+            "modality": {"0": "CT"}, "training": train[:2], "validation": train[2:],
+            "test": ["./imagesTr/img0001.nii.gz"]}
+    (root / "dataset_0.json").write_text(json.dumps(meta))
+    ds = load_dataset(root, task="BTCV")
+    assert ds.dataset_file.name == "dataset_0.json" and ds.task.num_classes == 14
+    assert [c.case_id for c in ds.split("training")] == ["img0001", "img0002"]
+    assert [c.case_id for c in ds.split("validation")] == ["img0003"]
+    assert ds.split("test")[0].label is None
+
+
+def test_registry_task_is_chosen_from_the_folder_name(tmp_path):
+    root = tmp_path / "Task09_Spleen"
+    write_msd(root, [write_case(root, "spleen_1")])
+    assert load_dataset(root).task.window_hu == (-41.0, 176.0)
+
+
+@pytest.mark.parametrize("entry", ["../outside.nii.gz", "./imagesTr/../../outside.nii.gz",
+                                   "/etc/passwd"])
+def test_paths_that_escape_the_dataset_root_are_errors(tmp_path, entry):
+    root = tmp_path / "evil"
+    good = write_case(root, "ok")
+    write_msd(root, [good, {"image": entry, "label": good["label"]}])
+    with pytest.raises(DatasetError, match=r"dataset\.json: path .* escapes the dataset root"):
+        load_dataset(root)
+
+
+def test_check_inside_allows_nested_paths(tmp_path):
+    assert check_inside(tmp_path, "a/./b/../c.nii.gz", tmp_path / "dataset.json") == str(tmp_path / "a" / "c.nii.gz")
+
+
+def test_plain_folder_of_volumes_is_an_unlabelled_dataset(tmp_path):
+    write_case(tmp_path, "scan_a", label=False)
+    write_case(tmp_path, "scan_b", label=False)
+    ds = load_dataset(tmp_path / "imagesTr")
+    assert [c.case_id for c in ds.cases] == ["scan_a", "scan_b"]
+    assert all(c.label is None for c in ds.cases)
+
+
+def test_missing_or_empty_sources_are_clear_errors(tmp_path):
+    with pytest.raises(DatasetError, match="no such dataset folder"):
+        load_dataset(tmp_path / "nowhere")
+    with pytest.raises(DatasetError, match="no dataset file .* and no NIfTI volumes"):
+        load_dataset(tmp_path)
+    (tmp_path / "dataset.json").write_text("{broken")
+    with pytest.raises(DatasetError, match=r"dataset\.json: cannot read the dataset file"):
+        load_dataset(tmp_path)
+    (tmp_path / "dataset.json").write_text(json.dumps({"training": []}))
+    with pytest.raises(DatasetError, match="lists no cases"):
+        load_dataset(tmp_path)
+
+
+def test_unknown_task_name_is_an_error(tmp_path):
+    root = tmp_path / "x"
+    write_msd(root, [write_case(root, "a")])
+    with pytest.raises(DatasetError, match="unknown task 'Spleen'.*Task09_Spleen"):
+        load_dataset(root, task="Spleen")
+
+
+def test_real_hippocampus_dataset_is_recognised():
+    ds = load_dataset(shared_dataset("Task04_Hippocampus"))
+    assert ds.task.name == "Task04_Hippocampus" and len(ds.cases) == 208
+    assert all(c.label for c in ds.cases)
