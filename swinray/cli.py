@@ -12,6 +12,7 @@ import argparse
 import json
 import sys
 import time
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -31,13 +32,18 @@ def emit(summary: dict[str, Any]) -> None:
     print(json.dumps(summary, default=str), flush=True)
 
 
-def _parser(verb: str, cls: type, description: str, shortcuts: list[Shortcut]) -> argparse.ArgumentParser:
+def _parser(verb: str, cls: type, description: str, shortcuts: list[Shortcut],
+            positional: str | None = None) -> argparse.ArgumentParser:
     defaults = C.flat_items(C.preset(cls, "default"))
     keys = "\n".join(f"  {k} = {json.dumps(v)}" for k, v in defaults.items())
     parser = argparse.ArgumentParser(
         prog=f"python -m platform.{verb}", description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=f"presets: {', '.join(C.PRESETS[cls])}\nsettable keys (--set KEY=VALUE) and their defaults:\n{keys}")
+    if positional:
+        choices = typing.get_args(C.field_types(cls)[positional])
+        parser.add_argument(positional, nargs="?", default=None, choices=choices or None,
+                            help=f"sets {positional}")
     parser.add_argument("--preset", default="default", help="named preset (default: %(default)s)")
     parser.add_argument("--config", metavar="FILE", help="a saved config.json to start from instead of a preset")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -50,10 +56,11 @@ def _parser(verb: str, cls: type, description: str, shortcuts: list[Shortcut]) -
     return parser
 
 
-def resolve(cls: type, args: argparse.Namespace, shortcuts: list[Shortcut]):
-    """Preset (or saved config) -> shortcut flags -> --set overrides, validated at each step."""
+def resolve(cls: type, args: argparse.Namespace, shortcuts: list[Shortcut], positional: str | None = None):
+    """Preset (or saved config) -> positional and shortcut flags -> --set overrides, validated."""
     cfg = C.load_config(cls, args.config) if args.config else C.preset(cls, args.preset)
-    flagged = [f"{key}={getattr(args, key)}" for _, key, _ in shortcuts if getattr(args, key) is not None]
+    keys = [key for _, key, _ in shortcuts] + ([positional] if positional else [])
+    flagged = [f"{key}={getattr(args, key)}" for key in keys if getattr(args, key) is not None]
     return C.apply_overrides(cfg, C.parse_assignments(flagged + args.overrides, cfg))
 
 
@@ -64,15 +71,16 @@ class Verb:
     shortcuts: list[Shortcut]
     run: Callable[[Any], dict]              # config -> summary; "ok": False means failure
     config_path: Callable[[Any], Path]      # where the resolved config is saved
+    positional: str | None = None           # config key set by an optional first argument
 
 
 def run_verb(verb: str, argv: list[str] | None = None) -> dict:
     """Parse, resolve and save the config, run the verb; return its JSON summary."""
     spec = VERBS[verb]
-    parser = _parser(verb, spec.cls, spec.description, spec.shortcuts)
+    parser = _parser(verb, spec.cls, spec.description, spec.shortcuts, spec.positional)
     args = parser.parse_args(argv)
     try:
-        cfg = resolve(spec.cls, args, spec.shortcuts)
+        cfg = resolve(spec.cls, args, spec.shortcuts, spec.positional)
     except C.ConfigError as e:
         parser.error(str(e))
     saved = C.save_config(cfg, spec.config_path(cfg))
@@ -110,6 +118,16 @@ def _doctor(cfg: C.DoctorConfig) -> dict:
     return run_doctor(cfg, log)
 
 
+def _preprocess(cfg: C.PreprocessConfig) -> dict:
+    from swinray.data.preprocess import run_preprocess
+    return run_preprocess(cfg, log)
+
+
+def _bench(cfg: C.BenchConfig) -> dict:
+    from swinray.bench.preprocess import bench_preprocess
+    return {"preprocess": bench_preprocess}[cfg.target](cfg, log)
+
+
 def _quickstart(cfg: C.QuickstartConfig) -> dict:
     from swinray.quickstart import run_quickstart
     return run_quickstart(cfg, run_verb, log)
@@ -134,7 +152,7 @@ VERBS: dict[str, Verb] = {
                      ("--seed", "seed", "random seed")],
                     _phantom, lambda cfg: Path(cfg.out_dir) / "phantom_config.json"),
     "preprocess": Verb(C.PreprocessConfig, "Preprocess a dataset into a reusable cache with Ray Data.",
-                       _DATA_FLAGS, _not_yet("preprocess", "issue 3"), _run_config_path),
+                       _DATA_FLAGS, _preprocess, _run_config_path),
     "pretrain": Verb(C.PretrainConfig,
                      "Self-supervised pretraining of the Swin UNETR encoder with Ray Train.",
                      _DATA_FLAGS + [("--name", "run.name", "run name; the same name resumes"),
@@ -144,6 +162,8 @@ VERBS: dict[str, Verb] = {
                    "Check that Ray can run this project: library imports on workers, Train all-reduce.",
                    [("--workers", "run.num_workers", "Ray Train workers to start")],
                    _doctor, _run_config_path),
+    "bench": Verb(C.BenchConfig, "Measure ours against the baseline a user would write, in one run.",
+                  _DATA_FLAGS, _bench, lambda cfg: Path(cfg.out_dir) / "config.json", positional="target"),
     "quickstart": Verb(C.QuickstartConfig,
                        "Run the whole platform on the built-in phantom, step by step.",
                        [], _quickstart, _run_config_path),
@@ -164,6 +184,10 @@ def pretrain_main(argv=None) -> int:
 
 def doctor_main(argv=None) -> int:
     return main("doctor", argv)
+
+
+def bench_main(argv=None) -> int:
+    return main("bench", argv)
 
 
 def quickstart_main(argv=None) -> int:

@@ -30,6 +30,7 @@ class DataConfig:
     source: str = ""                    # dataset folder or dataset file; "" = the built-in phantom
     task: str = "auto"                  # registry name (BTCV, Task01_BrainTumour, ...) or "auto"
     cache_dir: str = "outputs/cache"    # preprocessed cases, one subfolder per dataset + settings
+    max_cases: int = 0                  # 0 = every case; N = the first N (smoke tests)
     num_phantom_cases: int = 8          # cases generated when source is the phantom
     phantom_dir: str = "outputs/phantom"  # where the phantom is written when it is the source
 
@@ -112,6 +113,14 @@ class DoctorConfig:
 
 
 @dataclass(frozen=True)
+class BenchConfig:
+    target: Literal["preprocess"] = "preprocess"   # what to measure against its baseline
+    data: DataConfig = field(default_factory=DataConfig)
+    out_dir: str = "outputs/bench"      # benchmark results (JSON) are written here
+    run: RunConfig = field(default_factory=lambda: RunConfig(name="bench"))
+
+
+@dataclass(frozen=True)
 class QuickstartConfig:
     preset: str = "default"             # the preset every step runs with (debug = smallest)
     run: RunConfig = field(default_factory=lambda: RunConfig(name="quickstart"))
@@ -140,6 +149,11 @@ PRESETS: dict[type, dict[str, Any]] = {
             optim=OptimConfig(lr=1e-3, warmup_steps=2, num_steps=20, batch_size=1),
             run=RunConfig(name="pretrain-debug", **_DEBUG_RUN),
         ),
+    },
+    BenchConfig: {
+        "default": BenchConfig(),
+        "debug": BenchConfig(data=_DEBUG_DATA, out_dir="outputs/debug/bench",
+                             run=RunConfig(name="bench", **_DEBUG_RUN)),
     },
     QuickstartConfig: {
         "default": QuickstartConfig(),

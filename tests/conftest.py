@@ -1,6 +1,8 @@
 """Shared fixtures: the repo root, real data when present, and a private local Ray instance."""
 from __future__ import annotations
 
+import gzip
+import io
 import os
 import shutil
 import subprocess
@@ -8,6 +10,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,3 +57,15 @@ def local_ray(ray_tmpdir):
              log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+def patched_header(path: Path, field: str, value) -> Path:
+    """A .nii.gz whose header field is set byte for byte: nibabel refuses to save such files."""
+    image = nib.Nifti1Image(np.zeros((8, 8, 8), np.int16), np.eye(4))
+    image.header.set_qform(None, code=0)
+    raw = bytearray(image.to_bytes())
+    header = nib.Nifti1Header.from_fileobj(io.BytesIO(bytes(raw[:348])))
+    header[field] = value
+    raw[:348] = header.binaryblock
+    path.write_bytes(gzip.compress(bytes(raw)))
+    return path

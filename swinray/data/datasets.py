@@ -18,6 +18,7 @@ import nibabel as nib
 import numpy as np
 from monai.data import load_decathlon_datalist
 
+from swinray.data.nifti import ras_spacing
 from swinray.data.tasks import TASKS, TaskSpec
 
 DATASET_FILES = ("dataset.json", "dataset_0.json")
@@ -25,6 +26,9 @@ SPLITS = ("training", "validation", "test")
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 _SAMPLE_CASES = 8           # cases read to derive an unknown CT task's HU window
 _CT_FALLBACK_WINDOW = (-175.0, 250.0)  # the reference BTCV window, for CT without labels
+# Tang et al. 2022 pretrain on CT resampled to 1.5 x 1.5 x 2.0 mm with HU clipped to [-1000, 1000].
+PRETRAIN_CT_SPACING_MM = (1.5, 1.5, 2.0)
+PRETRAIN_CT_WINDOW_HU = (-1000.0, 1000.0)
 
 
 class DatasetError(ValueError):
@@ -45,6 +49,7 @@ class Dataset:
     dataset_file: Path | None   # None for a plain folder of volumes
     task: TaskSpec
     cases: tuple[Case, ...]
+    rejected: tuple[str, ...] = ()  # entries refused while reading the dataset file, with why
 
     def split(self, name: str) -> tuple[Case, ...]:
         return tuple(c for c in self.cases if c.split == name)
@@ -63,17 +68,17 @@ def find_dataset_file(source: str | Path) -> Path | None:
     return None
 
 
-def check_inside(root: Path, path: str, dataset_file: Path) -> str:
-    """Refuse a listed path that escapes the dataset root; return it unchanged otherwise.
+def check_inside(root: Path, path: str, dataset_file: Path, entry: object = None) -> str:
+    """Refuse a listed path that escapes the dataset root; return it normalised otherwise.
 
     The check is lexical (on the normalised path), so a dataset whose folders are symlinks to
     other disks still works; what it stops is an entry like ``../../etc/passwd`` or an absolute
-    path elsewhere.
+    path elsewhere. ``entry`` is the text as written in the dataset file, for the message.
     """
     root = Path(os.path.abspath(root))
     resolved = Path(os.path.normpath(os.path.join(root, path)))
     if root not in resolved.parents:
-        raise DatasetError(f"{dataset_file}: path {path!r} escapes the dataset root {root}")
+        raise DatasetError(f"{dataset_file}: path {entry or path!r} escapes the dataset root {root}")
     return str(resolved)
 
 
@@ -92,23 +97,32 @@ def _read_json(dataset_file: Path) -> dict:
         raise DatasetError(f"{dataset_file}: cannot read the dataset file ({e})") from None
 
 
-def _listed_cases(dataset_file: Path, meta: dict) -> list[Case]:
+def _listed_cases(dataset_file: Path, meta: dict) -> tuple[list[Case], list[str]]:
+    """Every listed case, and a reason for each entry refused (one bad entry spares the rest)."""
     root = dataset_file.parent
-    cases = []
+    cases, rejected = [], []
     for split in SPLITS:
         if not meta.get(split):
             continue
         if not isinstance(meta[split], list):
             raise DatasetError(f"{dataset_file}: '{split}' must be a list of cases")
         # MONAI joins each entry to the root (an absolute entry stays as it is); we then check it.
-        for item in load_decathlon_datalist(dataset_file, split != "test", split, root):
+        listed = load_decathlon_datalist(dataset_file, split != "test", split, root)
+        for raw, item in zip(meta[split], listed):
+            raw = raw if isinstance(raw, dict) else {"image": raw}
             images = item["image"] if isinstance(item["image"], list) else [item["image"]]
-            images = tuple(check_inside(root, p, dataset_file) for p in images)
-            label = check_inside(root, item["label"], dataset_file) if item.get("label") else None
+            raw_images = raw["image"] if isinstance(raw["image"], list) else [raw["image"]]
+            try:
+                images = tuple(check_inside(root, p, dataset_file, r) for p, r in zip(images, raw_images))
+                label = (check_inside(root, item["label"], dataset_file, raw.get("label"))
+                         if item.get("label") else None)
+            except DatasetError as e:
+                rejected.append(str(e))
+                continue
             cases.append(Case(_case_id(images[0]), images, label, split))
-    if not cases:
+    if not cases and not rejected:
         raise DatasetError(f"{dataset_file}: lists no cases under {', '.join(SPLITS)}")
-    return cases
+    return cases, rejected
 
 
 def _folder_cases(folder: Path) -> list[Case]:
@@ -121,13 +135,15 @@ def _folder_cases(folder: Path) -> list[Case]:
 
 def load_dataset(source: str | Path, task: str = "auto") -> Dataset:
     """Read a dataset's manifest and settle its task (a registry name, or ``auto``)."""
-    source = Path(source)
+    source = Path(os.path.abspath(source))
     dataset_file = find_dataset_file(source)
     if dataset_file is None:
-        meta, cases, root = {}, _folder_cases(source), source
+        meta, cases, rejected, root = {}, _folder_cases(source), [], source
     else:
         meta = _read_json(dataset_file)
-        cases, root = _listed_cases(dataset_file, meta), dataset_file.parent
+        (cases, rejected), root = _listed_cases(dataset_file, meta), dataset_file.parent
+    if not cases:
+        raise DatasetError(f"{dataset_file}: no usable case; " + "; ".join(rejected))
     if task != "auto":
         if task not in TASKS:
             raise DatasetError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)} or auto")
@@ -136,7 +152,7 @@ def load_dataset(source: str | Path, task: str = "auto") -> Dataset:
         spec = TASKS[root.resolve().name]
     else:
         spec = infer_task(root.resolve().name, meta, cases, dataset_file or root)
-    return Dataset(root.resolve(), dataset_file, spec, tuple(cases))
+    return Dataset(root.resolve(), dataset_file, spec, tuple(cases), tuple(rejected))
 
 
 # --------------------------------------------------------------------------------------------
@@ -154,13 +170,11 @@ def _label_names(meta: dict, where: Path) -> tuple[str, ...]:
     return tuple(name for _, name in sorted(pairs))
 
 
-def _ras_spacing(path: str) -> tuple[np.ndarray, np.ndarray]:
+def _ras_geometry(path: str) -> tuple[np.ndarray, np.ndarray]:
     """Voxel size and shape along R, A, S from the header alone (no voxel data is read)."""
     img = nib.load(path)
-    ornt = nib.orientations.io_orientation(img.affine)
-    order = np.argsort(ornt[:, 0].astype(int))
-    zooms = np.asarray(img.header.get_zooms()[:3], dtype=float)
-    return zooms[order], np.asarray(img.shape[:3], dtype=float)[order]
+    order = np.argsort(nib.orientations.io_orientation(img.affine)[:, 0].astype(int))
+    return np.asarray(ras_spacing(img.affine)), np.asarray(img.shape[:3], dtype=float)[order]
 
 
 def _ceil_roi(extent_vox: float) -> int:
@@ -169,12 +183,27 @@ def _ceil_roi(extent_vox: float) -> int:
 
 
 def infer_task(name: str, meta: dict, cases: list[Case], where: Path) -> TaskSpec:
-    """Target spacing = median voxel size; ROI from the median extent; CT window from the labels."""
-    modality = meta.get("modality") or {"0": "CT"}
+    """Target spacing = median voxel size; ROI from the median extent; CT window from the labels.
+
+    Unlabelled CT (a pretraining corpus) gets the paper's pretraining settings instead.
+    """
+    modality = meta.get("modality") or {"0": "CT" if _looks_like_ct(cases[0]) else "MRI"}
     channels = tuple(modality[k] for k in sorted(modality, key=int))
     is_ct = all(str(m).upper() == "CT" for m in channels)
-    sample = [c for c in cases if c.split == "training"][:_SAMPLE_CASES] or cases[:_SAMPLE_CASES]
-    geometry = [_ras_spacing(c.image[0]) for c in sample]
+    if is_ct and not any(c.label for c in cases):
+        return TaskSpec(name, "CT", channels, ("background",), PRETRAIN_CT_SPACING_MM, "ct_window",
+                        PRETRAIN_CT_WINDOW_HU, (96, 96, 96), where.name if where.is_file() else "")
+    sample, geometry = [], []
+    for case in sorted(cases, key=lambda c: c.split != "training"):  # bad cases are skipped here;
+        try:                                                          # preprocessing reports them
+            geometry.append(_ras_geometry(case.image[0]))
+            sample.append(case)
+        except Exception:
+            continue
+        if len(sample) == _SAMPLE_CASES:
+            break
+    if not sample:
+        raise DatasetError(f"{where}: none of the first cases can be read to derive the task settings")
     spacing = np.median([g[0] for g in geometry], axis=0)
     extent = np.median([g[0] * g[1] for g in geometry], axis=0) / spacing
     window = _foreground_window(sample) if is_ct else None
@@ -188,12 +217,20 @@ def infer_task(name: str, meta: dict, cases: list[Case], where: Path) -> TaskSpe
     )
 
 
+def _looks_like_ct(case: Case) -> bool:
+    """Hounsfield units put air near -1000; MRI intensities are not negative."""
+    return float(np.min(np.asanyarray(nib.load(case.image[0]).dataobj))) <= -500
+
+
 def _foreground_window(sample: list[Case]) -> tuple[float, float]:
     """nnU-Net's CT normalisation: the 0.5 and 99.5 percentiles of HU inside the labels."""
     values = []
     for case in (c for c in sample if c.label):
-        image = np.asanyarray(nib.load(case.image[0]).dataobj)
-        label = np.asanyarray(nib.load(case.label).dataobj)
+        try:
+            image = np.asanyarray(nib.load(case.image[0]).dataobj)
+            label = np.asanyarray(nib.load(case.label).dataobj)
+        except Exception:
+            continue
         if image.shape == label.shape:
             values.append(image[label > 0][::10])
     values = np.concatenate(values) if values else np.empty(0)

@@ -78,12 +78,20 @@ def test_registry_task_is_chosen_from_the_folder_name(tmp_path):
 
 @pytest.mark.parametrize("entry", ["../outside.nii.gz", "./imagesTr/../../outside.nii.gz",
                                    "/etc/passwd"])
-def test_paths_that_escape_the_dataset_root_are_errors(tmp_path, entry):
+def test_paths_that_escape_the_dataset_root_are_refused_and_the_rest_kept(tmp_path, entry):
     root = tmp_path / "evil"
     good = write_case(root, "ok")
     write_msd(root, [good, {"image": entry, "label": good["label"]}])
-    with pytest.raises(DatasetError, match=r"dataset\.json: path .* escapes the dataset root"):
-        load_dataset(root)
+    ds = load_dataset(root)
+    assert [c.case_id for c in ds.cases] == ["ok"]
+    assert len(ds.rejected) == 1
+    assert "dataset.json: path" in ds.rejected[0] and "escapes the dataset root" in ds.rejected[0]
+
+
+def test_a_dataset_with_only_escaping_paths_is_an_error(tmp_path):
+    write_msd(tmp_path, [{"image": "../x.nii.gz", "label": "../y.nii.gz"}])
+    with pytest.raises(DatasetError, match="no usable case.*escapes the dataset root"):
+        load_dataset(tmp_path)
 
 
 def test_check_inside_allows_nested_paths(tmp_path):

@@ -1,0 +1,1 @@
+"""Benchmarks: ours against the baseline a user would write, on the same machine, in one run."""

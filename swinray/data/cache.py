@@ -1,0 +1,108 @@
+"""The preprocessed cache: one memory-mappable file per case, a manifest and a fingerprint.
+
+A case is one ``.npy`` file holding a single record with an ``image`` field (C, X, Y, Z) float16
+and, when labelled, a ``label`` field (X, Y, Z) uint8: standard NumPy, so
+``np.load(path, mmap_mode="r")`` maps it without reading. Its ``.json`` sidecar (provenance and
+statistics) is written last and marks the case as done; both are written to a temporary name and
+renamed, so a crash never leaves a half-written case that counts as done.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from swinray.data.datasets import Case, Dataset
+
+PIPELINE_VERSION = 1  # bump when the transforms change meaning, so old caches are not reused
+
+
+def cache_dir_for(dataset: Dataset, cache_root: str | Path) -> Path:
+    """``<root>/<task>-<hash>``: the hash covers the dataset root and every preprocessing setting."""
+    settings = {"root": str(dataset.root), "task": dataclasses.asdict(dataset.task),
+                "version": PIPELINE_VERSION}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    return Path(cache_root).resolve() / f"{dataset.task.name}-{digest}"
+
+
+def case_paths(cache: Path, case_id: str) -> tuple[Path, Path]:
+    return cache / "cases" / f"{case_id}.npy", cache / "cases" / f"{case_id}.json"
+
+
+def source_stamp(case: Case) -> list[list]:
+    """Size and mtime of every source file: a cached case is stale when its sources change."""
+    files = [*case.image, *([case.label] if case.label else [])]
+    return [[f, os.stat(f).st_size, os.stat(f).st_mtime_ns] if os.path.exists(f) else [f, None, None]
+            for f in files]
+
+
+def cached_row(cache: Path, case: Case) -> dict | None:
+    """The manifest row of a finished, up-to-date case, or None when it must be (re)done."""
+    data_path, meta_path = case_paths(cache, case.case_id)
+    try:
+        row = json.loads(meta_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return row if data_path.exists() and row.get("source_stamp") == source_stamp(case) else None
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_case(cache: Path, case_id: str, image: np.ndarray, label: np.ndarray | None, row: dict) -> None:
+    data_path, meta_path = case_paths(cache, case_id)
+    data_path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {"image": image, **({"label": label} if label is not None else {})}
+    record = np.dtype([(name, a.dtype, a.shape) for name, a in arrays.items()])
+
+    def write(f):  # the .npy of a one-record array, streamed field by field: no 35 MB copy
+        header = {"descr": np.lib.format.dtype_to_descr(record), "fortran_order": False, "shape": (1,)}
+        np.lib.format.write_array_header_2_0(f, header)
+        for a in arrays.values():
+            np.ascontiguousarray(a).tofile(f)
+
+    _atomic_write(data_path, write)
+    _atomic_write(meta_path, lambda f: f.write(json.dumps(row).encode()))
+
+
+def read_case(path: str | Path, mmap: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """(image, label or None) of a cached case, memory-mapped unless ``mmap`` is False."""
+    record = np.load(path, mmap_mode="r" if mmap else None)
+    label = record["label"][0] if "label" in record.dtype.names else None
+    return record["image"][0], label
+
+
+def write_json(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, lambda f: f.write((json.dumps(data, indent=1) + "\n").encode()))
+
+
+def fingerprint(rows: list[dict]) -> dict:
+    """Dataset-level statistics, as nnU-Net writes next to its preprocessed data."""
+    if not rows:
+        return {"num_cases": 0}
+    spacing = np.array([r["source_spacing_mm"] for r in rows])
+    shapes = np.array([r["shape"][1:] for r in rows])
+    p = {k: np.median([r["intensity"][k] for r in rows], axis=0).tolist()
+         for k in ("p00_5", "p50", "p99_5", "mean", "std")}
+    counts = np.sum([r["class_voxels"] for r in rows if r.get("class_voxels")], axis=0)
+    return {
+        "num_cases": len(rows),
+        "median_source_spacing_mm": np.median(spacing, axis=0).tolist(),
+        "median_shape": np.median(shapes, axis=0).tolist(),
+        "min_shape": shapes.min(axis=0).tolist(),
+        "max_shape": shapes.max(axis=0).tolist(),
+        "median_intensity_percentiles": p,
+        "class_voxels": counts.tolist() if np.ndim(counts) else None,
+    }

@@ -1,0 +1,90 @@
+"""Distributed preprocessing: Ray Data maps every case through validation and MONAI transforms.
+
+Each Ray task validates one case (whole gzip stream, voxels, geometry, labels), transforms it
+and writes it to the cache; the driver only collects small JSON rows for the manifest. A bad
+case becomes a row in ``rejected.json`` and never stops the run; finished cases are skipped on
+rerun, so an interrupted run resumes where it stopped.
+
+    python -m platform.preprocess --data ../shared/data/Task04_Hippocampus
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import ray
+
+from swinray.config import PreprocessConfig
+from swinray.data.case_pipeline import process_case
+from swinray.data.cache import cache_dir_for, cached_row, fingerprint, write_json
+from swinray.data.datasets import Case, load_dataset
+from swinray.data.source import resolve_source
+from swinray.data.tasks import TaskSpec
+from swinray.progress import Progress
+from swinray.runtime import init_ray
+
+# Several cases per Ray task amortise Ray Data's per-task scheduling gap (0.04-0.15 s measured on
+# 2 cores, against 0.15-0.3 s of work per CT); at least 4 tasks per CPU keep the tail balanced.
+_CASES_PER_TASK = 8
+_TASKS_PER_CPU = 4
+
+
+def _process_row(row: dict, cases: list[Case], task: TaskSpec, cache: Path) -> dict:
+    return {"row": json.dumps(process_case(cases[row["id"]], task, cache))}
+
+def run_cases(todo: list[Case], task: TaskSpec, cache: Path, progress: Progress | None = None):
+    """Yield one row per case, computed by Ray Data tasks spread over the cluster (1 CPU each)."""
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # ours counts cases, Ray's counts blocks
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    blocks = min(len(todo), max(_TASKS_PER_CPU * cpus, math.ceil(len(todo) / _CASES_PER_TASK)))
+    ds = ray.data.range(len(todo), override_num_blocks=blocks)
+    rows = ds.map(_process_row, fn_kwargs={"cases": todo, "task": task, "cache": cache}, num_cpus=1)
+    for item in rows.iter_rows():
+        row = json.loads(item["row"])
+        if progress:
+            progress.update(1, rejected=row["case_id"]) if row["status"] == "rejected" else progress.update(1)
+        yield row
+
+
+def run_preprocess(cfg: PreprocessConfig, log=print) -> dict:
+    """Preprocess the configured dataset into its cache; returns the JSON summary."""
+    dataset = load_dataset(resolve_source(cfg.data, log), cfg.data.task)
+    cache = cache_dir_for(dataset, cfg.data.cache_dir)
+    log(f"dataset {dataset.root} (task {dataset.task.name}, {len(dataset.cases)} cases) -> cache {cache}")
+    cases = dataset.cases[: cfg.data.max_cases or None]
+    rows, todo = {}, []
+    for case in cases:
+        row = cached_row(cache, case)
+        if row is None:
+            todo.append(case)
+        else:
+            rows[case.case_id] = row
+    rejected = [{"case_id": None, "status": "rejected", "reason": r} for r in dataset.rejected]
+    log(f"{len(rows)} case(s) already cached, {len(todo)} to do")
+    written = 0
+    if todo:
+        cluster = init_ray(cfg.run)
+        log(f"ray: {cluster['nodes']} node(s), {cluster['cpus']:g} CPU")
+        progress = Progress(len(todo), "case", "preprocess")
+        for row in run_cases(todo, dataset.task, cache, progress):
+            if row["status"] == "written":
+                rows[row["case_id"]] = row
+                written += 1
+            else:
+                log(f"rejected: {row['reason']}")
+                rejected.append(row)
+        progress.close()
+    ordered = [rows[c.case_id] for c in cases if c.case_id in rows]
+    write_json(cache / "manifest.json", {"task": dataset.task.name, "dataset": str(dataset.root),
+                                         "cases": ordered})
+    write_json(cache / "fingerprint.json", fingerprint(ordered))
+    write_json(cache / "rejected.json", rejected)
+    write_json(cache / "task.json", json.loads(json.dumps(dataset.task.__dict__)))
+    peak = max((r.get("worker_peak_rss_mb", 0) for r in [*ordered, *rejected]), default=0)
+    return {"command": "preprocess", "task": dataset.task.name, "cases_written": written,
+            "cases_skipped": len(ordered) - written, "cases_rejected": len(rejected),
+            "cache_dir": str(cache), "manifest": str(cache / "manifest.json"),
+            "rejected_report": str(cache / "rejected.json"), "worker_peak_rss_mb": peak,
+            "ok": bool(ordered)}
