@@ -1,8 +1,8 @@
 """The whole platform on the built-in phantom, one verb after another, as a user would run them.
 
-What runs today: phantom generation, the pretraining config dump, and the Ray doctor (a Ray task
-and a two-worker Ray Train all-reduce running library code). Preprocessing, pretraining,
-fine-tuning and sweeps join this list as they land.
+What runs today: phantom generation, Ray Data preprocessing into the cache, the pretraining
+config dump, and the Ray doctor (a Ray task and a two-worker Ray Train all-reduce running library
+code). Pretraining, fine-tuning and sweeps join this list as they land.
 
     python -m platform.quickstart --preset debug
 """
@@ -17,6 +17,7 @@ def quickstart_steps(preset: str) -> list[tuple[str, list[str]]]:
     """(verb, argv) in order; every verb runs with the same preset."""
     return [
         ("phantom", ["--preset", preset]),
+        ("preprocess", ["--preset", preset]),
         ("pretrain", ["--preset", preset, "--print-config"]),
         ("doctor", ["--preset", preset]),
     ]
@@ -31,5 +32,6 @@ def run_quickstart(cfg: QuickstartConfig, run_verb: Callable[[str, list[str]], d
             log(f"step {i} ({verb}) failed: {summary}")
             return {"command": "quickstart", "ok": False, "failed_step": verb, "steps": results}
     log("done. Outputs: phantom dataset in " + results["phantom"]["out_dir"]
+        + ", preprocessed cache in " + results["preprocess"]["cache_dir"]
         + ", pretraining config in " + results["pretrain"]["config_path"])
     return {"command": "quickstart", "ok": True, "steps": results}

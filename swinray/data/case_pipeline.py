@@ -77,6 +77,7 @@ def process_case(case: Case, task: TaskSpec, cache: Path) -> dict:
         row = {**base, "status": "written", "path": str(case_paths(cache, case.case_id)[0]),
                "shape": list(image_out.shape), "source_shape": list(image.shape),
                "spacing_mm": list(task.spacing_mm), "source_spacing_mm": ras_spacing(affine),
+               "affine": out["image"].affine.tolist(), "source_affine": affine.tolist(),
                "intensity": intensity_stats(image, foreground_threshold(task)),
                "class_voxels": (np.bincount(label_out.ravel(), minlength=task.num_classes).tolist()
                                 if label_out is not None else None),

@@ -3,9 +3,10 @@
 Tests of ``ray job submit`` need a real head with its dashboard (the job API), not an in-process
 ``ray.init()``. Other Ray instances share the machine, so this head takes free ports for every
 listener, lives in its own short temp dir, and ``stop()`` ends only its own processes (never
-``ray stop``, which would end everyone's). Token authentication is on, as ``ray start --head``
-enables it in Ray >= 2.60; the token is private to this head (``RAY_AUTH_TOKEN_PATH``), so the
-real ``~/.ray/auth_token`` is neither read nor written.
+``ray stop``, which would end everyone's). Token authentication is on, as on a real cluster:
+Ray >= 2.60 turns it on for ``ray start --head`` whenever ``~/.ray/auth_token`` exists, and we
+set ``RAY_AUTH_MODE=token`` so it does not depend on that file. The token is private to this
+head (``RAY_AUTH_TOKEN_PATH``), so the real ``~/.ray/auth_token`` is neither read nor written.
 
     with RayHead() as head:
         subprocess.run(["ray", "job", "list", "--address", head.dashboard_url], env=head.env)
@@ -56,12 +57,13 @@ def base_env() -> dict[str, str]:
 
 
 class RayHead:
-    """One ``ray start --head`` on 127.0.0.1 with free ports, a private temp dir and token.
+    """One ``ray start --head`` with free ports, a private temp dir and a private token.
 
-    After ``start()``: ``address`` is the GCS address (host:port), ``dashboard_url`` serves the
-    job API, and ``env`` is what a client subprocess (``ray job submit``) needs: the venv first
-    on PATH, ``RAY_AUTH_MODE=token`` and ``RAY_AUTH_TOKEN_PATH``, no ``RAY_ADDRESS``. The head
-    itself runs with the same environment, so a job's ``python`` is the venv's python.
+    After ``start()``: ``address`` is the GCS address (ip:port, as the head advertises it),
+    ``dashboard_url`` (on 127.0.0.1) serves the job API, and ``env`` is what a client
+    subprocess (``ray job submit``) needs: the venv first on PATH, ``RAY_AUTH_MODE=token`` and
+    ``RAY_AUTH_TOKEN_PATH``, no ``RAY_ADDRESS``. The head runs with the same environment, so a
+    job's ``python`` is the venv's python and its driver finds the token.
     """
 
     def __init__(self, num_cpus: int = 2, start_timeout_s: float = 120.0):
@@ -85,16 +87,20 @@ class RayHead:
                     "RAY_AUTH_TOKEN_PATH": str(self.token_path)}
         ports = dict(zip(PORT_FLAGS, free_ports(len(PORT_FLAGS))))
         self._client_port = ports["ray-client-server-port"]
-        cmd = [str(RAY), "start", "--head", "--node-ip-address=127.0.0.1",
-               "--dashboard-host=127.0.0.1", f"--num-cpus={self.num_cpus}",
-               f"--temp-dir={self.temp_dir}", "--min-worker-port=0", "--max-worker-port=0",
-               "--disable-usage-stats", *(f"--{flag}={port}" for flag, port in ports.items())]
+        # No --node-ip-address=127.0.0.1: Ray replaces a loopback node IP with the machine's
+        # routable one anyway (services.resolve_ip_for_localhost), and the GCS listens on all
+        # interfaces. The dashboard, which runs jobs for anyone holding the token, stays local.
+        # Worker ports 0 = chosen by the OS, instead of a fixed range shared with other heads.
+        cmd = [str(RAY), "start", "--head", "--dashboard-host=127.0.0.1",
+               f"--num-cpus={self.num_cpus}", f"--temp-dir={self.temp_dir}",
+               "--min-worker-port=0", "--max-worker-port=0", "--disable-usage-stats",
+               *(f"--{flag}={port}" for flag, port in ports.items())]
         out = subprocess.run(cmd, env=self.env, capture_output=True, text=True,
                              timeout=self.start_timeout_s)
         if out.returncode != 0:
             raise RuntimeError(f"`{' '.join(cmd)}` failed ({out.returncode}):\n"
                                f"{out.stdout[-2000:]}\n{out.stderr[-3000:]}")
-        self.address = f"127.0.0.1:{ports['port']}"
+        self.address = Path(self.temp_dir, "ray_current_cluster").read_text().strip()
         self.dashboard_url = f"http://127.0.0.1:{ports['dashboard-port']}"
         self._wait_for_job_api()
         return self
@@ -136,10 +142,11 @@ class RayHead:
         Client server names neither (and ``ray start`` cannot turn it off): its port is ours.
         """
         client_server = ("ray.util.client.server", f"--port={self._client_port}")
+        ours = self.temp_dir + os.sep                # not a longer name with our dir's prefix
         found: dict[int, psutil.Process] = {}
         for proc in psutil.process_iter(["cmdline"]):
             cmdline = proc.info["cmdline"] or ()
-            if (any(self.temp_dir in arg for arg in cmdline)
+            if (any(ours in arg + os.sep for arg in cmdline)
                     or all(marker in cmdline for marker in client_server)):
                 found[proc.pid] = proc
         for proc in list(found.values()):
@@ -153,15 +160,13 @@ class RayHead:
     def stop(self, grace_s: float = 5.0) -> None:
         """End this head's processes (SIGTERM, then SIGKILL) and remove its temp dir.
 
-        Safe to call twice or after a failed ``start()``. Repeats because a process may start
-        a child while we look (a worker the raylet was spawning).
+        Safe to call twice or after a failed ``start()``. Looks again after each round because
+        a process may start a child while we look (a worker the raylet was spawning).
         """
         if self.temp_dir is None:
             return
-        for _ in range(5):
+        for _ in range(3):
             procs = self.processes()
-            if not procs:
-                break
             for sig in (signal.SIGTERM, signal.SIGKILL):
                 for proc in procs:
                     try:
@@ -169,10 +174,9 @@ class RayHead:
                     except psutil.NoSuchProcess:
                         pass
                 _, procs = psutil.wait_procs(procs, timeout=grace_s)
-                if not procs:
-                    break
-        else:
-            raise RuntimeError(f"Ray head in {self.temp_dir} left processes: {self.processes()}")
+        left = self.processes()
+        if left:
+            raise RuntimeError(f"Ray head in {self.temp_dir} left processes: {left}")
         shutil.rmtree(self.temp_dir, ignore_errors=True)
         self.temp_dir = None
 
