@@ -123,21 +123,22 @@ def _preprocess(cfg: C.PreprocessConfig) -> dict:
     return run_preprocess(cfg, log)
 
 
+def _pretrain(cfg: C.PretrainConfig) -> dict:
+    from swinray.train.pretrain import run_pretrain
+    return run_pretrain(cfg, log)
+
+
 def _bench(cfg: C.BenchConfig) -> dict:
+    if cfg.target == "train":
+        from swinray.bench.train import bench_train
+        return bench_train(cfg, log)
     from swinray.bench.preprocess import bench_preprocess
-    return {"preprocess": bench_preprocess}[cfg.target](cfg, log)
+    return bench_preprocess(cfg, log)
 
 
 def _quickstart(cfg: C.QuickstartConfig) -> dict:
     from swinray.quickstart import run_quickstart
     return run_quickstart(cfg, run_verb, log)
-
-
-def _not_yet(verb: str, issue: str):
-    def run(cfg) -> dict:
-        log(f"{verb}: not implemented yet ({issue}); --print-config resolves and saves the config")
-        return {"command": verb, "ok": False, "error": f"not implemented yet ({issue})"}
-    return run
 
 
 _DATA_FLAGS: list[Shortcut] = [
@@ -157,7 +158,7 @@ VERBS: dict[str, Verb] = {
                      "Self-supervised pretraining of the Swin UNETR encoder with Ray Train.",
                      _DATA_FLAGS + [("--name", "run.name", "run name; the same name resumes"),
                                     ("--workers", "run.num_workers", "Ray Train workers")],
-                     _not_yet("pretrain", "issue 4"), _run_config_path),
+                     _pretrain, _run_config_path),
     "doctor": Verb(C.DoctorConfig,
                    "Check that Ray can run this project: library imports on workers, Train all-reduce.",
                    [("--workers", "run.num_workers", "Ray Train workers to start")],

@@ -114,7 +114,7 @@ class DoctorConfig:
 
 @dataclass(frozen=True)
 class BenchConfig:
-    target: Literal["preprocess"] = "preprocess"   # what to measure against its baseline
+    target: Literal["preprocess", "train"] = "preprocess"  # what to measure against its baseline
     data: DataConfig = field(default_factory=DataConfig)
     out_dir: str = "outputs/bench"      # benchmark results (JSON) are written here
     run: RunConfig = field(default_factory=lambda: RunConfig(name="bench"))
@@ -128,7 +128,7 @@ class QuickstartConfig:
 
 _DEBUG_DATA = DataConfig(num_phantom_cases=4, phantom_dir="outputs/phantom-debug",
                          cache_dir="outputs/cache-debug")
-_DEBUG_RUN = dict(num_workers=2, checkpoint_every_steps=5, storage="outputs/debug")
+_DEBUG_RUN = dict(num_workers=2, checkpoint_every_steps=4, storage="outputs/debug")
 
 PRESETS: dict[type, dict[str, Any]] = {
     PhantomConfig: {
@@ -146,7 +146,7 @@ PRESETS: dict[type, dict[str, Any]] = {
         "debug": PretrainConfig(
             data=_DEBUG_DATA,
             model=ModelConfig(feature_size=12, roi_size=(64, 64, 64)),
-            optim=OptimConfig(lr=1e-3, warmup_steps=2, num_steps=20, batch_size=1),
+            optim=OptimConfig(lr=2e-4, warmup_steps=2, num_steps=8, batch_size=1),
             run=RunConfig(name="pretrain-debug", **_DEBUG_RUN),
         ),
     },

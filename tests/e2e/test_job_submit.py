@@ -99,3 +99,14 @@ def test_submitted_preprocess_fills_the_cache_and_a_resubmission_does_no_work(ra
     assert len(list((tmp_path / "cache").glob("*/cases/*.npy"))) == 4
     second = submit_and_summarise(ray_head, "swinray-preprocess-2", *entrypoint)
     assert (second["cases_written"], second["cases_skipped"]) == (0, 4)
+
+
+@pytest.mark.timeout(600)
+def test_submitted_pretraining_succeeds_and_exports_the_encoder(ray_head, tmp_path):
+    summary = submit_and_summarise(
+        ray_head, "swinray-pretrain", "python", "-m", "platform.pretrain", "--preset", "debug",
+        "--set", f"data.phantom_dir={tmp_path / 'phantom'}", "--set", f"data.cache_dir={tmp_path / 'cache'}",
+        "--set", f"run.storage={tmp_path / 'runs'}", "--set", "optim.num_steps=6")
+    assert summary["ok"] is True and summary["steps"] == 6
+    assert summary["encoder_keys_missing"] == 0
+    assert (tmp_path / "runs" / "pretrain-debug" / "encoder.pt").exists()

@@ -1,0 +1,1 @@
+"""Self-supervised proxy tasks: view generation and losses (Tang et al., CVPR 2022)."""

@@ -1,0 +1,81 @@
+"""Metrics for people and scripts: Aim when it works, a JSON-lines log always.
+
+Only world rank 0 tracks; every other rank gets a tracker that does nothing. Aim being
+unreachable, locked or broken never stops training: the first failure is reported once as a
+warning, Aim is switched off for the rest of the run, and the JSON-lines log keeps everything.
+
+    aim up --repo outputs/.aim --host 127.0.0.1
+"""
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+
+def aim_repo_for(aim_repo: str, storage: str) -> str:
+    """``run.aim_repo`` if set (a path or aim://HOST:PORT), else ``<storage>/.aim``."""
+    return aim_repo or str(Path(storage).resolve())
+
+
+class Tracker:
+    """Append metrics to ``jsonl_path`` and, best effort, to an Aim run in ``aim_repo``."""
+
+    def __init__(self, jsonl_path: str | Path, aim_repo: str | None, experiment: str,
+                 params: dict | None = None, run_hash: str | None = None):
+        self.jsonl_path = Path(jsonl_path)
+        self.jsonl_path.parent.mkdir(parents=True, exist_ok=True)
+        self.aim_run = None
+        self.aim_error: str | None = None
+        if aim_repo:
+            self._guard(lambda: self._open_aim(aim_repo, experiment, params, run_hash))
+
+    def _open_aim(self, repo: str, experiment: str, params: dict | None, run_hash: str | None):
+        from aim import Repo, Run
+        if "://" not in repo and not Repo.exists(repo):
+            Repo.from_path(repo, init=True)
+        self.aim_run = Run(run_hash=run_hash, repo=repo, experiment=experiment)
+        if params:
+            self.aim_run["hparams"] = params
+
+    def _guard(self, action) -> None:
+        try:
+            action()
+        except Exception as e:  # Aim may fail in many ways; training must not
+            self.aim_error = f"{type(e).__name__}: {e}"
+            warnings.warn(f"Aim tracking is off for the rest of this run ({self.aim_error}); "
+                          f"metrics still go to {self.jsonl_path}", RuntimeWarning, stacklevel=3)
+            self.aim_run = None
+
+    @property
+    def run_hash(self) -> str | None:
+        return self.aim_run.hash if self.aim_run is not None else None
+
+    def log(self, metrics: dict[str, Any], step: int, context: dict | None = None) -> None:
+        with self.jsonl_path.open("a") as f:
+            f.write(json.dumps({"step": step, **metrics}) + "\n")
+        if self.aim_run is not None:
+            def track():
+                for name, value in metrics.items():
+                    if isinstance(value, (int, float)) and math.isfinite(value):
+                        self.aim_run.track(value, name=name, step=step, context=context or {})
+            self._guard(track)
+
+    def close(self) -> None:
+        if self.aim_run is not None:
+            self._guard(self.aim_run.close)
+
+
+class NullTracker:
+    """What ranks other than 0 get: tracking calls that do nothing."""
+
+    run_hash = None
+    aim_error = None
+
+    def log(self, metrics: dict[str, Any], step: int, context: dict | None = None) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

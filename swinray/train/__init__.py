@@ -1,0 +1,1 @@
+"""Training: the per-worker loops and the drivers that build Ray Train trainers."""

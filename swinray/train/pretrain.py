@@ -1,0 +1,78 @@
+"""The pretraining driver: preprocess if needed, build the TorchTrainer, fit, export the encoder.
+
+    python -m platform.pretrain --preset debug
+    ray job submit --working-dir . -- python -m platform.pretrain --data /shared/ct --name ssl-1
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import ray
+import ray.train
+from ray.train.torch import TorchTrainer
+
+from models.registry import build_model
+from models.weights import load_encoder
+from swinray.config import PreprocessConfig, PretrainConfig, to_dict
+from swinray.data.preprocess import run_preprocess
+from swinray.runtime import init_ray, use_gpu
+from swinray.tracking import aim_repo_for
+from swinray.train.pretrain_loop import ENCODER_FILE, train_fn_per_worker
+
+_DATA_CPU_RESERVE = 0.5  # CPU left free for Ray Data's feeding tasks, or Train + Data deadlock on 2 CPUs
+
+
+def worker_resources(cpus: float, num_workers: int, gpu: bool) -> tuple[dict, int]:
+    """Per-worker Ray resources and torch threads: explicit and fractional, so it always fits."""
+    per_worker = max(0.1, min(1.0 if gpu else float("inf"), (cpus - _DATA_CPU_RESERVE) / num_workers))
+    return {"CPU": round(per_worker, 3)}, max(1, int(cpus // num_workers))
+
+
+def run_pretrain(cfg: PretrainConfig, log=print) -> dict:
+    cache = run_preprocess(PreprocessConfig(data=cfg.data, run=cfg.run), log)
+    cases = json.loads(Path(cache["manifest"]).read_text())["cases"]
+    if len(cases) < cfg.run.num_workers:
+        raise ValueError(f"{cache['manifest']}: {len(cases)} cached case(s) for "
+                         f"run.num_workers={cfg.run.num_workers}; every worker needs at least one")
+    in_channels = cases[0]["shape"][0]
+    cluster = init_ray(cfg.run)
+    gpu = use_gpu(cfg.run)
+    resources, threads = worker_resources(cluster["cpus"], cfg.run.num_workers, gpu)
+    storage = Path(cfg.run.storage).resolve()
+    run_dir = storage / cfg.run.name
+    log(f"pretraining {cfg.run.name}: {cfg.run.num_workers} worker(s) on {'GPU' if gpu else 'CPU'} "
+        f"({resources}), {len(cases)} case(s), {cfg.optim.num_steps} steps -> {run_dir}")
+
+    trainer = TorchTrainer(
+        train_fn_per_worker,
+        train_loop_config={"cfg": to_dict(cfg), "in_channels": in_channels, "run_dir": str(run_dir),
+                           "aim_repo": aim_repo_for(cfg.run.aim_repo, cfg.run.storage),
+                           "threads_per_worker": threads},
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.run.num_workers, use_gpu=gpu,
+                                               resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            name=cfg.run.name, storage_path=str(storage),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.run.num_checkpoints_kept),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures)),
+        datasets={"train": ray.data.from_items([{"path": c["path"]} for c in cases])},
+    )
+    result = trainer.fit()
+    encoder_path = run_dir / ENCODER_FILE
+    with result.checkpoint.as_directory() as directory:
+        shutil.copyfile(Path(directory) / ENCODER_FILE, encoder_path)
+    check = build_model("swin_unetr", in_channels=in_channels, out_channels=2,
+                        feature_size=cfg.model.feature_size)
+    report = load_encoder(check, encoder_path)
+    log(f"encoder exported to {encoder_path}; into a fresh SwinUNETR: {report.summary()}")
+    metrics = result.metrics or {}
+    if metrics.get("aim_error"):
+        log(f"warning: Aim tracking failed during the run ({metrics['aim_error']}); "
+            f"metrics are in {run_dir / 'metrics.jsonl'}")
+    return {"command": "pretrain", "run_dir": str(run_dir), "steps": metrics.get("step"),
+            "loss": metrics.get("loss"), "encoder": str(encoder_path),
+            "encoder_keys_loaded": len(report.loaded), "encoder_keys_missing": len(report.missing),
+            "checkpoint": result.checkpoint.path, "metrics_log": str(run_dir / "metrics.jsonl"),
+            "aim_repo": aim_repo_for(cfg.run.aim_repo, cfg.run.storage),
+            "aim_error": metrics.get("aim_error") or None, "ok": not report.missing}
