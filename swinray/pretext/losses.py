@@ -23,9 +23,7 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Ten
     """
     g1, offset = _gathered(F.normalize(z1, dim=1))
     g2, _ = _gathered(F.normalize(z2, dim=1))
-    n = g1.shape[0]
-    if n < 2:
-        raise ValueError("NT-Xent needs at least 2 samples in the global batch for negatives")
+    n = g1.shape[0]   # with a global batch of 1 there are no negatives and the loss is 0
     everyone = torch.cat([g1, g2])                                   # (2N, P)
     rows = torch.cat([torch.arange(offset, offset + z1.shape[0]),
                       torch.arange(n + offset, n + offset + z1.shape[0])]).to(z1.device)
