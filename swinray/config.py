@@ -122,7 +122,7 @@ class BenchConfig:
 
 @dataclass(frozen=True)
 class QuickstartConfig:
-    preset: str = "default"             # the preset every step runs with (debug = smallest)
+    preset: str = "debug"               # the preset every step runs with (debug: minutes on a CPU)
     run: RunConfig = field(default_factory=lambda: RunConfig(name="quickstart"))
 
 
@@ -157,7 +157,7 @@ PRESETS: dict[type, dict[str, Any]] = {
     },
     QuickstartConfig: {
         "default": QuickstartConfig(),
-        "debug": QuickstartConfig(preset="debug", run=RunConfig(name="quickstart", **_DEBUG_RUN)),
+        "debug": QuickstartConfig(run=RunConfig(name="quickstart", **_DEBUG_RUN)),
     },
     DoctorConfig: {
         "default": DoctorConfig(),

@@ -1,8 +1,8 @@
 """The whole platform on the built-in phantom, one verb after another, as a user would run them.
 
-What runs today: phantom generation, Ray Data preprocessing into the cache, the pretraining
-config dump, and the Ray doctor (a Ray task and a two-worker Ray Train all-reduce running library
-code). Pretraining, fine-tuning and sweeps join this list as they land.
+What runs today: phantom generation, Ray Data preprocessing into the cache, and SSL pretraining
+with two Ray Train workers (the debug model: minutes on a laptop CPU). Fine-tuning and sweeps join
+this list as they land. ``python -m platform.doctor`` checks a cluster on its own.
 
     python -m platform.quickstart --preset debug
 """
@@ -18,8 +18,7 @@ def quickstart_steps(preset: str) -> list[tuple[str, list[str]]]:
     return [
         ("phantom", ["--preset", preset]),
         ("preprocess", ["--preset", preset]),
-        ("pretrain", ["--preset", preset, "--print-config"]),
-        ("doctor", ["--preset", preset]),
+        ("pretrain", ["--preset", preset]),
     ]
 
 
@@ -33,5 +32,6 @@ def run_quickstart(cfg: QuickstartConfig, run_verb: Callable[[str, list[str]], d
             return {"command": "quickstart", "ok": False, "failed_step": verb, "steps": results}
     log("done. Outputs: phantom dataset in " + results["phantom"]["out_dir"]
         + ", preprocessed cache in " + results["preprocess"]["cache_dir"]
-        + ", pretraining config in " + results["pretrain"]["config_path"])
+        + ", pretrained encoder in " + results["pretrain"]["encoder"]
+        + f"; compare runs with: aim up --repo {results['pretrain']['aim_repo']} --host 127.0.0.1")
     return {"command": "quickstart", "ok": True, "steps": results}

@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, SHARED_DATA
 from ray_head import RAY, RayHead
 
 pytestmark = pytest.mark.e2e
@@ -102,11 +102,15 @@ def test_submitted_preprocess_fills_the_cache_and_a_resubmission_does_no_work(ra
 
 
 @pytest.mark.timeout(600)
-def test_submitted_pretraining_succeeds_and_exports_the_encoder(ray_head, tmp_path):
+def test_submitted_pretraining_on_real_ct_succeeds_and_exports_the_encoder(ray_head, tmp_path):
+    """A short debug run on the real head-and-neck CTs (the phantom when they are absent)."""
+    openkbp = SHARED_DATA / "OpenKBP_HN_CT" / "imagesTr"
+    data = ["--data", str(openkbp), "--set", "data.max_cases=4"] if openkbp.exists() else \
+        ["--set", f"data.phantom_dir={tmp_path / 'phantom'}"]
     summary = submit_and_summarise(
-        ray_head, "swinray-pretrain", "python", "-m", "platform.pretrain", "--preset", "debug",
-        "--set", f"data.phantom_dir={tmp_path / 'phantom'}", "--set", f"data.cache_dir={tmp_path / 'cache'}",
-        "--set", f"run.storage={tmp_path / 'runs'}", "--set", "optim.num_steps=6")
-    assert summary["ok"] is True and summary["steps"] == 6
+        ray_head, "swinray-pretrain", "python", "-m", "platform.pretrain", "--preset", "debug", *data,
+        "--set", f"data.cache_dir={tmp_path / 'cache'}", "--set", f"run.storage={tmp_path / 'runs'}",
+        "--set", "optim.num_steps=3")
+    assert summary["ok"] is True and summary["steps"] == 3
     assert summary["encoder_keys_missing"] == 0
     assert (tmp_path / "runs" / "pretrain-debug" / "encoder.pt").exists()

@@ -45,8 +45,9 @@ def test_installed_quickstart_script_runs_every_existing_step_from_any_folder(tm
     assert out.returncode == 0, out.stderr[-3000:]
     summary = last_json_line(out.stdout)
     assert summary["ok"] is True
-    assert list(summary["steps"]) == ["phantom", "preprocess", "pretrain", "doctor"]
+    assert list(summary["steps"]) == ["phantom", "preprocess", "pretrain"]
     assert summary["steps"]["phantom"]["num_cases"] == 4
     assert summary["steps"]["preprocess"]["cases_written"] == 4
+    assert summary["steps"]["pretrain"]["steps"] == 8 and summary["steps"]["pretrain"]["ok"]
     assert (tmp_path / "outputs/phantom-debug/dataset.json").exists()
-    assert (tmp_path / "outputs/debug/pretrain-debug/config.json").exists()
+    assert (tmp_path / "outputs/debug/pretrain-debug/encoder.pt").exists()

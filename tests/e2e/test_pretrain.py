@@ -64,7 +64,7 @@ def our_train_workers(ray_tmpdir):
 
 
 def test_killed_worker_recovers_from_the_latest_checkpoint(local_ray, ray_tmpdir, tmp_path):
-    cfg = debug_config(tmp_path / "runs", **{"optim.num_steps": 8, "run.checkpoint_every_steps": 2,
+    cfg = debug_config(tmp_path / "runs", **{"optim.num_steps": 6, "run.checkpoint_every_steps": 2,
                                              "run.name": "pretrain-kill"})
     outcome = {}
     thread = threading.Thread(target=lambda: outcome.update(summary=run_pretrain(cfg, quiet)))
@@ -92,7 +92,7 @@ def immutable(path, on: bool) -> bool:
 
 
 def test_aim_repo_made_unwritable_mid_run_only_warns_and_the_log_is_complete(local_ray, tmp_path):
-    cfg = debug_config(tmp_path / "runs", **{"optim.num_steps": 5, "run.name": "pretrain-aim"})
+    cfg = debug_config(tmp_path / "runs", **{"optim.num_steps": 4, "run.name": "pretrain-aim"})
     outcome = {}
     thread = threading.Thread(target=lambda: outcome.update(summary=run_pretrain(cfg, quiet)))
     thread.start()
