@@ -94,7 +94,13 @@ def run_verb(verb: str, argv: list[str] | None = None) -> dict:
 
 
 def main(verb: str, argv: list[str] | None = None) -> int:
-    summary = run_verb(verb, argv)
+    """Run a verb; a problem with the user's data or settings is one clear line, not a traceback."""
+    from swinray.data.datasets import DatasetError
+    try:
+        summary = run_verb(verb, argv)
+    except (DatasetError, C.ConfigError) as e:
+        log(f"error: {e}")
+        summary = {"command": verb, "ok": False, "error": str(e)}
     emit(summary)
     return 0 if summary.get("ok", True) else 1
 

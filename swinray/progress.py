@@ -16,21 +16,18 @@ class Progress:
                         dynamic_ncols=True)
         self.done, self.start, self.last_log, self.every = 0, time.perf_counter(), 0.0, log_every_s
 
-    def update(self, n: int = 1, **postfix) -> None:
+    def update(self, n: int = 1) -> None:
         self.done += n
         if not self.bar.disable:
             self.bar.update(n)
-            if postfix:
-                self.bar.set_postfix(postfix, refresh=False)
             return
         now = time.perf_counter()
         if now - self.last_log >= self.every or self.done == self.total:
             self.last_log = now
             rate = self.done / max(now - self.start, 1e-9)
             left = (self.total - self.done) / rate if rate else float("inf")
-            extra = "".join(f", {k} {v}" for k, v in postfix.items())
             print(f"[swinray] {self.desc}: {self.done}/{self.total} {self.unit}, "
-                  f"{rate:.2f} {self.unit}/s, {left:.0f} s left{extra}", file=sys.stderr, flush=True)
+                  f"{rate:.2f} {self.unit}/s, {left:.0f} s left", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         self.bar.close()

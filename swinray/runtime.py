@@ -10,7 +10,7 @@ import os
 
 import ray
 
-from swinray.config import RunConfig
+from swinray.config import ConfigError, RunConfig
 
 
 def init_ray(run: RunConfig) -> dict:
@@ -32,7 +32,7 @@ def use_gpu(run: RunConfig) -> bool:
     """GPU is a runtime choice: cuda when asked, or when "auto" and the cluster has GPUs."""
     gpus = ray.cluster_resources().get("GPU", 0.0)
     if run.device == "cuda" and gpus < run.num_workers:
-        raise RuntimeError(f"run.device=cuda needs {run.num_workers} GPUs for run.num_workers="
+        raise ConfigError(f"run.device=cuda needs {run.num_workers} GPUs for run.num_workers="
                            f"{run.num_workers}, the Ray cluster has {gpus:g}; "
                            "set run.device=cpu or auto")
     return run.device == "cuda" or (run.device == "auto" and gpus >= 1)

@@ -31,7 +31,9 @@ _TASKS_PER_CPU = 4
 
 
 def _process_row(row: dict, cases: list[Case], task: TaskSpec, cache: Path) -> dict:
+    """One case per row; its result as a JSON string so rows of any shape share one schema."""
     return {"row": json.dumps(process_case(cases[row["id"]], task, cache))}
+
 
 def run_cases(todo: list[Case], task: TaskSpec, cache: Path, progress: Progress | None = None):
     """Yield one row per case, computed by Ray Data tasks spread over the cluster (1 CPU each)."""
@@ -44,7 +46,7 @@ def run_cases(todo: list[Case], task: TaskSpec, cache: Path, progress: Progress 
     for item in rows.iter_rows():
         row = json.loads(item["row"])
         if progress:
-            progress.update(1, rejected=row["case_id"]) if row["status"] == "rejected" else progress.update(1)
+            progress.update()
         yield row
 
 

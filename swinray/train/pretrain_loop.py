@@ -106,6 +106,10 @@ def train_fn_per_worker(config: dict) -> None:
                    "data_wait_fraction": (crops.wait_s - wait_before) / seconds}
         tracker.log(metrics, step + 1)
         done = step + 1
+        if rank == 0:  # progress for people; Ray forwards it to the driver's console
+            print(f"[swinray] step {done}/{cfg.optim.num_steps} loss {metrics['loss']:.4f} "
+                  f"({seconds:.1f} s/step, about {seconds * (cfg.optim.num_steps - done):.0f} s left)",
+                  flush=True)
         if done % cfg.run.checkpoint_every_steps == 0 or done == cfg.optim.num_steps:
             state = None
             if rank == 0:
