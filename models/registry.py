@@ -1,30 +1,42 @@
-"""Model registry: a plain dict from name to builder; an unknown name lists the valid ones."""
+"""Model registry: a plain dict from name to builder; an unknown name lists the valid ones.
+
+    from models.registry import build_model
+    net = build_model("swin_unetr", in_channels=1, out_channels=14, feature_size=48)
+"""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable, Sequence
 
 from monai.networks.nets import SwinUNETR
 from torch import nn
 
-from models.ssl import SSLHead
+from models.ssl import SSLHead, check_feature_size
 
 
 def build_swin_unetr(in_channels: int, out_channels: int, feature_size: int,
                      drop_path_rate: float = 0.0, use_checkpoint: bool = False) -> SwinUNETR:
-    """MONAI's Swin UNETR; feature_size 48 is the paper's Swin UNETR-B."""
+    """MONAI's Swin UNETR for (B, in_channels, *S) -> (B, out_channels, *S), S divisible by 32.
+
+    feature_size 48 is the paper's Swin UNETR-B. MONAI 1.6.1 no longer takes ``img_size`` (the
+    input size is checked in ``forward``) and names stochastic depth ``dropout_path_rate``.
+    """
+    check_feature_size(feature_size)
     return SwinUNETR(in_channels=in_channels, out_channels=out_channels, feature_size=feature_size,
-                     dropout_path_rate=drop_path_rate, use_checkpoint=use_checkpoint)
+                     dropout_path_rate=drop_path_rate, use_checkpoint=use_checkpoint, spatial_dims=3)
 
 
 MODELS: dict[str, Callable[..., nn.Module]] = {"swin_unetr": build_swin_unetr}
 
 
 def build_model(name: str, **kwargs) -> nn.Module:
+    """``MODELS[name](**kwargs)``; an unknown name is a KeyError listing the valid names."""
     if name not in MODELS:
-        raise KeyError(f"unknown model {name!r}; valid models: {', '.join(MODELS)}")
+        raise KeyError(f"model.name={name!r} is not a known model; valid names: {', '.join(sorted(MODELS))}")
     return MODELS[name](**kwargs)
 
 
-def build_ssl_head(in_channels: int, feature_size: int, roi_size, drop_path_rate: float = 0.0,
-                   use_checkpoint: bool = False) -> SSLHead:
-    return SSLHead(in_channels, feature_size, roi_size, drop_path_rate, use_checkpoint)
+def build_ssl_head(in_channels: int, feature_size: int, roi_size: Sequence[int],
+                   drop_path_rate: float = 0.0, use_checkpoint: bool = False) -> SSLHead:
+    """The pretraining network (encoder + rotation, contrastive and reconstruction heads)."""
+    return SSLHead(in_channels=in_channels, feature_size=feature_size, roi_size=roi_size,
+                   drop_path_rate=drop_path_rate, use_checkpoint=use_checkpoint)

@@ -1,96 +1,180 @@
-"""Moving the pretrained encoder into Swin UNETR, with a report instead of a silent strict=False.
+"""Moving the pretrained Swin encoder into Swin UNETR, with a report instead of a silent strict=False.
 
-Two layouts load the same way: ours (``{"format": "swinray-encoder-v1", "state_dict": ...}`` with
-``swinViT`` keys unprefixed) and MONAI's released SSL weights (``model_swinvit.pt``: keys under
-``module.``, plus heads that Swin UNETR does not have, which are reported as unexpected).
+Two file layouts load the same way:
+
+- ours, written by ``save_encoder``: ``{"format": "swinray-encoder-v1", "state_dict": {...},
+  "feature_size": F, "in_channels": C}`` with keys exactly as in ``SwinUNETR.swinViT``;
+- MONAI's released SSL weights (``model_swinvit.pt`` of the research-contributions repository):
+  ``{"state_dict": {...}}`` with keys under ``module.``, MLP layers named ``mlp.fc1``/``mlp.fc2``
+  (MONAI's MLPBlock calls them ``linear1``/``linear2``) and extra tensors Swin UNETR has no place
+  for (a final ``norm``, the pretraining heads), which are reported as unexpected.
+
+Files are read with ``torch.load(..., weights_only=True)``: a file that holds anything but tensors
+and plain containers is refused rather than unpickled.
+
+    from models.weights import load_encoder
+    print(load_encoder(swin_unetr, "outputs/pretrain/encoder.pt").summary())
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import os
+import pickle
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
 FORMAT = "swinray-encoder-v1"
-ENCODER = "swinViT."
-PATCH_EMBED = "patch_embed.proj.weight"
+ENCODER = "swinViT."                      # the encoder's attribute in SwinUNETR and SSLHead
+PATCH_EMBED = "patch_embed.proj.weight"   # (embed_dim, in_channels, p, p, p)
+# Key prefixes other writers put in front of encoder keys: DistributedDataParallel's wrapper,
+# whole SSLHead / SwinUNETR checkpoints, and the research code's snake_case attribute name.
+_FILE_PREFIXES = ("module.", "swinViT.", "swin_vit.")
+_RENAMES = (
+    (re.compile(r"\.mlp\.fc([12])\."), r".mlp.linear\1."),   # timm-style MLP names -> MONAI MLPBlock
+    (re.compile(r"^(layers[1-4])\.(?!\d)"), r"\1.0."),       # stages saved without their ".0" index
+)
 
 
 @dataclass(frozen=True)
 class LoadReport:
-    loaded: list[str]
-    missing: list[str]              # encoder keys of the model that received no weight
-    unexpected: list[str]           # keys in the file that match nothing in the encoder
-    shape_mismatched: list[str]
-    not_in_encoder: int             # decoder parameters, trained from scratch by design
-    notes: list[str] = field(default_factory=list)
+    """What ``load_encoder`` did. Model keys carry the ``swinViT.`` prefix; file keys are verbatim."""
+
+    loaded: list[str]            # encoder keys of the model that received a tensor
+    missing: list[str]           # encoder keys of the model that received none (shape mismatches included)
+    unexpected: list[str]        # keys in the file that matched no encoder key
+    shape_mismatched: list[str]  # encoder keys whose tensor in the file had another shape (not loaded)
+    not_in_encoder: int          # the model's other tensors (Swin UNETR's decoder): untrained by design
+    notes: list[str]             # adaptations made, first shape mismatch with its shapes
 
     def summary(self) -> str:
-        def few(keys):
+        """One line: counts, the first few names of each problem, then the notes."""
+        def few(keys: list[str]) -> str:
             return f" ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})" if keys else ""
         return (f"{len(self.loaded)} encoder tensors loaded, {len(self.missing)} missing{few(self.missing)}, "
                 f"{len(self.unexpected)} unexpected{few(self.unexpected)}, "
                 f"{len(self.shape_mismatched)} shape-mismatched{few(self.shape_mismatched)}; "
-                f"{self.not_in_encoder} decoder tensors start from scratch"
-                + "".join(f"; {n}" for n in self.notes))
+                f"{self.not_in_encoder} tensors outside the encoder start untrained"
+                + "".join(f"; {note}" for note in self.notes))
+
+
+def _encoder_of(model: nn.Module) -> nn.Module:
+    encoder = getattr(model, "swinViT", None)
+    if not isinstance(encoder, nn.Module):
+        raise TypeError(f"expected a model with a .swinViT encoder (SwinUNETR or SSLHead), got "
+                        f"{type(model).__name__}; unwrap DistributedDataParallel with .module first")
+    return encoder
 
 
 def encoder_state_dict(ssl_head: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu() for k, v in ssl_head.swinViT.state_dict().items()}
+    """The encoder's tensors on the CPU (copies), keyed as in ``SwinUNETR(...).swinViT``."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in _encoder_of(ssl_head).state_dict().items()}
 
 
-def save_encoder(ssl_head: nn.Module, path: str | Path) -> None:
-    embed = ssl_head.swinViT.patch_embed.proj.weight
+def save_encoder(ssl_head: nn.Module, path: str | Path) -> Path:
+    """Write the encoder in the ``swinray-encoder-v1`` format; return the path."""
+    encoder = _encoder_of(ssl_head)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"format": FORMAT, "state_dict": encoder_state_dict(ssl_head),
-                "feature_size": int(embed.shape[0]), "in_channels": int(embed.shape[1])}, path)
+                "feature_size": int(encoder.embed_dim),
+                "in_channels": int(encoder.patch_embed.proj.in_channels)}, path)
+    return path
 
 
-def _encoder_keys(state: dict) -> dict[str, torch.Tensor]:
-    """File keys -> keys relative to ``swinViT`` (ours are already, MONAI's carry ``module.``)."""
-    out = {}
-    for key, value in state.items():
-        for prefix in ("module.", ENCODER):
-            if key.startswith(prefix):
-                key = key[len(prefix):]
-        out[key] = value
-    return out
-
-
-def adapt_patch_embedding(weight: torch.Tensor, in_channels: int) -> tuple[torch.Tensor, str]:
-    """(out, in_old, p, p, p) -> (out, in_channels, ...): the mean filter repeated, rescaled by
-    in_old / in_channels so the embedding of an image with equal channels keeps its magnitude."""
-    old = weight.shape[1]
-    adapted = weight.mean(dim=1, keepdim=True).repeat(1, in_channels, 1, 1, 1) * (old / in_channels)
-    return adapted, (f"patch embedding adapted from {old} to {in_channels} input channel(s): "
-                     f"mean filter over the {old} pretrained channel(s), repeated and scaled by {old}/{in_channels}")
-
-
-def load_encoder(model: nn.Module, source, adapt_channels: bool = True) -> LoadReport:
-    """Copy pretrained encoder weights into ``model.swinViT``; report exactly what happened."""
-    if isinstance(source, (str, Path)):
+def _read_state(source: str | os.PathLike | Mapping) -> dict[str, torch.Tensor]:
+    """The file's (or mapping's) tensors under their original keys."""
+    name = str(source) if isinstance(source, (str, os.PathLike)) else "the given state dict"
+    if isinstance(source, (str, os.PathLike)):
         try:
             source = torch.load(source, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise ValueError(f"{source}: not a loadable weight file ({type(e).__name__}: {e})") from None
-    state = _encoder_keys(source.get("state_dict", source) if isinstance(source, dict) else source)
-    target = model.swinViT.state_dict()
-    loaded, mismatched, notes, update = [], [], [], {}
-    for key, value in state.items():
-        if key not in target:
-            continue
-        if key == PATCH_EMBED and value.shape != target[key].shape and adapt_channels \
-                and value.shape[0] == target[key].shape[0] and value.shape[2:] == target[key].shape[2:]:
-            value, note = adapt_patch_embedding(value, target[key].shape[1])
-            notes.append(note)
-        if value.shape != target[key].shape:
-            mismatched.append(f"{ENCODER}{key} {tuple(value.shape)} vs {tuple(target[key].shape)}")
-            continue
-        update[key] = value
-        loaded.append(ENCODER + key)
-    model.swinViT.load_state_dict({**target, **update})
-    unexpected = sorted(k for k in state if k not in target)
-    missing = sorted(ENCODER + k for k in target if k not in update and f"{ENCODER}{k}" not in
-                     [m.split(" ")[0] for m in mismatched])
-    decoder = sum(1 for k in model.state_dict() if not k.startswith(ENCODER))
-    return LoadReport(sorted(loaded), missing, unexpected, mismatched, decoder, notes)
+        except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(f"{name}: refused by torch.load(weights_only=True); a weight file may hold "
+                             f"only tensors and plain containers (anything else would run code when "
+                             f"unpickled) and must not be truncated. Reason: {reason}") from e
+    if not isinstance(source, Mapping):
+        raise ValueError(f"{name}: expected a dict with a 'state_dict' of tensors, got {type(source).__name__}")
+    if "format" in source and source["format"] != FORMAT:
+        raise ValueError(f"{name}: format={source['format']!r} is not supported; expected {FORMAT!r} "
+                         f"or MONAI's released layout (no 'format' key)")
+    state = source.get("state_dict", source)
+    odd = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if odd:
+        raise ValueError(f"{name}: expected 'state_dict' to map names to tensors; not tensors: "
+                         f"{', '.join(map(str, odd[:5]))} (top-level keys: {', '.join(map(str, source))})")
+    return dict(state)
+
+
+def _encoder_key(file_key: str) -> str:
+    """A file's key -> the key it would have in ``SwinUNETR.swinViT`` (it may match nothing)."""
+    key = file_key
+    for prefix in _FILE_PREFIXES:
+        if key.startswith(prefix):
+            key = key[len(prefix):]
+    for pattern, replacement in _RENAMES:
+        key = pattern.sub(replacement, key)
+    return key
+
+
+def adapt_patch_embedding(state: Mapping[str, torch.Tensor], in_channels: int) -> tuple[dict[str, torch.Tensor], str]:
+    """Give ``patch_embed.proj.weight`` (out, in_old, p, p, p) ``in_channels`` input channels.
+
+    Every new channel gets the mean of the pretrained filters, scaled by in_old / in_channels, so
+    an image whose channels are all equal embeds exactly as the pretrained network embedded it
+    (e.g. 1-channel CT weights for 4-channel BraTS MRI). Returns a new dict and a note saying so.
+    """
+    if PATCH_EMBED not in state:
+        raise KeyError(f"{PATCH_EMBED!r} is not in the state dict; keys start with: {', '.join(list(state)[:3])}")
+    weight = state[PATCH_EMBED]
+    old = weight.shape[1]
+    if old == in_channels:
+        return dict(state), f"{PATCH_EMBED} already has {old} input channel(s); unchanged"
+    mean = weight.float().mean(dim=1, keepdim=True)
+    adapted = (mean.repeat(1, in_channels, *[1] * (weight.ndim - 2)) * (old / in_channels)).to(weight.dtype)
+    note = (f"{PATCH_EMBED} adapted from {old} to {in_channels} input channel(s): the mean of the "
+            f"{old} pretrained filter(s), repeated and scaled by {old}/{in_channels} so activations keep "
+            f"their magnitude")
+    return {**state, PATCH_EMBED: adapted}, note
+
+
+def load_encoder(model: nn.Module, path_or_state: str | os.PathLike | Mapping,
+                 adapt_channels: bool = False) -> LoadReport:
+    """Copy pretrained encoder weights into ``model.swinViT`` and report exactly what happened.
+
+    Only encoder keys count as missing; the rest of ``model`` (Swin UNETR's decoder) is counted in
+    ``not_in_encoder``. Tensors whose shape differs are not loaded. With ``adapt_channels`` a patch
+    embedding for another number of input channels is adapted (``adapt_patch_embedding``) instead.
+    """
+    encoder = _encoder_of(model)
+    target = encoder.state_dict()
+    mapped: dict[str, torch.Tensor] = {}
+    unexpected = []
+    for file_key, value in _read_state(path_or_state).items():
+        key = _encoder_key(file_key)
+        if key in target and key not in mapped:
+            mapped[key] = value
+        else:
+            unexpected.append(file_key)
+    notes = []
+    if adapt_channels and PATCH_EMBED in mapped and mapped[PATCH_EMBED].shape[1] != target[PATCH_EMBED].shape[1]:
+        mapped, note = adapt_patch_embedding(mapped, target[PATCH_EMBED].shape[1])
+        notes.append(note)
+    mismatched = sorted(k for k, v in mapped.items() if v.shape != target[k].shape)
+    if mismatched:
+        first = mismatched[0]
+        notes.append(f"first shape mismatch: {ENCODER}{first} is {tuple(mapped[first].shape)} in the file, "
+                     f"{tuple(target[first].shape)} in the model")
+    update = {k: v for k, v in mapped.items() if k not in mismatched}
+    encoder.load_state_dict({**target, **update}, strict=True)
+    return LoadReport(
+        loaded=sorted(ENCODER + k for k in update),
+        missing=sorted(ENCODER + k for k in target if k not in update),
+        unexpected=sorted(unexpected),
+        shape_mismatched=[ENCODER + k for k in mismatched],
+        not_in_encoder=sum(1 for k in model.state_dict() if not k.startswith(ENCODER)),
+        notes=notes,
+    )

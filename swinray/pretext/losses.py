@@ -1,50 +1,85 @@
-"""SSL losses of Tang et al. (CVPR 2022): rotation cross-entropy, NT-Xent, L1 reconstruction."""
+"""SSL losses of Tang et al., "Self-Supervised Pre-Training of Swin Transformers for 3D Medical
+Image Analysis" (CVPR 2022): rotation cross-entropy, NT-Xent contrastive coding, L1 reconstruction.
+
+Pure tensor code: the caller passes weights and the temperature from ``PretextConfig``.
+
+    .venv/bin/python -m pytest tests/unit/test_ssl_losses.py -q
+"""
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from monai.losses import ContrastiveLoss
 from torch.distributed.nn.functional import all_gather
 
 
-def _gathered(z: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """z from every rank (differentiably), and where this rank's rows start."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return z, 0
-    return torch.cat(all_gather(z)), dist.get_rank() * z.shape[0]
+def _global(z: torch.Tensor) -> torch.Tensor:
+    """(B, P) on each rank -> (world * B, P), rank-major, differentiable (backward sums over ranks)."""
+    return torch.cat(all_gather(z.contiguous()), dim=0)
 
 
-def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
-    """NT-Xent (SimCLR, Chen et al. 2020) between views z1, z2 (B, P); negatives from all ranks.
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float, gather: bool = True) -> torch.Tensor:
+    """NT-Xent of SimCLR (Chen et al., ICML 2020), the contrastive loss of Tang et al. (CVPR 2022).
 
-    Each rank scores its own rows against the global batch (embeddings all-gathered with
-    gradients), so the mean of the ranks' losses is the loss of the global batch. Symmetric in
-    (z1, z2).
+    z1, z2: (B, P) embeddings of two views; row i of z1 and row i of z2 are the positive pair,
+    every other row of either view is a negative. Cosine similarities are divided by the
+    temperature (0.5 in the paper: lower values weigh hard negatives more; below about 0.012,
+    exp(1 / temperature) overflows float32). Symmetric in (z1, z2); returns a scalar.
+
+    When torch.distributed is initialised and ``gather`` is true, z1 and z2 are all-gathered
+    with the differentiable ``torch.distributed.nn.functional.all_gather`` (every rank must call
+    this with the same B), so negatives come from the global batch and every rank returns the
+    loss of that global batch. The gather's backward sums the identical losses of all ranks, so
+    each rank's gradient is world_size times the global loss's gradient for its rows;
+    DistributedDataParallel's averaging then yields exactly the global loss's gradient.
+
+    With a global batch of one pair there are no negatives and the loss is 0 (finite).
+    Computed by MONAI's ``ContrastiveLoss``, which is this loss, on the (gathered) embeddings.
     """
-    g1, offset = _gathered(F.normalize(z1, dim=1))
-    g2, _ = _gathered(F.normalize(z2, dim=1))
-    n = g1.shape[0]   # with a global batch of 1 there are no negatives and the loss is 0
-    everyone = torch.cat([g1, g2])                                   # (2N, P)
-    rows = torch.cat([torch.arange(offset, offset + z1.shape[0]),
-                      torch.arange(n + offset, n + offset + z1.shape[0])]).to(z1.device)
-    logits = everyone[rows] @ everyone.T / temperature                # (2B, 2N)
-    logits[torch.arange(len(rows)), rows] = float("-inf")             # never your own row
-    positives = torch.where(rows < n, rows + n, rows - n)
-    return F.cross_entropy(logits, positives)
+    if temperature <= 0:
+        raise ValueError(f"pretext.temperature={temperature}: must be positive (the paper uses 0.5)")
+    if z1.ndim != 2 or z1.shape != z2.shape:
+        raise ValueError(f"nt_xent: expected two (B, P) embeddings of equal shape, got "
+                         f"{tuple(z1.shape)} and {tuple(z2.shape)}")
+    if gather and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        z1, z2 = _global(z1), _global(z2)
+    return ContrastiveLoss(temperature=temperature)(z1, z2)
 
 
-def ssl_loss(outputs1, outputs2, batch: dict, weights: tuple[float, float, float],
-             temperature: float) -> tuple[torch.Tensor, dict[str, float]]:
-    """Weighted sum of the three proxy losses; a weight of 0 skips its term.
+def ssl_loss(outputs1: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+             outputs2: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+             batch: dict[str, torch.Tensor], weights: tuple[float, float, float],
+             temperature: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The pretraining objective of Tang et al. (CVPR 2022): w_rot * L_rot + w_con * L_con + w_rec * L_rec.
 
-    ``outputs*`` are (rotation logits, contrastive embedding, reconstruction) per view.
+    outputs1, outputs2: ``SSLHead`` outputs for ``batch["view1"]`` and ``batch["view2"]``:
+    rotation logits (B, 4), contrastive embedding (B, P), reconstruction (B, C, X, Y, Z).
+    batch: ``make_ssl_batch`` output (``rot1``, ``rot2``, ``target1``, ``target2`` are used).
+    weights: (w_rot, w_con, w_rec); a weight of 0 switches its task off and the term is not
+    computed (under torch.distributed every rank must use the same weights: NT-Xent gathers).
+
+    L_rot is the cross-entropy of the rotation class over both views, L_con is ``nt_xent``
+    between the views' embeddings, L_rec is the L1 distance of each reconstruction to its
+    un-masked view over the whole volume (as the reference code), averaged over both views.
+    Returns the total (scalar, differentiable) and the detached parts ``rot``, ``contrast`` and
+    ``recon`` (0.0 for a switched-off term).
     """
     w_rot, w_con, w_rec = weights
-    zero = outputs1[0].sum() * 0.0
-    rot = (F.cross_entropy(outputs1[0], batch["rot1"]) + F.cross_entropy(outputs2[0], batch["rot2"])) / 2 \
-        if w_rot else zero
-    con = nt_xent(outputs1[1], outputs2[1], temperature) if w_con else zero
-    rec = (F.l1_loss(outputs1[2], batch["target1"]) + F.l1_loss(outputs2[2], batch["target2"])) / 2 \
-        if w_rec else zero
-    total = w_rot * rot + w_con * con + w_rec * rec
-    return total, {"rot": rot.item(), "contrast": con.item(), "recon": rec.item()}
+    if not any(weights):
+        raise ValueError("pretext.rotation_weight, contrastive_weight and reconstruction_weight are all 0: "
+                         "at least one task must be on")
+    zero = torch.zeros((), device=outputs1[0].device)
+    terms: dict[str, torch.Tensor] = {}
+    if w_rot:
+        logits = torch.cat([outputs1[0], outputs2[0]])
+        terms["rot"] = F.cross_entropy(logits.float(), torch.cat([batch["rot1"], batch["rot2"]]))
+    if w_con:
+        terms["contrast"] = nt_xent(outputs1[1].float(), outputs2[1].float(), temperature)
+    if w_rec:
+        recon = torch.cat([outputs1[2], outputs2[2]]).float()
+        terms["recon"] = F.l1_loss(recon, torch.cat([batch["target1"], batch["target2"]]).float())
+    scaled = [w * terms[name] for w, name in ((w_rot, "rot"), (w_con, "contrast"), (w_rec, "recon")) if w]
+    total = torch.stack(scaled).sum()
+    parts = {name: terms[name].detach() if name in terms else zero for name in ("rot", "contrast", "recon")}
+    return total, parts

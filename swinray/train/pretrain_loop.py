@@ -65,7 +65,10 @@ def train_fn_per_worker(config: dict) -> None:
     net = build_ssl_head(in_channels=config["in_channels"], feature_size=cfg.model.feature_size,
                          roi_size=cfg.model.roi_size, drop_path_rate=cfg.model.drop_path_rate,
                          use_checkpoint=cfg.model.gradient_checkpointing)
-    model = ray.train.torch.prepare_model(net)
+    weights = (cfg.pretext.rotation_weight, cfg.pretext.contrastive_weight, cfg.pretext.reconstruction_weight)
+    # A switched-off task leaves its head without gradients, which DDP must be told about.
+    model = ray.train.torch.prepare_model(
+        net, parallel_strategy_kwargs={"find_unused_parameters": 0.0 in weights})
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     scheduler = WarmupCosineSchedule(optimizer, warmup_steps=cfg.optim.warmup_steps, t_total=cfg.optim.num_steps)
     start, aim_hash = _restore(net, optimizer, scheduler)
@@ -79,7 +82,6 @@ def train_fn_per_worker(config: dict) -> None:
         tracker = Tracker(Path(config["run_dir"]) / "metrics.jsonl", config["aim_repo"], cfg.run.name,
                           params=config["cfg"], run_hash=aim_hash)
     use_amp = cfg.run.amp_bf16 and device.type == "cuda"
-    weights = (cfg.pretext.rotation_weight, cfg.pretext.contrastive_weight, cfg.pretext.reconstruction_weight)
 
     for step in range(start, cfg.optim.num_steps):
         began, wait_before = time.perf_counter(), crops.wait_s
