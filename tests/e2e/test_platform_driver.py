@@ -32,7 +32,7 @@ def test_doctor_runs_ray_task_and_train_workers_from_platform_driver(tmp_path):
     assert summary["allreduce_sum"] == 3.0                       # ranks 0 and 1 contribute 1 + 2
     assert summary["worker_system"] == "Linux"                   # stdlib platform on the worker
     assert json.loads((tmp_path / "doctor" / "config.json").read_text())["run"]["num_workers"] == 2
-    assert (tmp_path / "doctor").glob("checkpoint_*")
+    assert [p for p in (tmp_path / "doctor").glob("checkpoint_*") if p.is_dir()]   # storage writable
 
 
 def test_installed_quickstart_script_runs_every_existing_step_from_any_folder(tmp_path):
