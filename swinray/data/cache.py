@@ -35,9 +35,14 @@ def case_paths(cache: Path, case_id: str) -> tuple[Path, Path]:
 
 def source_stamp(case: Case) -> list[list]:
     """Size and mtime of every source file: a cached case is stale when its sources change."""
-    files = [*case.image, *([case.label] if case.label else [])]
-    return [[f, os.stat(f).st_size, os.stat(f).st_mtime_ns] if os.path.exists(f) else [f, None, None]
-            for f in files]
+    stamp = []
+    for f in [*case.image, *([case.label] if case.label else [])]:
+        try:
+            info = os.stat(f)
+            stamp.append([f, info.st_size, info.st_mtime_ns])
+        except FileNotFoundError:
+            stamp.append([f, None, None])
+    return stamp
 
 
 def cached_row(cache: Path, case: Case) -> dict | None:
