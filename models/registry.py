@@ -10,11 +10,12 @@ from collections.abc import Callable, Sequence
 from monai.networks.nets import SwinUNETR
 from torch import nn
 
-from models.ssl import SSLHead, check_feature_size
+from models.ssl import WINDOW_SIZE, SSLHead, check_feature_size
 
 
 def build_swin_unetr(in_channels: int, out_channels: int, feature_size: int,
-                     drop_path_rate: float = 0.0, use_checkpoint: bool = False) -> SwinUNETR:
+                     drop_path_rate: float = 0.0, use_checkpoint: bool = False,
+                     window_size: int = WINDOW_SIZE, use_flash_attention: bool = True) -> SwinUNETR:
     """MONAI's Swin UNETR for (B, in_channels, *S) -> (B, out_channels, *S), S divisible by 32.
 
     feature_size 48 is the paper's Swin UNETR-B. MONAI 1.6.1 no longer takes ``img_size`` (the
@@ -22,7 +23,8 @@ def build_swin_unetr(in_channels: int, out_channels: int, feature_size: int,
     """
     check_feature_size(feature_size)
     return SwinUNETR(in_channels=in_channels, out_channels=out_channels, feature_size=feature_size,
-                     dropout_path_rate=drop_path_rate, use_checkpoint=use_checkpoint, spatial_dims=3)
+                     dropout_path_rate=drop_path_rate, use_checkpoint=use_checkpoint, spatial_dims=3,
+                     window_size=window_size, use_flash_attention=use_flash_attention)
 
 
 MODELS: dict[str, Callable[..., nn.Module]] = {"swin_unetr": build_swin_unetr}
@@ -36,7 +38,8 @@ def build_model(name: str, **kwargs) -> nn.Module:
 
 
 def build_ssl_head(in_channels: int, feature_size: int, roi_size: Sequence[int],
-                   drop_path_rate: float = 0.0, use_checkpoint: bool = False) -> SSLHead:
+                   drop_path_rate: float = 0.0, use_checkpoint: bool = False,
+                   window_size: int = WINDOW_SIZE) -> SSLHead:
     """The pretraining network (encoder + rotation, contrastive and reconstruction heads)."""
     return SSLHead(in_channels=in_channels, feature_size=feature_size, roi_size=roi_size,
-                   drop_path_rate=drop_path_rate, use_checkpoint=use_checkpoint)
+                   drop_path_rate=drop_path_rate, use_checkpoint=use_checkpoint, window_size=window_size)

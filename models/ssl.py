@@ -20,7 +20,7 @@ CONTRASTIVE_DIM = 512       # projection size of the paper's contrastive head
 DOWNSAMPLING = 32           # patch embedding (2x) then four 2x patch mergings: 2 ** 5
 # SwinUNETR's fixed encoder settings (MONAI 1.6.1 defaults; the paper's Swin UNETR-B at feature_size 48)
 PATCH_SIZE = 2
-WINDOW_SIZE = 7
+WINDOW_SIZE = 7             # the paper's attention window; a setting (model.window_size)
 DEPTHS = (2, 2, 2, 2)
 NUM_HEADS = (3, 6, 12, 24)
 
@@ -44,12 +44,13 @@ def check_roi_size(roi_size: Sequence[int], spatial_dims: int = 3) -> None:
 
 
 def swin_encoder(in_channels: int, feature_size: int, drop_path_rate: float = 0.0,
-                 use_checkpoint: bool = False, spatial_dims: int = 3) -> SwinTransformer:
+                 use_checkpoint: bool = False, spatial_dims: int = 3,
+                 window_size: int = WINDOW_SIZE) -> SwinTransformer:
     """MONAI's Swin transformer, argument for argument as ``SwinUNETR.__init__`` builds ``swinViT``."""
     return SwinTransformer(
         in_chans=in_channels,
         embed_dim=feature_size,
-        window_size=ensure_tuple_rep(WINDOW_SIZE, spatial_dims),
+        window_size=ensure_tuple_rep(window_size, spatial_dims),
         patch_size=ensure_tuple_rep(PATCH_SIZE, spatial_dims),
         depths=DEPTHS,
         num_heads=NUM_HEADS,
@@ -98,10 +99,12 @@ class SSLHead(nn.Module):
         drop_path_rate: stochastic depth of the encoder.
         use_checkpoint: gradient checkpointing in every Swin block (less memory, more compute).
         spatial_dims: 3 for volumes, 2 for images.
+        window_size: Swin attention window (7 in the paper).
     """
 
     def __init__(self, in_channels: int, feature_size: int, roi_size: Sequence[int],
-                 drop_path_rate: float = 0.0, use_checkpoint: bool = False, spatial_dims: int = 3):
+                 drop_path_rate: float = 0.0, use_checkpoint: bool = False, spatial_dims: int = 3,
+                 window_size: int = WINDOW_SIZE):
         super().__init__()
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims={spatial_dims}: must be 2 or 3")
@@ -109,7 +112,8 @@ class SSLHead(nn.Module):
             raise ValueError(f"in_channels={in_channels}: must be at least 1")
         check_feature_size(feature_size)
         check_roi_size(roi_size, spatial_dims)
-        self.swinViT = swin_encoder(in_channels, feature_size, drop_path_rate, use_checkpoint, spatial_dims)
+        self.swinViT = swin_encoder(in_channels, feature_size, drop_path_rate, use_checkpoint, spatial_dims,
+                                    window_size)
         deepest = 16 * feature_size           # channels after four patch mergings
         self.rotation_head = nn.Linear(deepest, NUM_ROTATIONS)
         self.contrastive_head = nn.Linear(deepest, CONTRASTIVE_DIM)

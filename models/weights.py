@@ -30,6 +30,8 @@ from torch import nn
 FORMAT = "swinray-encoder-v1"
 ENCODER = "swinViT."                      # the encoder's attribute in SwinUNETR and SSLHead
 PATCH_EMBED = "patch_embed.proj.weight"   # (embed_dim, in_channels, p, p, p)
+BIAS_TABLE = "relative_position_bias_table"  # ((2w - 1)^3, heads): a bias per relative offset in a window w
+BIAS_INDEX = "relative_position_index"       # (w^3, w^3) buffer, a function of w alone
 # Key prefixes other writers put in front of encoder keys: DistributedDataParallel's wrapper,
 # whole SSLHead / SwinUNETR checkpoints, and the research code's snake_case attribute name.
 _FILE_PREFIXES = ("module.", "swinViT.", "swin_vit.")
@@ -141,12 +143,47 @@ def adapt_patch_embedding(state: Mapping[str, torch.Tensor], in_channels: int) -
     return {**state, PATCH_EMBED: adapted}, note
 
 
+def crop_bias_table(table: torch.Tensor, shape: torch.Size) -> torch.Tensor | None:
+    """A window-w bias table cut to a smaller window v (``shape`` = ((2v - 1)^3, heads)), else None.
+
+    Row i of the table is the relative offset (dz, dy, dx) in C order, each in -(w - 1)..(w - 1);
+    a window v < w uses the central -(v - 1)..(v - 1) of each, so the crop carries exactly the
+    pretrained biases of every offset the smaller window has (e.g. MONAI's window-7 weights into a
+    window-4 model).
+    """
+    side_file, side_model = (round(n ** (1 / 3)) for n in (table.shape[0], shape[0]))
+    if (side_file ** 3 != table.shape[0] or side_model ** 3 != shape[0] or side_model >= side_file
+            or table.shape[1:] != shape[1:]):
+        return None
+    lo = (side_file - side_model) // 2
+    cube = table.reshape(side_file, side_file, side_file, -1)[lo:lo + side_model, lo:lo + side_model,
+                                                            lo:lo + side_model]
+    return cube.reshape(shape)
+
+
+def _adapt_window(mapped: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> str | None:
+    """Crop bias tables of a larger attention window in place; the index buffers follow the model."""
+    cropped = 0
+    for key in [k for k in mapped if k.endswith(BIAS_TABLE) and mapped[k].shape != target[k].shape]:
+        table = crop_bias_table(mapped[key], target[key].shape)
+        if table is None:
+            return None
+        mapped[key], cropped = table, cropped + 1
+    if not cropped:
+        return None
+    for key in [k for k in mapped if k.endswith(BIAS_INDEX) and mapped[k].shape != target[k].shape]:
+        mapped[key] = target[key]
+    return (f"{cropped} relative-position bias tables cropped to the model's smaller attention window "
+            f"(same relative offsets); their index buffers are the model's own")
+
+
 def load_encoder(model: nn.Module, path_or_state: str | os.PathLike | Mapping,
                  adapt_channels: bool = False) -> LoadReport:
     """Copy pretrained encoder weights into ``model.swinViT`` and report exactly what happened.
 
     Only encoder keys count as missing; the rest of ``model`` (Swin UNETR's decoder) is counted in
-    ``not_in_encoder``. Tensors whose shape differs are not loaded. With ``adapt_channels`` a patch
+    ``not_in_encoder``. Weights of a larger attention window are cropped to the model's window
+    (``crop_bias_table``); other tensors whose shape differs are not loaded. With ``adapt_channels`` a patch
     embedding for another number of input channels is adapted (``adapt_patch_embedding``) instead.
     """
     encoder = _encoder_of(model)
@@ -159,7 +196,7 @@ def load_encoder(model: nn.Module, path_or_state: str | os.PathLike | Mapping,
             mapped[key] = value
         else:
             unexpected.append(file_key)
-    notes = []
+    notes = [note] if (note := _adapt_window(mapped, target)) else []
     if adapt_channels and PATCH_EMBED in mapped and mapped[PATCH_EMBED].shape[1] != target[PATCH_EMBED].shape[1]:
         mapped, note = adapt_patch_embedding(mapped, target[PATCH_EMBED].shape[1])
         notes.append(note)

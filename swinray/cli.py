@@ -134,7 +134,25 @@ def _pretrain(cfg: C.PretrainConfig) -> dict:
     return run_pretrain(cfg, log)
 
 
+def _finetune(cfg: C.FinetuneConfig) -> dict:
+    from swinray.train.finetune import run_finetune
+    return run_finetune(cfg, log)
+
+
+def _evaluate(cfg: C.EvaluateConfig) -> dict:
+    from swinray.seg.evaluate import run_evaluate
+    return run_evaluate(cfg, log)
+
+
+def _predict(cfg: C.PredictConfig) -> dict:
+    from swinray.seg.predict import run_predict
+    return run_predict(cfg, log)
+
+
 def _bench(cfg: C.BenchConfig) -> dict:
+    if cfg.target == "time-to-dice":
+        from swinray.bench.time_to_dice import bench_time_to_dice
+        return bench_time_to_dice(cfg, log)
     if cfg.target == "train":
         from swinray.bench.train import bench_train
         return bench_train(cfg, log)
@@ -165,6 +183,26 @@ VERBS: dict[str, Verb] = {
                      _DATA_FLAGS + [("--name", "run.name", "run name; the same name resumes"),
                                     ("--workers", "run.num_workers", "Ray Train workers")],
                      _pretrain, _run_config_path),
+    "finetune": Verb(C.FinetuneConfig,
+                     "Fine-tune Swin UNETR for segmentation with Ray Train; keeps the best model by validation Dice.",
+                     _DATA_FLAGS + [("--pretrained", "seg.pretrained", "SSL encoder weights to start from"),
+                                    ("--label-fraction", "split.label_fraction", "train on this fraction of cases"),
+                                    ("--fold", "split.fold", "cross-validation fold"),
+                                    ("--name", "run.name", "run name; the same name resumes"),
+                                    ("--workers", "run.num_workers", "Ray Train workers")],
+                     _finetune, _run_config_path),
+    "evaluate": Verb(C.EvaluateConfig,
+                     "Score a fine-tuned model on every labelled case of a dataset: Dice and HD95 per class.",
+                     [("--checkpoint", "checkpoint", "model.pt written by finetune"),
+                      ("--data", "data", "MSD-format folder or dataset file"),
+                      ("--out", "out_dir", "where the per-case CSV goes")],
+                     _evaluate, lambda cfg: Path(cfg.out_dir) / "config.json"),
+    "predict": Verb(C.PredictConfig,
+                    "Segment NIfTI files; label maps keep each input's shape, spacing and affine.",
+                    [("--checkpoint", "checkpoint", "model.pt written by finetune"),
+                     ("--input", "input", "a NIfTI file or a folder of them"),
+                     ("--output", "output", "output folder")],
+                    _predict, lambda cfg: Path(cfg.output) / "config.json"),
     "doctor": Verb(C.DoctorConfig,
                    "Check that Ray can run this project: library imports on workers, Train all-reduce.",
                    [("--workers", "run.num_workers", "Ray Train workers to start")],
@@ -187,6 +225,18 @@ def preprocess_main(argv=None) -> int:
 
 def pretrain_main(argv=None) -> int:
     return main("pretrain", argv)
+
+
+def finetune_main(argv=None) -> int:
+    return main("finetune", argv)
+
+
+def evaluate_main(argv=None) -> int:
+    return main("evaluate", argv)
+
+
+def predict_main(argv=None) -> int:
+    return main("predict", argv)
 
 
 def doctor_main(argv=None) -> int:

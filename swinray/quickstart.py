@@ -1,8 +1,9 @@
 """The whole platform on the built-in phantom, one verb after another, as a user would run them.
 
-What runs today: phantom generation, Ray Data preprocessing into the cache, and SSL pretraining
-with two Ray Train workers (the debug model: minutes on a laptop CPU). Fine-tuning and sweeps join
-this list as they land. ``python -m platform.doctor`` checks a cluster on its own.
+What runs today: phantom generation, Ray Data preprocessing into the cache, SSL pretraining with
+two Ray Train workers, fine-tuning from those weights, and evaluation of the fine-tuned model (the
+debug model: minutes on a laptop CPU). Sweeps join this list as they land.
+``python -m platform.doctor`` checks a cluster on its own.
 
     python -m platform.quickstart --preset debug
 """
@@ -13,18 +14,22 @@ from typing import Callable
 from swinray.config import QuickstartConfig
 
 
-def quickstart_steps(preset: str) -> list[tuple[str, list[str]]]:
-    """(verb, argv) in order; every verb runs with the same preset."""
+def quickstart_steps(preset: str) -> list[tuple[str, Callable[[dict], list[str]]]]:
+    """(verb, results so far -> argv) in order; every verb runs with the same preset."""
     return [
-        ("phantom", ["--preset", preset]),
-        ("preprocess", ["--preset", preset]),
-        ("pretrain", ["--preset", preset]),
+        ("phantom", lambda _: ["--preset", preset]),
+        ("preprocess", lambda _: ["--preset", preset]),
+        ("pretrain", lambda _: ["--preset", preset]),
+        ("finetune", lambda done: ["--preset", preset, "--pretrained", done["pretrain"]["encoder"]]),
+        ("evaluate", lambda done: ["--preset", preset, "--checkpoint", done["finetune"]["model"],
+                                   "--data", done["phantom"]["out_dir"]]),
     ]
 
 
 def run_quickstart(cfg: QuickstartConfig, run_verb: Callable[[str, list[str]], dict], log) -> dict:
     results = {}
-    for i, (verb, argv) in enumerate(quickstart_steps(cfg.preset), start=1):
+    for i, (verb, make_argv) in enumerate(quickstart_steps(cfg.preset), start=1):
+        argv = make_argv(results)
         log(f"step {i}: python -m platform.{verb} {' '.join(argv)}")
         results[verb] = summary = run_verb(verb, argv)
         if not summary.get("ok", True):
@@ -33,5 +38,8 @@ def run_quickstart(cfg: QuickstartConfig, run_verb: Callable[[str, list[str]], d
     log("done. Outputs: phantom dataset in " + results["phantom"]["out_dir"]
         + ", preprocessed cache in " + results["preprocess"]["cache_dir"]
         + ", pretrained encoder in " + results["pretrain"]["encoder"]
+        + ", fine-tuned model in " + results["finetune"]["model"]
+        + f" (validation Dice {results['finetune']['best_val_dice']:.3f}), per-case scores in "
+        + results["evaluate"]["per_case_csv"]
         + f"; compare runs with: aim up --repo {results['pretrain']['aim_repo']} --host 127.0.0.1")
     return {"command": "quickstart", "ok": True, "steps": results}

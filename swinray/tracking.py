@@ -63,6 +63,14 @@ class Tracker:
                         self.aim_run.track(value, name=name, step=step, context=context or {})
             self._guard(track)
 
+    def log_image(self, name: str, image, step: int, caption: str = "") -> None:
+        """An (H, W, 3) uint8 picture to Aim (the JSON-lines log keeps numbers only)."""
+        if self.aim_run is not None:
+            def track():
+                from aim import Image
+                self.aim_run.track(Image(image, caption=caption), name=name, step=step)
+            self._guard(track)
+
     def close(self) -> None:
         if self.aim_run is not None:
             self._guard(self.aim_run.close)
@@ -75,6 +83,9 @@ class NullTracker:
     aim_error = None
 
     def log(self, metrics: dict[str, Any], step: int, context: dict | None = None) -> None:
+        pass
+
+    def log_image(self, name: str, image, step: int, caption: str = "") -> None:
         pass
 
     def close(self) -> None:

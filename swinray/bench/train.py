@@ -35,7 +35,7 @@ def plain_loop(cfg: PretrainConfig, paths: list[str], in_channels: int, threads:
     torch.set_num_threads(threads)
     torch.manual_seed(cfg.run.seed)
     model = build_ssl_head(in_channels=in_channels, feature_size=cfg.model.feature_size,
-                           roi_size=cfg.model.roi_size)
+                           roi_size=cfg.model.roi_size, window_size=cfg.model.window_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     scheduler = WarmupCosineSchedule(optimizer, cfg.optim.warmup_steps, cfg.optim.num_steps)
     weights = (cfg.pretext.rotation_weight, cfg.pretext.contrastive_weight, cfg.pretext.reconstruction_weight)

@@ -90,3 +90,8 @@ def get_task(name: str) -> TaskSpec:
     except KeyError:
         raise KeyError(f"unknown task {name!r}; valid tasks: {', '.join(TASKS)} "
                        "(or 'auto' for any MSD-format folder)") from None
+
+
+def task_from_dict(data: dict) -> TaskSpec:
+    """A TaskSpec from its JSON form (``task.json``, a model file): lists back to tuples."""
+    return TaskSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})

@@ -63,7 +63,7 @@ def run_pretrain(cfg: PretrainConfig, log=print) -> dict:
     with result.checkpoint.as_directory() as directory:
         shutil.copyfile(Path(directory) / ENCODER_FILE, encoder_path)
     check = build_model("swin_unetr", in_channels=in_channels, out_channels=2,
-                        feature_size=cfg.model.feature_size)
+                        feature_size=cfg.model.feature_size, window_size=cfg.model.window_size)
     report = load_encoder(check, encoder_path)
     log(f"encoder exported to {encoder_path}; into a fresh SwinUNETR: {report.summary()}")
     metrics = result.metrics or {}

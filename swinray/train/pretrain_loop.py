@@ -64,7 +64,7 @@ def train_fn_per_worker(config: dict) -> None:
 
     net = build_ssl_head(in_channels=config["in_channels"], feature_size=cfg.model.feature_size,
                          roi_size=cfg.model.roi_size, drop_path_rate=cfg.model.drop_path_rate,
-                         use_checkpoint=cfg.model.gradient_checkpointing)
+                         use_checkpoint=cfg.model.gradient_checkpointing, window_size=cfg.model.window_size)
     weights = (cfg.pretext.rotation_weight, cfg.pretext.contrastive_weight, cfg.pretext.reconstruction_weight)
     # A switched-off task leaves its head without gradients, which DDP must be told about.
     model = ray.train.torch.prepare_model(

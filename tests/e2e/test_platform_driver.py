@@ -45,9 +45,12 @@ def test_installed_quickstart_script_runs_every_existing_step_from_any_folder(tm
     assert out.returncode == 0, out.stderr[-3000:]
     summary = last_json_line(out.stdout)
     assert summary["ok"] is True
-    assert list(summary["steps"]) == ["phantom", "preprocess", "pretrain"]
+    assert list(summary["steps"]) == ["phantom", "preprocess", "pretrain", "finetune", "evaluate"]
     assert summary["steps"]["phantom"]["num_cases"] == 4
     assert summary["steps"]["preprocess"]["cases_written"] == 4
     assert summary["steps"]["pretrain"]["steps"] == 8 and summary["steps"]["pretrain"]["ok"]
     assert (tmp_path / "outputs/phantom-debug/dataset.json").exists()
     assert (tmp_path / "outputs/debug/pretrain-debug/encoder.pt").exists()
+    assert summary["steps"]["finetune"]["pretrained_report"].startswith("126 encoder tensors loaded, 0 missing")
+    assert summary["steps"]["evaluate"]["num_cases"] == 4
+    assert (tmp_path / "outputs/debug/finetune-debug/model.pt").exists()

@@ -165,3 +165,19 @@ def test_bad_model_settings_name_the_field_and_value():
         build_ssl_head(in_channels=1, feature_size=FEATURES, roi_size=(32, 32, 32))
     with pytest.raises(ValueError, match="model.feature_size=18"):
         build_model("swin_unetr", in_channels=1, out_channels=2, feature_size=18)
+
+
+def test_window_7_weights_load_into_a_window_4_model_with_the_same_relative_offsets():
+    torch.manual_seed(0)
+    big = build_ssl_head(in_channels=1, feature_size=FEATURES, roi_size=ROI, window_size=7)
+    small = build_model("swin_unetr", in_channels=1, out_channels=3, feature_size=FEATURES, window_size=4)
+    report = load_encoder(small, encoder_state_dict(big))
+    assert report.missing == [] and report.shape_mismatched == [] and report.unexpected == []
+    assert "8 relative-position bias tables cropped" in report.summary()
+    key = "layers1.0.blocks.0.attn.relative_position_bias_table"
+    table7 = encoder_state_dict(big)[key].reshape(13, 13, 13, -1)
+    table4 = small.swinViT.state_dict()[key].reshape(7, 7, 7, -1)
+    assert torch.equal(table4[3, 3, 3], table7[6, 6, 6])           # offset (0, 0, 0)
+    assert torch.equal(table4[0, 6, 2], table7[3, 9, 5])           # offset (-3, +3, -1)
+    index = small.swinViT.state_dict()[key.replace("bias_table", "index")]
+    assert index.shape == (64, 64) and int(index.max()) == 7 ** 3 - 1

@@ -1,0 +1,1 @@
+"""Segmentation: metrics, sliding-window inference, model files, overlays, evaluate and predict."""

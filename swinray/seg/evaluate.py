@@ -1,0 +1,103 @@
+"""Score a fine-tuned model on every labelled case of a dataset, in each case's own voxel grid.
+
+Dice and HD95 (mm) per class with MONAI's metrics, against the source label map, after the
+prediction has been mapped back to the source grid: the numbers a user would get from the NIfTI
+files ``predict`` writes. The dataset may be one the model never saw; one unreadable case is
+reported and skipped, never fatal.
+
+    python -m platform.evaluate --checkpoint outputs/finetune/model.pt --data ../shared/data/Task04_Hippocampus
+"""
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.segmenter import load_segmenter
+from swinray.config import EvaluateConfig
+from swinray.data.datasets import DatasetError, load_dataset
+from swinray.data.nifti import CaseError
+from swinray.data.tasks import task_from_dict
+from swinray.progress import Progress
+from swinray.seg.metrics import dice_per_case, hd95_per_case
+from swinray.seg.model_input import segment_case
+
+
+def pick_device(choice: str) -> torch.device:
+    """cuda when asked, or when "auto" and torch sees a GPU; the CPU otherwise."""
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise DatasetError("device=cuda but torch sees no GPU; use device=cpu or auto")
+    return torch.device("cuda" if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()) else "cpu")
+
+
+def open_model(path: str, device: torch.device):
+    """(model on ``device``, metadata); an unusable file is a one-line DatasetError naming it."""
+    try:
+        model, meta = load_segmenter(path, device)
+    except (FileNotFoundError, ValueError) as e:
+        raise DatasetError(str(e)) from None
+    return model.to(device), meta
+
+
+def _mean(values) -> float | None:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return float(np.mean(finite)) if finite else None
+
+
+def run_evaluate(cfg: EvaluateConfig, log=print) -> dict:
+    if not cfg.checkpoint or not cfg.data:
+        raise DatasetError("evaluate needs --checkpoint FILE (model.pt from finetune) and --data PATH")
+    device = pick_device(cfg.device)
+    model, meta = open_model(cfg.checkpoint, device)
+    task = task_from_dict(meta["task"])
+    dataset = load_dataset(cfg.data, "auto")
+    if dataset.task.num_classes != task.num_classes:
+        raise DatasetError(f"{dataset.dataset_file}: {dataset.task.num_classes} label classes, the model "
+                           f"{cfg.checkpoint} predicts {task.num_classes} ({', '.join(task.label_names)})")
+    cases = [c for c in dataset.cases if c.label][: cfg.max_cases or None]
+    if not cases:
+        raise DatasetError(f"{dataset.dataset_file or dataset.root}: no labelled case to evaluate")
+    names = task.label_names[1:]
+    log(f"evaluating {cfg.checkpoint} (task {task.name}, trained to validation Dice "
+        f"{meta['metrics'].get('val_dice', float('nan')):.4f}) on {len(cases)} case(s) of {dataset.root}")
+    rows, rejected = [], [{"case_id": None, "reason": r} for r in dataset.rejected]
+    progress = Progress(len(cases), "case", "evaluate")
+    for case in cases:
+        try:
+            pred, label, affine = segment_case(model, case, task, meta["roi_size"], cfg.sw_batch_size,
+                                               cfg.sw_overlap, device)
+        except CaseError as e:
+            log(f"rejected: {e}")
+            rejected.append({"case_id": case.case_id, "reason": str(e)})
+            progress.update()
+            continue
+        p, t = torch.from_numpy(pred)[None, None], torch.from_numpy(label.astype(np.uint8))[None, None]
+        dice = dice_per_case(p, t, task.num_classes)[0].tolist()
+        voxel_mm = tuple(np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))     # in the array's own axis order
+        hd95 = hd95_per_case(p, t, task.num_classes, voxel_mm)[0].tolist()
+        rows.append({"case_id": case.case_id, **{f"dice_{n}": d for n, d in zip(names, dice)},
+                     **{f"hd95_mm_{n}": h for n, h in zip(names, hd95)}, "mean_dice": _mean(dice)})
+        progress.update()
+    progress.close()
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path = out / "per_case.csv"
+    with csv_path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["case_id", *[f"dice_{n}" for n in names],
+                                               *[f"hd95_mm_{n}" for n in names], "mean_dice"])
+        writer.writeheader()
+        writer.writerows(rows)
+    dice_per_class = {n: _mean(r[f"dice_{n}"] for r in rows) for n in names}
+    hd95_per_class = {n: _mean(r[f"hd95_mm_{n}"] for r in rows) for n in names}
+    # HD95 is infinite where a class is predicted nowhere (or only there): counted, not averaged.
+    hd95_undefined = {n: sum(1 for r in rows if not math.isfinite(r[f"hd95_mm_{n}"])) for n in names}
+    mean_dice = _mean(dice_per_class.values())
+    log(f"mean foreground Dice {mean_dice} over {len(rows)} case(s): {dice_per_class}; HD95 mm: {hd95_per_class}")
+    return {"command": "evaluate", "checkpoint": cfg.checkpoint, "data": str(dataset.root), "task": task.name,
+            "num_cases": len(rows), "num_rejected": len(rejected), "rejected": rejected,
+            "dice_per_class": dice_per_class, "mean_dice": mean_dice, "hd95_mm_per_class": hd95_per_class,
+            "hd95_undefined_cases_per_class": hd95_undefined,
+            "per_case_csv": str(csv_path), "ok": bool(rows)}

@@ -1,0 +1,86 @@
+"""Fine-tuning data: seeded splits of the cached cases, and the MONAI chains that feed training.
+
+Deterministic work (reading the cached case, padding to the ROI, finding foreground and background
+voxels) is cached once per case by ``CacheDataset``; the random part (positive/negative-balanced
+crops, flips, small rotations, intensity jitter) runs for every sample.
+"""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+from monai.transforms import (Compose, FgBgToIndicesd, MapTransform, RandCropByPosNegLabeld, RandFlipd,
+                              RandRotated, RandScaleIntensityd, RandShiftIntensityd, SelectItemsd, SpatialPadd)
+
+from swinray.config import ConfigError, SegConfig, SplitConfig
+from swinray.data.cache import read_case
+
+
+def split_cases(rows: list[dict], split: SplitConfig) -> tuple[list[dict], list[dict]]:
+    """(training rows, validation rows) of the labelled cached cases, reproducible from ``split``.
+
+    A dataset file that lists its own validation cases (BTCV's ``dataset_0.json``) keeps them when
+    ``use_listed_validation``; otherwise validation is fold ``fold`` of ``num_folds``: every
+    ``num_folds``-th case of the seeded shuffle (or of the listed order with ``shuffle=False``).
+    ``label_fraction`` then keeps a seeded subset of the training cases.
+    """
+    if split.num_folds < 2 or not 0 <= split.fold < split.num_folds:
+        raise ConfigError(f"split.fold={split.fold}, split.num_folds={split.num_folds}: need num_folds >= 2 "
+                          "and 0 <= fold < num_folds")
+    if not 0.0 < split.label_fraction <= 1.0:
+        raise ConfigError(f"split.label_fraction={split.label_fraction}: must be in (0, 1]")
+    labelled = [r for r in rows if r.get("label")]
+    listed = [r for r in labelled if r["split"] == "validation"]
+    if split.use_listed_validation and listed:
+        train, val = [r for r in labelled if r["split"] == "training"], listed
+    else:
+        order = list(range(len(labelled)))
+        if split.shuffle:
+            random.Random(split.seed).shuffle(order)
+        val_positions = set(order[split.fold::split.num_folds])
+        train = [r for i, r in enumerate(labelled) if i not in val_positions]
+        val = [r for i, r in enumerate(labelled) if i in val_positions]
+    if split.label_fraction < 1.0:
+        keep = max(1, round(split.label_fraction * len(train)))
+        chosen = set(random.Random(split.seed + 1).sample(range(len(train)), keep))
+        train = [r for i, r in enumerate(train) if i in chosen]
+    return train, val
+
+
+class LoadCachedCased(MapTransform):
+    """{"path": case.npy} -> {"image": (C, *S) float32, "label": (1, *S) uint8}, read whole."""
+
+    def __init__(self) -> None:
+        super().__init__(["path"])
+
+    def __call__(self, data: dict) -> dict:
+        image, label = read_case(data["path"], mmap=False)
+        return {**data, "image": torch.from_numpy(image.astype(np.float32)),
+                "label": torch.from_numpy(np.ascontiguousarray(label[None]))}
+
+
+def train_transforms(roi_size, seg: SegConfig) -> Compose:
+    keys = ["image", "label"]
+    roi = tuple(roi_size)
+    rad = np.deg2rad(seg.rotate_degrees)
+    random_part = [
+        RandCropByPosNegLabeld(keys, "label", roi, pos=seg.pos_neg_ratio, neg=1.0, num_samples=1,
+                               fg_indices_key="label_fg_indices", bg_indices_key="label_bg_indices",
+                               allow_smaller=True),
+        *[RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in seg.flip_axes],
+    ]
+    if seg.rotate_degrees > 0:
+        random_part.append(RandRotated(keys, range_x=rad, range_y=rad, range_z=rad, prob=0.2,
+                                       mode=("bilinear", "nearest"), padding_mode="zeros"))
+    if seg.intensity_jitter > 0:
+        random_part += [RandScaleIntensityd("image", factors=seg.intensity_jitter, prob=0.5),
+                        RandShiftIntensityd("image", offsets=seg.intensity_jitter, prob=0.5)]
+    return Compose([LoadCachedCased(), SpatialPadd(keys, roi), FgBgToIndicesd("label"),
+                    *random_part, SelectItemsd(keys)])
+
+
+def load_validation_case(path: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(1, C, *S) float32 image and (1, 1, *S) label of a cached case: the whole volume."""
+    data = LoadCachedCased()({"path": path})
+    return data["image"][None], data["label"][None]

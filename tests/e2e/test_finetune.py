@@ -1,0 +1,167 @@
+"""Fine-tuning, evaluation and prediction end to end on a local Ray instance.
+
+The phantom (BTCV's 14 classes) is fine-tuned from an SSL encoder file, resumed, evaluated and
+segmented through the command line; a 2-channel MSD-style dataset checks the patch-embedding
+adaptation of 1-channel weights; the real hippocampus MRI runs when ``../shared/data`` has it.
+"""
+import csv
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from conftest import run_module, shared_dataset
+from models.registry import build_ssl_head
+from models.weights import save_encoder
+from swinray.config import DataConfig, FinetuneConfig, apply_overrides, preset
+from swinray.train.finetune import run_finetune
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+
+
+def quiet(*_):
+    pass
+
+
+def debug_config(tmp_path, data: DataConfig | None = None, **overrides) -> FinetuneConfig:
+    cfg = preset(FinetuneConfig, "debug")
+    cfg = replace(cfg, data=data or DataConfig(phantom_dir=str(tmp_path.parent / "phantom"), num_phantom_cases=4,
+                                               cache_dir=str(tmp_path.parent / "cache")))
+    return apply_overrides(cfg, {"run.storage": str(tmp_path), **overrides})
+
+
+def ssl_encoder(path, in_channels=1):
+    """An encoder file as pretraining writes it (debug size, matching the debug fine-tuning model)."""
+    torch.manual_seed(1)
+    model = preset(FinetuneConfig, "debug").model
+    head = build_ssl_head(in_channels=in_channels, feature_size=model.feature_size, roi_size=model.roi_size,
+                          window_size=model.window_size)
+    return str(save_encoder(head, path))
+
+
+def last_json(stdout: str) -> dict:
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def phantom_run(local_ray, tmp_path_factory):
+    """A debug fine-tuning run on the phantom from SSL weights, stopped after 3 of 6 steps and
+    continued by running the same command again; shared by the tests below."""
+    tmp = tmp_path_factory.mktemp("ft")
+    encoder = ssl_encoder(tmp / "encoder.pt")
+    cfg = debug_config(tmp / "runs", **{"seg.pretrained": encoder})
+    first = run_finetune(apply_overrides(cfg, {"optim.num_steps": 3}), quiet)
+    return cfg, run_finetune(cfg, quiet), tmp, first
+
+
+def test_phantom_fine_tuning_resumes_keeps_the_best_model_and_reports_the_weight_loading(phantom_run):
+    cfg, summary, tmp, first = phantom_run
+    assert first["steps"] == 3 and first["best_step"] == 3
+    assert summary["ok"] and summary["steps"] == cfg.optim.num_steps
+    assert summary["pretrained_report"].startswith("126 encoder tensors loaded, 0 missing")
+    assert len(summary["val_dice_per_class"]) == 13 and 0.0 <= summary["best_val_dice"] <= 1.0
+    rows = [json.loads(line) for line in open(summary["metrics_log"])]
+    assert [r["step"] for r in rows] == list(range(1, cfg.optim.num_steps + 1))   # steps 1-3 not redone
+    validated = {r["step"]: r["val_dice"] for r in rows if "val_dice" in r}
+    assert sorted(validated) == [3, 6]
+    assert summary["best_val_dice"] == pytest.approx(max(validated.values()))
+    assert summary["best_step"] == max(validated, key=validated.get)
+    split = json.loads(open(summary["split"]).read())
+    assert len(split["training"]) == 3 and len(split["validation"]) == 1
+    assert not set(split["training"]) & set(split["validation"])
+    saved = torch.load(summary["model"], weights_only=True)
+    assert saved["format"] == "swinray-segmenter-v1" and saved["model"]["out_channels"] == 14
+    again = run_finetune(cfg, quiet)                        # same name: resumes at the end
+    assert again["steps"] == cfg.optim.num_steps and again["best_val_dice"] == summary["best_val_dice"]
+    assert len(open(summary["metrics_log"]).read().splitlines()) == cfg.optim.num_steps
+
+
+def test_evaluate_scores_every_labelled_case_with_dice_and_hd95(phantom_run):
+    cfg, summary, tmp, _ = phantom_run
+    out = run_module("platform.evaluate", "--checkpoint", summary["model"], "--data", cfg.data.phantom_dir,
+                     "--out", str(tmp / "eval"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = last_json(out.stdout)
+    assert result["num_cases"] == 4 and len(result["dice_per_class"]) == 13
+    assert 0.0 <= result["mean_dice"] <= 1.0
+    with open(result["per_case_csv"]) as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == 4 and "hd95_mm_liver" in table[0] and "dice_spleen" in table[0]
+
+
+def test_predict_writes_label_maps_on_each_inputs_grid(phantom_run):
+    cfg, summary, tmp, _ = phantom_run
+    images = sorted((Path(cfg.data.phantom_dir) / "imagesTr").glob("*.nii.gz"))
+    assert len(images) == 4
+    out = run_module("platform.predict", "--checkpoint", summary["model"], "--input", str(images[0].parent),
+                     "--output", str(tmp / "pred"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = last_json(out.stdout)
+    assert result["num_written"] == len(images) and result["num_rejected"] == 0
+    for image in images:
+        source, labels = nib.load(image), nib.load(tmp / "pred" / image.name)
+        assert labels.shape == source.shape and np.allclose(labels.affine, source.affine)
+        assert labels.get_data_dtype() == np.uint8
+
+
+def test_a_model_file_that_is_not_a_segmenter_is_refused_clearly(phantom_run, tmp_path):
+    _, summary, tmp, _ = phantom_run
+    out = run_module("platform.evaluate", "--checkpoint", str(tmp / "encoder.pt"), "--data", str(tmp))
+    assert out.returncode == 1
+    assert "not a fine-tuned model" in last_json(out.stdout)["error"]
+
+
+def two_channel_dataset(root):
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    rng = np.random.default_rng(0)
+    entries = []
+    for i in range(3):
+        image = np.zeros((40, 40, 24, 2), np.float32)
+        image[4:36, 4:36, 2:22] = rng.normal(500, 50, (32, 32, 20, 2))
+        label = np.zeros((40, 40, 24), np.uint8)
+        label[14:26, 14:26, 6:18] = 1 + (np.arange(12) >= 6)[None, None, :]
+        image[..., 0] += 200 * label
+        affine = np.diag([0.8, 0.8, 2.0, 1.0])
+        nib.save(nib.Nifti1Image(image, affine), root / f"imagesTr/p{i}.nii.gz")
+        nib.save(nib.Nifti1Image(label, affine), root / f"labelsTr/p{i}.nii.gz")
+        entries.append({"image": f"./imagesTr/p{i}.nii.gz", "label": f"./labelsTr/p{i}.nii.gz"})
+    (root / "dataset.json").write_text(json.dumps({
+        "modality": {"0": "T2", "1": "ADC"}, "labels": {"0": "background", "1": "pz", "2": "tz"},
+        "training": entries}))
+    return root
+
+
+def test_two_channel_mri_fine_tunes_from_one_channel_weights_adapting_the_patch_embedding(local_ray, tmp_path):
+    root = two_channel_dataset(tmp_path / "Prostateish")
+    encoder = ssl_encoder(tmp_path / "encoder.pt", in_channels=1)
+    cfg = debug_config(tmp_path / "runs", DataConfig(source=str(root), cache_dir=str(tmp_path / "cache")),
+                       **{"seg.pretrained": encoder, "optim.num_steps": 2, "seg.val_every_steps": 2,
+                          "split.num_folds": 3, "run.name": "ft-2ch"})
+    summary = run_finetune(cfg, quiet)
+    assert summary["ok"] and summary["num_validation_cases"] == 1
+    assert "adapted from 1 to 2 input channel(s)" in summary["pretrained_report"]
+    assert " 0 missing" in summary["pretrained_report"]
+    assert list(summary["val_dice_per_class"]) == ["pz", "tz"]
+    saved = torch.load(summary["model"], weights_only=True)
+    assert saved["model"]["in_channels"] == 2
+
+
+def test_real_hippocampus_fine_tunes_and_evaluates(local_ray, tmp_path):
+    data = shared_dataset("Task04_Hippocampus")
+    cfg = debug_config(tmp_path / "runs", DataConfig(source=str(data), cache_dir=str(tmp_path / "cache"),
+                                                     max_cases=10),
+                       **{"optim.num_steps": 2, "seg.val_every_steps": 2, "run.name": "ft-hippo"})
+    summary = run_finetune(cfg, quiet)
+    assert summary["ok"] and summary["task"] == "Task04_Hippocampus"
+    assert list(summary["val_dice_per_class"]) == ["anterior", "posterior"]
+    assert (summary["num_training_cases"], summary["num_validation_cases"]) == (8, 2)
+    out = run_module("platform.evaluate", "--checkpoint", summary["model"], "--data", str(data),
+                     "--out", str(tmp_path / "eval"), "--set", "max_cases=3")
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = last_json(out.stdout)
+    assert result["num_cases"] == 3 and set(result["dice_per_class"]) == {"anterior", "posterior"}

@@ -1,0 +1,59 @@
+"""Fine-tuning splits: reproducible, disjoint, the baseline's every-5th split, listed validation kept."""
+import pytest
+
+from swinray.config import ConfigError, SplitConfig
+from swinray.train.seg_data import split_cases
+
+
+def rows(n, split="training"):
+    return [{"case_id": f"c{i:03d}", "label": f"l{i}", "split": split, "path": f"p{i}"} for i in range(n)]
+
+
+def ids(cases):
+    return [c["case_id"] for c in cases]
+
+
+def test_listed_order_gives_every_fifth_case_as_the_monai_baseline():
+    cases = rows(23)
+    train, val = split_cases(cases, SplitConfig(shuffle=False))
+    assert ids(val) == ids(cases[::5])
+    assert ids(train) == [c["case_id"] for i, c in enumerate(cases) if i % 5]
+
+
+def test_five_folds_put_every_case_in_validation_exactly_once_and_are_seeded():
+    cases = rows(23)
+    seen = []
+    for fold in range(5):
+        train, val = split_cases(cases, SplitConfig(fold=fold, seed=3))
+        assert not set(ids(train)) & set(ids(val)) and len(train) + len(val) == 23
+        assert split_cases(cases, SplitConfig(fold=fold, seed=3)) == (train, val)
+        seen += ids(val)
+    assert sorted(seen) == ids(cases)
+    assert split_cases(cases, SplitConfig(seed=4))[1] != split_cases(cases, SplitConfig(seed=3))[1]
+
+
+def test_a_dataset_files_own_validation_list_is_the_split():
+    cases = rows(6) + rows(2, "validation") + rows(1, "test")
+    cases[-1]["label"] = None
+    train, val = split_cases(cases, SplitConfig())
+    assert len(train) == 6 and len(val) == 2 and all(c["split"] == "validation" for c in val)
+    train, val = split_cases(cases, SplitConfig(use_listed_validation=False))
+    assert len(train) + len(val) == 8                      # unlabelled test case never used
+
+
+def test_label_fraction_keeps_a_seeded_subset_of_the_training_cases():
+    cases = rows(40)
+    full_train, val = split_cases(cases, SplitConfig())
+    train, val_again = split_cases(cases, SplitConfig(label_fraction=0.25))
+    assert val_again == val and len(train) == 8 and set(ids(train)) <= set(ids(full_train))
+    assert split_cases(cases, SplitConfig(label_fraction=0.25)) == (train, val)
+
+
+@pytest.mark.parametrize("split, message", [
+    (SplitConfig(fold=5), "0 <= fold < num_folds"),
+    (SplitConfig(num_folds=1), "num_folds >= 2"),
+    (SplitConfig(label_fraction=0.0), "label_fraction=0.0"),
+])
+def test_bad_split_settings_are_errors_naming_the_field(split, message):
+    with pytest.raises(ConfigError, match=message):
+        split_cases(rows(10), split)
