@@ -95,10 +95,12 @@ def run_verb(verb: str, argv: list[str] | None = None) -> dict:
 
 def main(verb: str, argv: list[str] | None = None) -> int:
     """Run a verb; a problem with the user's data or settings is one clear line, not a traceback."""
-    from swinray.data.datasets import DatasetError
     try:
         summary = run_verb(verb, argv)
-    except (DatasetError, C.ConfigError) as e:
+    except Exception as e:
+        from swinray.data.datasets import DatasetError  # here, not at the top: --help stays free of MONAI
+        if not isinstance(e, (DatasetError, C.ConfigError)):
+            raise
         log(f"error: {e}")
         summary = {"command": verb, "ok": False, "error": str(e)}
     emit(summary)
@@ -150,6 +152,9 @@ def _predict(cfg: C.PredictConfig) -> dict:
 
 
 def _bench(cfg: C.BenchConfig) -> dict:
+    if cfg.target == "label-efficiency":
+        from swinray.bench.label_efficiency import bench_label_efficiency
+        return bench_label_efficiency(cfg, log)
     if cfg.target == "time-to-dice":
         from swinray.bench.time_to_dice import bench_time_to_dice
         return bench_time_to_dice(cfg, log)
@@ -208,7 +213,9 @@ VERBS: dict[str, Verb] = {
                    [("--workers", "run.num_workers", "Ray Train workers to start")],
                    _doctor, _run_config_path),
     "bench": Verb(C.BenchConfig, "Measure ours against the baseline a user would write, in one run.",
-                  _DATA_FLAGS, _bench, lambda cfg: Path(cfg.out_dir) / "config.json", positional="target"),
+                  _DATA_FLAGS + [("--pretrained", "pretrained", "label-efficiency: SSL encoder file(s), comma-separated"),
+                                 ("--fractions", "fractions", "label-efficiency: label fractions, e.g. 0.1,0.25,1.0")],
+                  _bench, lambda cfg: Path(cfg.out_dir) / "config.json", positional="target"),
     "quickstart": Verb(C.QuickstartConfig,
                        "Run the whole platform on the built-in phantom, step by step.",
                        [], _quickstart, _run_config_path),

@@ -23,7 +23,8 @@ def split_cases(rows: list[dict], split: SplitConfig) -> tuple[list[dict], list[
     A dataset file that lists its own validation cases (BTCV's ``dataset_0.json``) keeps them when
     ``use_listed_validation``; otherwise validation is fold ``fold`` of ``num_folds``: every
     ``num_folds``-th case of the seeded shuffle (or of the listed order with ``shuffle=False``).
-    ``label_fraction`` then keeps a seeded subset of the training cases.
+    ``label_fraction`` then keeps a seeded subset of the training cases, nested across fractions
+    (a label-efficiency curve adds cases, it never swaps them).
     """
     if split.num_folds < 2 or not 0 <= split.fold < split.num_folds:
         raise ConfigError(f"split.fold={split.fold}, split.num_folds={split.num_folds}: need num_folds >= 2 "
@@ -43,7 +44,9 @@ def split_cases(rows: list[dict], split: SplitConfig) -> tuple[list[dict], list[
         val = [r for i, r in enumerate(labelled) if i in val_positions]
     if split.label_fraction < 1.0:
         keep = max(1, round(split.label_fraction * len(train)))
-        chosen = set(random.Random(split.seed + 1).sample(range(len(train)), keep))
+        ranked = list(range(len(train)))          # one seeded ranking: smaller fractions are subsets of larger
+        random.Random(split.seed + 1).shuffle(ranked)
+        chosen = set(ranked[:keep])
         train = [r for i, r in enumerate(train) if i in chosen]
     return train, val
 

@@ -17,7 +17,8 @@ import torch
 from conftest import run_module, shared_dataset
 from models.registry import build_ssl_head
 from models.weights import save_encoder
-from swinray.config import DataConfig, FinetuneConfig, apply_overrides, preset
+from swinray.bench.label_efficiency import bench_label_efficiency
+from swinray.config import BenchConfig, DataConfig, FinetuneConfig, apply_overrides, preset
 from swinray.train.finetune import run_finetune
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
@@ -113,6 +114,28 @@ def test_a_model_file_that_is_not_a_segmenter_is_refused_clearly(phantom_run, tm
     out = run_module("platform.evaluate", "--checkpoint", str(tmp / "encoder.pt"), "--data", str(tmp))
     assert out.returncode == 1
     assert "not a fine-tuned model" in last_json(out.stdout)["error"]
+
+
+def test_label_efficiency_bench_compares_arms_on_one_split_and_reports_failed_runs(phantom_run):
+    cfg, _, tmp, _ = phantom_run
+    bench = apply_overrides(preset(BenchConfig, "debug"), {
+        "out_dir": str(tmp / "bench"), "pretrained": [str(tmp / "encoder.pt")], "fractions": [1.0, 0.34],
+        "budget_steps": 2})
+    result = bench_label_efficiency(replace(bench, data=cfg.data), quiet)
+    assert (result["arms"], result["fractions"], result["runs"]) == (["scratch", tmp.name], [0.34, 1.0], 4)
+    # 0.34 of 3 training cases is 1 case for 2 workers: both arms fail there, and the bench goes on
+    assert result["failed"] == 2 and not result["ok"]
+    assert result["dice"]["scratch"]["0.34"] is None and 0.0 <= result["dice"][tmp.name]["1"] <= 1.0
+    rows = json.loads(Path(result["results"]).read_text())["rows"]
+    assert all("training case per worker" in r["error"] for r in rows if r["fraction"] == 0.34)
+    runs = tmp / "bench" / "label_efficiency"
+    splits = [json.loads((runs / name / "split.json").read_text()) for name in ("scratch-f1", f"{tmp.name}-f1")]
+    assert splits[0] == splits[1]                            # same split and seed for every arm
+    assert (runs / f"{tmp.name}-f1" / "pretrained_report.json").exists()
+    assert not (runs / "scratch-f1" / "pretrained_report.json").exists()
+    assert all(r["steps"] == 2 for r in rows if r["fraction"] == 1.0)
+    assert "failed: ConfigError" in Path(result["table"]).read_text()
+    assert Path(result["plot"]).read_bytes()[:4] == b"\x89PNG"
 
 
 def two_channel_dataset(root):

@@ -49,6 +49,13 @@ def test_label_fraction_keeps_a_seeded_subset_of_the_training_cases():
     assert split_cases(cases, SplitConfig(label_fraction=0.25)) == (train, val)
 
 
+def test_smaller_label_fractions_are_subsets_of_larger_ones():
+    cases = rows(208)                                      # MSD Hippocampus: 166 training cases
+    subsets = [set(ids(split_cases(cases, SplitConfig(label_fraction=f))[0])) for f in (0.1, 0.25, 0.5, 1.0)]
+    assert [len(s) for s in subsets] == [17, 42, 83, 166]
+    assert subsets[0] < subsets[1] < subsets[2] < subsets[3]
+
+
 @pytest.mark.parametrize("split, message", [
     (SplitConfig(fold=5), "0 <= fold < num_folds"),
     (SplitConfig(num_folds=1), "num_folds >= 2"),
