@@ -43,3 +43,14 @@ def build_ssl_head(in_channels: int, feature_size: int, roi_size: Sequence[int],
     """The pretraining network (encoder + rotation, contrastive and reconstruction heads)."""
     return SSLHead(in_channels=in_channels, feature_size=feature_size, roi_size=roi_size,
                    drop_path_rate=drop_path_rate, use_checkpoint=use_checkpoint, window_size=window_size)
+
+
+ENCODER_STAGES = ("patch_embed", "layers1", "layers2", "layers3", "layers4")
+
+
+def encoder_stage_parameters(model: SwinUNETR, stages: int) -> list[nn.Parameter]:
+    """Parameters of the patch embedding and the first ``stages - 1`` Swin stages (0 = none, 5 = all)."""
+    if not 0 <= stages <= len(ENCODER_STAGES):
+        raise ValueError(f"seg.freeze_encoder_stages={stages}: must be 0 (none) to {len(ENCODER_STAGES)} "
+                         f"({', '.join(ENCODER_STAGES)})")
+    return [p for name in ENCODER_STAGES[:stages] for p in getattr(model.swinViT, name).parameters()]

@@ -152,6 +152,9 @@ def _predict(cfg: C.PredictConfig) -> dict:
 
 
 def _bench(cfg: C.BenchConfig) -> dict:
+    if cfg.target == "sweep":
+        from swinray.bench.sweep import bench_sweep
+        return bench_sweep(cfg, log)
     if cfg.target == "label-efficiency":
         from swinray.bench.label_efficiency import bench_label_efficiency
         return bench_label_efficiency(cfg, log)
@@ -163,6 +166,11 @@ def _bench(cfg: C.BenchConfig) -> dict:
         return bench_train(cfg, log)
     from swinray.bench.preprocess import bench_preprocess
     return bench_preprocess(cfg, log)
+
+
+def _sweep(cfg: C.SweepConfig) -> dict:
+    from swinray.sweep.run import run_sweep
+    return run_sweep(cfg, log)
 
 
 def _quickstart(cfg: C.QuickstartConfig) -> dict:
@@ -196,6 +204,15 @@ VERBS: dict[str, Verb] = {
                                     ("--name", "run.name", "run name; the same name resumes"),
                                     ("--workers", "run.num_workers", "Ray Train workers")],
                      _finetune, _run_config_path),
+    "sweep": Verb(C.SweepConfig,
+                  "Sweep fine-tuning hyperparameters per task: Ray Tune trials, Optuna TPE, ASHA early stopping, Aim.",
+                  [("--data", "finetune.data.source", "dataset folder (with --tasks: the folder holding task folders)"),
+                   ("--task", "finetune.data.task", "registry task name, or auto"),
+                   ("--tasks", "tasks", "comma-separated task names, or all"),
+                   ("--trials", "trials", "trials per task"),
+                   ("--pretrained", "finetune.seg.pretrained", "SSL encoder weights trials may start from"),
+                   ("--name", "name", "sweep name; the same name restores the sweep")],
+                  _sweep, lambda cfg: Path(cfg.storage) / cfg.name / "config.json"),
     "evaluate": Verb(C.EvaluateConfig,
                      "Score a fine-tuned model on every labelled case of a dataset: Dice and HD95 per class.",
                      [("--checkpoint", "checkpoint", "model.pt written by finetune"),
@@ -244,6 +261,10 @@ def evaluate_main(argv=None) -> int:
 
 def predict_main(argv=None) -> int:
     return main("predict", argv)
+
+
+def sweep_main(argv=None) -> int:
+    return main("sweep", argv)
 
 
 def doctor_main(argv=None) -> int:

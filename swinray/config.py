@@ -93,6 +93,8 @@ class SegConfig:
     dice_weight: float = 1.0            # DiceCE loss weights
     ce_weight: float = 1.0
     max_minutes: float = 0.0            # stop training after this wall time (0 = num_steps only)
+    freeze_encoder_stages: int = 0      # freeze the patch embedding and the first k-1 Swin stages (0-5)...
+    freeze_encoder_steps: int = 0       # ...for this many steps (pretrained features first, then everything)
     num_overlay_cases: int = 2          # validation cases drawn as ground truth / prediction overlays
 
 
@@ -107,6 +109,7 @@ class RunConfig:
     num_checkpoints_kept: int = 2
     max_failures: int = 3               # worker restarts from the latest checkpoint
     aim_repo: str = ""                  # "" = <storage>/.aim; or aim://HOST:PORT
+    experiment: str = ""                # Aim experiment that groups runs (a sweep's trials); "" = name
     seed: int = 0
     ray_address: str = ""               # "" = $RAY_ADDRESS if set, else a new local Ray instance
     dashboard: bool = False             # start Ray's dashboard (on 127.0.0.1) with a local instance
@@ -163,20 +166,38 @@ class PredictConfig:
 
 
 @dataclass(frozen=True)
+class SweepConfig:
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)  # every trial starts from this
+    tasks: tuple[str, ...] = ()         # () = finetune.data; ("all",) = every registry task found as a
+                                        # folder of that name under finetune.data.source
+    trials: int = 8                     # per task
+    search: Literal["tpe", "random"] = "tpe"        # Optuna sampler (seeded)
+    scheduler: Literal["asha", "none"] = "asha"     # ASHA stops weak trials at validation rungs
+    grace_steps: int = 0                # ASHA's first rung in training steps (0 = one validation interval)
+    reduction_factor: int = 2           # ASHA keeps the best 1/reduction_factor at each rung
+    max_concurrent_trials: int = 0      # 0 = as many as the cluster fits (2 CPUs or 1 GPU per worker)
+    seed: int = 0                       # the sampler's seed
+    start_points: str = ""              # JSON file: a list of {dotted key: value} trials to evaluate first
+    name: str = "sweep"                 # rerunning with the same name restores the sweep
+    storage: str = "outputs/sweeps"
+
+
+@dataclass(frozen=True)
 class DoctorConfig:
     run: RunConfig = field(default_factory=lambda: RunConfig(name="doctor"))
 
 
 @dataclass(frozen=True)
 class BenchConfig:
-    target: Literal["preprocess", "train", "time-to-dice", "label-efficiency"] = "preprocess"  # what to measure
+    target: Literal["preprocess", "train", "time-to-dice", "label-efficiency", "sweep"] = "preprocess"  # what to measure
     budget_minutes: float = 22.0        # time-to-dice: the baseline's wall-time budget (ours gets half)
     baseline_log: str = ""              # time-to-dice: reuse the printed log of an earlier baseline run
                                         # on this machine instead of running it again
     pretrained: tuple[str, ...] = ()    # label-efficiency: SSL encoder files, each an arm beside scratch
     fractions: tuple[float, ...] = (0.1, 0.25, 1.0)  # label-efficiency: fractions of the training cases
-    finetune_preset: str = "cpu-hippocampus"  # label-efficiency: how every arm fine-tunes
-    budget_steps: int = 0               # label-efficiency: training steps per run (0 = the preset's)
+    finetune_preset: str = "cpu-hippocampus"  # label-efficiency, sweep: how every run fine-tunes
+    budget_steps: int = 0               # label-efficiency, sweep: training steps per run (0 = the preset's)
+    sweep_trials: int = 8               # sweep: trials per search strategy
     data: DataConfig = field(default_factory=DataConfig)
     out_dir: str = "outputs/bench"      # benchmark results (JSON) are written here
     run: RunConfig = field(default_factory=lambda: RunConfig(name="bench"))
@@ -192,6 +213,18 @@ _DEBUG_DATA = DataConfig(num_phantom_cases=4, phantom_dir="outputs/phantom-debug
                          cache_dir="outputs/cache-debug")
 _DEBUG_MODEL = ModelConfig(feature_size=12, roi_size=(64, 64, 64), window_size=4)
 _DEBUG_RUN = dict(num_workers=2, checkpoint_every_steps=4, storage="outputs/debug")
+
+# MSD Hippocampus on 2 CPU cores: the smallest Swin UNETR with a 4-voxel attention window
+# (3.6x faster than 7 at 64^3) on 32x64x32 crops, which cover the structure (median label
+# extent 22x39x26 voxels) at a quarter of the voxels of 64^3; many small steps, sparse
+# validation. About 1 s per step with 2 workers: 600 steps fit 11 minutes.
+PRESET_CPU_HIPPOCAMPUS = FinetuneConfig(
+    data=DataConfig(task="Task04_Hippocampus"),
+    model=ModelConfig(feature_size=12, roi_size=(32, 64, 32), window_size=4),
+    optim=OptimConfig(lr=1e-3, warmup_steps=30, num_steps=600, batch_size=1),
+    seg=SegConfig(val_every_steps=150),
+    run=RunConfig(name="finetune-cpu-hippocampus", checkpoint_every_steps=150),
+)
 
 PRESETS: dict[type, dict[str, Any]] = {
     PhantomConfig: {
@@ -221,17 +254,7 @@ PRESETS: dict[type, dict[str, Any]] = {
             seg=SegConfig(val_every_steps=3, num_overlay_cases=1),
             run=RunConfig(name="finetune-debug", **_DEBUG_RUN),
         ),
-        # MSD Hippocampus on 2 CPU cores: the smallest Swin UNETR with a 4-voxel attention window
-        # (3.6x faster than 7 at 64^3) on 32x64x32 crops, which cover the structure (median label
-        # extent 22x39x26 voxels) at a quarter of the voxels of 64^3; many small steps, sparse
-        # validation. About 1 s per step with 2 workers: 600 steps fit 11 minutes.
-        "cpu-hippocampus": FinetuneConfig(
-            data=DataConfig(task="Task04_Hippocampus"),
-            model=ModelConfig(feature_size=12, roi_size=(32, 64, 32), window_size=4),
-            optim=OptimConfig(lr=1e-3, warmup_steps=30, num_steps=600, batch_size=1),
-            seg=SegConfig(val_every_steps=150),
-            run=RunConfig(name="finetune-cpu-hippocampus", checkpoint_every_steps=150),
-        ),
+        "cpu-hippocampus": PRESET_CPU_HIPPOCAMPUS,
     },
     EvaluateConfig: {"default": EvaluateConfig(), "debug": EvaluateConfig(out_dir="outputs/debug/evaluate")},
     PredictConfig: {"default": PredictConfig(), "debug": PredictConfig(output="outputs/debug/predict")},
@@ -243,6 +266,17 @@ PRESETS: dict[type, dict[str, Any]] = {
     QuickstartConfig: {
         "default": QuickstartConfig(),
         "debug": QuickstartConfig(run=RunConfig(name="quickstart", **_DEBUG_RUN)),
+    },
+    SweepConfig: {
+        "default": SweepConfig(),
+        "debug": SweepConfig(finetune=FinetuneConfig(
+            data=_DEBUG_DATA, model=_DEBUG_MODEL,
+            optim=OptimConfig(lr=1e-3, warmup_steps=1, num_steps=4, batch_size=1),
+            seg=SegConfig(val_every_steps=1, num_overlay_cases=0, sw_batch_size=2),
+            run=RunConfig(name="sweep-debug", **{**_DEBUG_RUN, "checkpoint_every_steps": 2})),
+            trials=3, grace_steps=1, name="sweep-debug", storage="outputs/debug/sweeps"),
+        "cpu-hippocampus": SweepConfig(finetune=PRESET_CPU_HIPPOCAMPUS, trials=12, grace_steps=150,
+                                       name="sweep-hippocampus"),
     },
     DoctorConfig: {
         "default": DoctorConfig(),

@@ -1,8 +1,9 @@
 """The whole platform on the built-in phantom, one verb after another, as a user would run them.
 
-What runs today: phantom generation, Ray Data preprocessing into the cache, SSL pretraining with
-two Ray Train workers, fine-tuning from those weights, and evaluation of the fine-tuned model (the
-debug model: minutes on a laptop CPU). Sweeps join this list as they land.
+Phantom generation, Ray Data preprocessing into the cache, SSL pretraining with two Ray Train
+workers, fine-tuning from those weights, evaluation of the fine-tuned model, and a tiny Tune +
+Optuna + ASHA sweep whose trials may start from the same weights (the debug model: minutes on a
+laptop CPU). Every run lands in one Aim repository.
 ``python -m platform.doctor`` checks a cluster on its own.
 
     python -m platform.quickstart --preset debug
@@ -23,6 +24,7 @@ def quickstart_steps(preset: str) -> list[tuple[str, Callable[[dict], list[str]]
         ("finetune", lambda done: ["--preset", preset, "--pretrained", done["pretrain"]["encoder"]]),
         ("evaluate", lambda done: ["--preset", preset, "--checkpoint", done["finetune"]["model"],
                                    "--data", done["phantom"]["out_dir"]]),
+        ("sweep", lambda done: ["--preset", preset, "--pretrained", done["pretrain"]["encoder"]]),
     ]
 
 
@@ -41,5 +43,6 @@ def run_quickstart(cfg: QuickstartConfig, run_verb: Callable[[str, list[str]], d
         + ", fine-tuned model in " + results["finetune"]["model"]
         + f" (validation Dice {results['finetune']['best_val_dice']:.3f}), per-case scores in "
         + results["evaluate"]["per_case_csv"]
-        + f"; compare runs with: aim up --repo {results['pretrain']['aim_repo']} --host 127.0.0.1")
+        + ", sweep trials in " + results["sweep"]["sweeps"][0]["table"]
+        + f"; compare every run with: aim up --repo {results['pretrain']['aim_repo']} --host 127.0.0.1")
     return {"command": "quickstart", "ok": True, "steps": results}

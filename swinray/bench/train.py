@@ -25,7 +25,8 @@ from swinray.pretext.losses import ssl_loss
 from swinray.pretext.views import make_ssl_batch
 from swinray.runtime import init_ray
 from swinray.train.crops import crop_batch, step_generator
-from swinray.train.pretrain import run_pretrain, worker_resources
+from swinray.train.pretrain import run_pretrain
+from swinray.train.trainer import worker_resources
 
 _WARMUP_STEPS = 3
 

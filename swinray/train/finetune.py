@@ -9,25 +9,22 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-import ray
-import ray.train
 import torch
-from ray.train.torch import TorchTrainer
 
 from models.registry import build_swin_unetr
 from models.ssl import check_roi_size
-from models.weights import load_encoder
+from models.weights import LoadReport, load_encoder
 from swinray.config import ConfigError, FinetuneConfig, PreprocessConfig, to_dict
 from swinray.data.cache import write_json
 from swinray.data.preprocess import run_preprocess
 from swinray.runtime import init_ray, use_gpu
 from swinray.tracking import aim_repo_for
 from swinray.train.finetune_loop import MODEL_FILE, train_fn_per_worker
-from swinray.train.pretrain import worker_resources
 from swinray.train.seg_data import split_cases
+from swinray.train.trainer import make_trainer, worker_resources
 
 
 def model_kwargs(cfg: FinetuneConfig, in_channels: int, num_classes: int) -> dict:
@@ -48,9 +45,30 @@ def check_pretrained(path: str, kwargs: dict):
     return report
 
 
-def run_finetune(cfg: FinetuneConfig, log=print) -> dict:
-    if cfg.seg.pretrained:  # workers on other nodes must find it: an absolute (shared) path
-        cfg = replace(cfg, seg=replace(cfg.seg, pretrained=os.path.abspath(cfg.seg.pretrained)))
+@dataclass(frozen=True)
+class FinetunePlan:
+    """Everything a fine-tuning run needs once the data is cached and split; a sweep shares one."""
+    cfg: FinetuneConfig
+    task: dict
+    train: list[dict]
+    val: list[dict]
+    roi: tuple[int, int, int]
+    model: dict                         # build_swin_unetr kwargs
+    pretrained_report: str | None
+
+    def loop_config(self, cfg: FinetuneConfig, run_dir: Path, threads: int) -> dict:
+        """``train_loop_config`` for the workers; ``cfg`` may differ from the plan's in hyperparameters."""
+        return {"cfg": to_dict(cfg), "model": self.model, "roi_size": list(self.roi), "task": self.task,
+                "train_paths": [r["path"] for r in self.train], "val_paths": [r["path"] for r in self.val],
+                "run_dir": str(run_dir), "aim_repo": aim_repo_for(cfg.run.aim_repo, cfg.run.storage),
+                "threads_per_worker": threads}
+
+
+def plan_finetune(cfg: FinetuneConfig, log=print) -> tuple[FinetunePlan, LoadReport | None]:
+    """Preprocess if needed, split, check the ROI and the pretrained file: fail here, not in a worker.
+
+    Returns the plan and the pretrained-weight load report (None without pretrained weights).
+    """
     cache = run_preprocess(PreprocessConfig(data=cfg.data, run=cfg.run), log)
     cache_dir = Path(cache["cache_dir"])
     task = json.loads((cache_dir / "task.json").read_text())
@@ -69,55 +87,55 @@ def run_finetune(cfg: FinetuneConfig, log=print) -> dict:
     except ValueError as e:
         raise ConfigError(str(e)) from None
     kwargs = model_kwargs(cfg, rows[0]["shape"][0], len(task["label_names"]))
-    storage = Path(cfg.run.storage).resolve()
-    run_dir = storage / cfg.run.name
-    write_json(run_dir / "split.json", {"split": to_dict(cfg.split), "training": [r["case_id"] for r in train],
-                                        "validation": [r["case_id"] for r in val]})
-    pretrained_report = None
-    if cfg.seg.pretrained:
-        report = check_pretrained(cfg.seg.pretrained, kwargs)
-        pretrained_report = report.summary()
-        log(f"pretrained encoder {cfg.seg.pretrained} into SwinUNETR: {pretrained_report}")
-        write_json(run_dir / "pretrained_report.json", {"file": cfg.seg.pretrained, "loaded": report.loaded,
+    report = check_pretrained(cfg.seg.pretrained, kwargs) if cfg.seg.pretrained else None
+    return FinetunePlan(cfg, task, train, val, roi, kwargs, report.summary() if report else None), report
+
+
+def write_run_records(plan: FinetunePlan, report, run_dir: Path) -> None:
+    write_json(run_dir / "split.json", {"split": to_dict(plan.cfg.split), "training": [r["case_id"] for r in plan.train],
+                                        "validation": [r["case_id"] for r in plan.val]})
+    if report is not None:
+        write_json(run_dir / "pretrained_report.json", {"file": plan.cfg.seg.pretrained, "loaded": report.loaded,
                                                         "missing": report.missing, "unexpected": report.unexpected,
                                                         "shape_mismatched": report.shape_mismatched,
                                                         "notes": report.notes})
 
+
+def run_finetune(cfg: FinetuneConfig, log=print) -> dict:
+    if cfg.seg.pretrained:  # workers on other nodes must find it: an absolute (shared) path
+        cfg = replace(cfg, seg=replace(cfg.seg, pretrained=os.path.abspath(cfg.seg.pretrained)))
+    plan, report = plan_finetune(cfg, log)
+    run_dir = Path(cfg.run.storage).resolve() / cfg.run.name
+    write_run_records(plan, report, run_dir)
+    if report is not None:
+        log(f"pretrained encoder {cfg.seg.pretrained} into SwinUNETR: {plan.pretrained_report}")
+
     cluster = init_ray(cfg.run)
     gpu = use_gpu(cfg.run)
     resources, threads = worker_resources(cluster["cpus"], cfg.run.num_workers, gpu)
-    log(f"fine-tuning {cfg.run.name} on {task['name']}: {len(train)} training / {len(val)} validation case(s), "
-        f"ROI {roi}, {cfg.run.num_workers} worker(s) on {'GPU' if gpu else 'CPU'} ({resources}), "
-        f"{cfg.optim.num_steps} steps -> {run_dir}")
-    trainer = TorchTrainer(
-        train_fn_per_worker,
-        train_loop_config={"cfg": to_dict(cfg), "model": kwargs, "roi_size": list(roi), "task": task,
-                           "train_paths": [r["path"] for r in train], "val_paths": [r["path"] for r in val],
-                           "run_dir": str(run_dir),
-                           "aim_repo": aim_repo_for(cfg.run.aim_repo, cfg.run.storage),
-                           "threads_per_worker": threads},
-        scaling_config=ray.train.ScalingConfig(num_workers=cfg.run.num_workers, use_gpu=gpu,
-                                               resources_per_worker=resources),
-        run_config=ray.train.RunConfig(
-            name=cfg.run.name, storage_path=str(storage),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.run.num_checkpoints_kept),
-            failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures)),
-    )
+    log(f"fine-tuning {cfg.run.name} on {plan.task['name']}: {len(plan.train)} training / {len(plan.val)} "
+        f"validation case(s), ROI {plan.roi}, {cfg.run.num_workers} worker(s) on {'GPU' if gpu else 'CPU'} "
+        f"({resources}), {cfg.optim.num_steps} steps -> {run_dir}")
+    trainer = make_trainer(train_fn_per_worker, plan.loop_config(cfg, run_dir, threads), cfg.run, gpu, resources)
     result = trainer.fit()
     model_path = run_dir / MODEL_FILE
     with result.checkpoint.as_directory() as directory:
         shutil.copyfile(Path(directory) / MODEL_FILE, model_path)
     metrics = result.metrics or {}
     saved = torch.load(model_path, map_location="cpu", weights_only=True)["metrics"]
-    per_class = dict(zip(task["label_names"][1:], saved.get("val_dice_per_class") or []))
+    per_class = dict(zip(plan.task["label_names"][1:], saved.get("val_dice_per_class") or []))
     log(f"best validation Dice {saved['val_dice']:.4f} at step {saved['step']} ({per_class}); model -> {model_path}")
+    if metrics.get("diverged_step"):
+        log(f"error: training diverged at step {metrics['diverged_step']} (NaN or infinite gradients); the best "
+            f"model before it is kept. Lower optim.lr or raise optim.warmup_steps")
     if metrics.get("aim_error"):
         log(f"warning: Aim tracking failed during the run ({metrics['aim_error']}); "
             f"metrics are in {run_dir / 'metrics.jsonl'}")
-    return {"command": "finetune", "task": task["name"], "run_dir": str(run_dir), "steps": metrics.get("step"),
+    return {"command": "finetune", "task": plan.task["name"], "run_dir": str(run_dir), "steps": metrics.get("step"),
             "best_val_dice": saved["val_dice"], "best_step": saved["step"], "val_dice_per_class": per_class,
-            "num_training_cases": len(train), "num_validation_cases": len(val), "roi_size": list(roi),
-            "model": str(model_path), "pretrained_report": pretrained_report,
+            "num_training_cases": len(plan.train), "num_validation_cases": len(plan.val), "roi_size": list(plan.roi),
+            "model": str(model_path), "pretrained_report": plan.pretrained_report,
             "metrics_log": str(run_dir / "metrics.jsonl"), "split": str(run_dir / "split.json"),
             "aim_repo": aim_repo_for(cfg.run.aim_repo, cfg.run.storage),
-            "aim_error": metrics.get("aim_error") or None, "ok": saved["val_dice"] >= 0}
+            "aim_error": metrics.get("aim_error") or None, "diverged_step": metrics.get("diverged_step") or None,
+            "ok": saved["val_dice"] >= 0 and not metrics.get("diverged_step")}

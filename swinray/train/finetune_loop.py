@@ -8,6 +8,7 @@ checkpoints (whole training state plus the best model file) that a restart or a 
 """
 from __future__ import annotations
 
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -19,7 +20,7 @@ from monai.data import CacheDataset, DataLoader
 from monai.losses import DiceCELoss
 from monai.optimizers import WarmupCosineSchedule
 
-from models.registry import build_swin_unetr
+from models.registry import build_swin_unetr, encoder_stage_parameters
 from models.segmenter import save_segmenter
 from models.weights import load_encoder
 from swinray.config import FinetuneConfig, from_dict
@@ -65,6 +66,17 @@ def _validate(model, paths: list[str], cfg: FinetuneConfig, roi, num_classes: in
     return dice, pictures
 
 
+PLACEMENT_GROUP_FILE = "placement_group.id"
+
+
+def _record_placement_group(run_dir: Path) -> None:
+    """Note the workers' placement group: a sweep frees it if Tune stops this trial mid-run."""
+    group = ray.util.get_current_placement_group()
+    if group is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / PLACEMENT_GROUP_FILE).write_text(group.id.hex())
+
+
 def _stop_now(deadline_passed: bool, device) -> bool:
     """Every rank stops at the same step: rank 0's clock decides."""
     flag = torch.tensor([float(deadline_passed)], device=device)
@@ -88,6 +100,7 @@ def train_fn_per_worker(config: dict) -> None:
         report = load_encoder(net, cfg.seg.pretrained, adapt_channels=True)
         if rank == 0:
             print(f"[swinray] pretrained encoder {cfg.seg.pretrained}: {report.summary()}", flush=True)
+    frozen = encoder_stage_parameters(net, cfg.seg.freeze_encoder_stages) if cfg.seg.freeze_encoder_steps else []
     model = ray.train.torch.prepare_model(net)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     scheduler = WarmupCosineSchedule(optimizer, warmup_steps=cfg.optim.warmup_steps, t_total=cfg.optim.num_steps)
@@ -107,12 +120,13 @@ def train_fn_per_worker(config: dict) -> None:
                          lambda_ce=cfg.seg.ce_weight)
     tracker = NullTracker()
     if rank == 0:
-        tracker = Tracker(Path(config["run_dir"]) / "metrics.jsonl", config["aim_repo"], cfg.run.name,
+        _record_placement_group(Path(config["run_dir"]))
+        tracker = Tracker(Path(config["run_dir"]) / "metrics.jsonl", config["aim_repo"], cfg.run.experiment or cfg.run.name,
                           params=config["cfg"], run_hash=state["aim_run_hash"] or None)
     use_amp = cfg.run.amp_bf16 and device.type == "cuda"
     started = time.perf_counter()
     deadline = cfg.seg.max_minutes * 60 if cfg.seg.max_minutes > 0 else float("inf")
-    metrics, stop = {}, step >= cfg.optim.num_steps or elapsed_before >= deadline
+    metrics, stop = {}, step >= cfg.optim.num_steps or elapsed_before >= deadline or bool(state.get("diverged_step"))
 
     while not stop:
         for batch in loader:
@@ -121,17 +135,29 @@ def train_fn_per_worker(config: dict) -> None:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 loss = loss_fn(model(image).float(), label)
             loss.backward()
+            if step < cfg.seg.freeze_encoder_steps:
+                for p in frozen:            # after DDP's all-reduce; AdamW skips a None grad entirely
+                    p.grad = None
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip_norm)
-            optimizer.step()
-            scheduler.step()
+            # The all-reduced gradient norm is the same on every rank: all stop together on NaN/inf.
+            diverged = not math.isfinite(float(grad_norm))
+            if not diverged:
+                optimizer.step()
+                scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
             elapsed = elapsed_before + time.perf_counter() - started
-            stop = step >= cfg.optim.num_steps or (deadline < float("inf") and _stop_now(elapsed > deadline, device))
+            stop = diverged or step >= cfg.optim.num_steps or (
+                deadline < float("inf") and _stop_now(elapsed > deadline, device))
             seconds = time.perf_counter() - began
             metrics = {"loss": loss.item(), "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
                        "samples_per_s": world * cfg.optim.batch_size / seconds, "elapsed_s": elapsed}
-            if stop or step % cfg.seg.val_every_steps == 0:
+            if diverged:
+                state["diverged_step"] = step
+                if rank == 0:
+                    print(f"[swinray] {cfg.run.name}: the gradients became {float(grad_norm)} at step {step} "
+                          f"(loss {metrics['loss']}, optim.lr={cfg.optim.lr}); the run stops as diverged", flush=True)
+            elif stop or step % cfg.seg.val_every_steps == 0:
                 dice, pictures = _validate(net, val_paths, cfg, roi, num_classes, device, use_amp,
                                            cfg.seg.num_overlay_cases if rank == 0 else 0)
                 metrics.update(val_dice=dice.mean(), elapsed_s=elapsed_before + time.perf_counter() - started,
@@ -154,7 +180,8 @@ def train_fn_per_worker(config: dict) -> None:
             if stop:
                 break
     if not metrics:  # a rerun of a finished run: report where it stands
-        ray.train.report({"step": step, "best_val_dice": state["best_dice"], "aim_error": ""}, checkpoint=None)
+        ray.train.report({"step": step, "best_val_dice": state["best_dice"], "aim_error": "",
+                          "diverged_step": state.get("diverged_step", 0)}, checkpoint=None)
     tracker.close()
 
 
@@ -177,5 +204,6 @@ def _checkpoint(config, cfg, net, optimizer, scheduler, state, best_state, step,
             checkpoint = ray.train.Checkpoint.from_directory(directory)
         summary = {k: metrics[k] for k in ("loss", "val_dice", "elapsed_s") if k in metrics}  # the rest: Aim, jsonl
         ray.train.report({**summary, "step": step, "best_val_dice": state["best_dice"],
-                          "best_step": state["best_step"], "aim_error": tracker.aim_error or ""},
+                          "best_step": state["best_step"], "aim_error": tracker.aim_error or "",
+                          "diverged_step": state.get("diverged_step", 0)},
                          checkpoint=checkpoint)

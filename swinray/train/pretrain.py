@@ -10,8 +10,6 @@ import shutil
 from pathlib import Path
 
 import ray
-import ray.train
-from ray.train.torch import TorchTrainer
 
 from models.registry import build_model
 from models.weights import load_encoder
@@ -20,14 +18,7 @@ from swinray.data.preprocess import run_preprocess
 from swinray.runtime import init_ray, use_gpu
 from swinray.tracking import aim_repo_for
 from swinray.train.pretrain_loop import ENCODER_FILE, train_fn_per_worker
-
-_DATA_CPU_RESERVE = 0.5  # CPU left free for Ray Data's feeding tasks, or Train + Data deadlock on 2 CPUs
-
-
-def worker_resources(cpus: float, num_workers: int, gpu: bool) -> tuple[dict, int]:
-    """Per-worker Ray resources and torch threads: explicit and fractional, so it always fits."""
-    per_worker = max(0.1, min(1.0 if gpu else float("inf"), (cpus - _DATA_CPU_RESERVE) / num_workers))
-    return {"CPU": round(per_worker, 3)}, max(1, int(cpus // num_workers))
+from swinray.train.trainer import make_trainer, worker_resources
 
 
 def run_pretrain(cfg: PretrainConfig, log=print) -> dict:
@@ -45,19 +36,10 @@ def run_pretrain(cfg: PretrainConfig, log=print) -> dict:
     log(f"pretraining {cfg.run.name}: {cfg.run.num_workers} worker(s) on {'GPU' if gpu else 'CPU'} "
         f"({resources}), {len(cases)} case(s), {cfg.optim.num_steps} steps -> {run_dir}")
 
-    trainer = TorchTrainer(
-        train_fn_per_worker,
-        train_loop_config={"cfg": to_dict(cfg), "in_channels": in_channels, "run_dir": str(run_dir),
-                           "aim_repo": aim_repo_for(cfg.run.aim_repo, cfg.run.storage),
-                           "threads_per_worker": threads},
-        scaling_config=ray.train.ScalingConfig(num_workers=cfg.run.num_workers, use_gpu=gpu,
-                                               resources_per_worker=resources),
-        run_config=ray.train.RunConfig(
-            name=cfg.run.name, storage_path=str(storage),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.run.num_checkpoints_kept),
-            failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures)),
-        datasets={"train": ray.data.from_items([{"path": c["path"]} for c in cases])},
-    )
+    loop_config = {"cfg": to_dict(cfg), "in_channels": in_channels, "run_dir": str(run_dir),
+                   "aim_repo": aim_repo_for(cfg.run.aim_repo, cfg.run.storage), "threads_per_worker": threads}
+    trainer = make_trainer(train_fn_per_worker, loop_config, cfg.run, gpu, resources,
+                           datasets={"train": ray.data.from_items([{"path": c["path"]} for c in cases])})
     result = trainer.fit()
     encoder_path = run_dir / ENCODER_FILE
     with result.checkpoint.as_directory() as directory:

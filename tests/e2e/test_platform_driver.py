@@ -35,17 +35,18 @@ def test_doctor_runs_ray_task_and_train_workers_from_platform_driver(tmp_path):
     assert [p for p in (tmp_path / "doctor").glob("checkpoint_*") if p.is_dir()]   # storage writable
 
 
-def test_installed_quickstart_script_runs_every_existing_step_from_any_folder(tmp_path):
+@pytest.mark.timeout(1000)
+def test_installed_quickstart_script_runs_every_step_from_any_folder(tmp_path):
     """The console script of an installed package, run outside the repo, writes under the cwd."""
     script = Path(sys.executable).parent / "swinray-quickstart"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="sr-qs-")
     out = subprocess.run([str(script), "--preset", "debug"], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=600)
+                         capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     summary = last_json_line(out.stdout)
     assert summary["ok"] is True
-    assert list(summary["steps"]) == ["phantom", "preprocess", "pretrain", "finetune", "evaluate"]
+    assert list(summary["steps"]) == ["phantom", "preprocess", "pretrain", "finetune", "evaluate", "sweep"]
     assert summary["steps"]["phantom"]["num_cases"] == 4
     assert summary["steps"]["preprocess"]["cases_written"] == 4
     assert summary["steps"]["pretrain"]["steps"] == 8 and summary["steps"]["pretrain"]["ok"]
@@ -54,3 +55,6 @@ def test_installed_quickstart_script_runs_every_existing_step_from_any_folder(tm
     assert summary["steps"]["finetune"]["pretrained_report"].startswith("126 encoder tensors loaded, 0 missing")
     assert summary["steps"]["evaluate"]["num_cases"] == 4
     assert (tmp_path / "outputs/debug/finetune-debug/model.pt").exists()
+    (sweep,) = summary["steps"]["sweep"]["sweeps"]
+    assert sweep["trials"] == 3 and (tmp_path / "outputs/debug/sweeps/sweep-debug/best_config.json").exists()
+    assert summary["steps"]["sweep"]["aim_repo"] == summary["steps"]["pretrain"]["aim_repo"]   # one Aim repo

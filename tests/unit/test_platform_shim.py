@@ -30,7 +30,8 @@ def test_torch_and_ray_import_under_our_package():
 
 
 def test_every_launcher_answers_help():
-    for verb in ("phantom", "preprocess", "pretrain", "finetune", "evaluate", "predict", "doctor", "quickstart"):
+    for verb in ("phantom", "preprocess", "pretrain", "finetune", "sweep", "evaluate", "predict", "doctor", "quickstart",
+                 "bench"):
         out = run_module(f"platform.{verb}", "--help")
         assert out.returncode == 0, f"{verb}: {out.stderr}"
         assert f"python -m platform.{verb}" in out.stdout

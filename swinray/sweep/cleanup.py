@@ -1,0 +1,40 @@
+"""Free a stopped trial's Train workers: Tune kills the trial, but its workers' placement group stays.
+
+When ASHA stops a trial, Tune kills the trial's actor and with it the Train controller, before the
+controller can remove its workers' placement group. Ray Train's own cleaner actor looks the cluster
+up by address and fails when several Ray instances share the machine ("Found multiple active Ray
+instances"); the reserved CPUs then starve every later trial. Rank 0 records the group's id in the
+trial's run folder, and this callback, in the sweep's driver, removes it when the trial ends.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+from ray.tune import Callback
+from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
+
+from swinray.train.finetune_loop import PLACEMENT_GROUP_FILE
+
+
+class FreeTrialWorkers(Callback):
+    def __init__(self, trials_dir: str):
+        self.trials_dir = Path(trials_dir)
+
+    def _free(self, trial) -> None:
+        try:  # a callback that raises aborts the sweep: tracking and cleanup only ever warn
+            from ray._raylet import PlacementGroupID
+            path = self.trials_dir / trial.trial_id / PLACEMENT_GROUP_FILE
+            if not path.exists():
+                return
+            group = PlacementGroup(PlacementGroupID(bytes.fromhex(path.read_text().strip())))
+            if placement_group_table(group).get("state") not in (None, "REMOVED"):
+                remove_placement_group(group)
+        except Exception as e:
+            warnings.warn(f"could not free the workers of trial {trial.trial_id}: {e}")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._free(trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._free(trial)

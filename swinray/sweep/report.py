@@ -1,0 +1,55 @@
+"""A sweep's trials as rows, a Markdown table and the best trial, from Tune's ``ResultGrid``."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from swinray.train.finetune_loop import MODEL_FILE
+
+
+def _status(result, num_steps: int) -> str:
+    if result.error is not None:
+        return "error"
+    return "stopped early" if (result.metrics or {}).get("step", 0) < num_steps else "finished"
+
+
+def _last_line(error) -> str:
+    """The exception's own message, the last line of Ray's wrapped traceback."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1][:300] if lines else type(error).__name__
+
+
+def _format(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value) if value != "" else '""'
+
+
+def summarise(grid, study: list[dict], num_steps: int) -> dict:
+    """Rows per trial (status, steps, best Dice, parameters), the Markdown table, the best finished trial."""
+    rows = []
+    for result in grid:
+        metrics = result.metrics or {}
+        dice = metrics.get("best_val_dice")
+        checkpoint = metrics.get("checkpoint_path")
+        rows.append({"trial_id": metrics.get("trial_id") or Path(result.path).name,
+                     "status": _status(result, num_steps), "steps": metrics.get("step", 0),
+                     "best_val_dice": dice if isinstance(dice, float) and math.isfinite(dice) and dice >= 0 else None,
+                     "error": _last_line(result.error) if result.error is not None else None,
+                     "model": str(Path(checkpoint) / MODEL_FILE) if checkpoint else None,
+                     "params": dict(result.config or {})})
+    rows.sort(key=lambda r: r["trial_id"])
+    scored = [r for r in rows if r["status"] != "error" and r["best_val_dice"] is not None]
+    best = max(scored, key=lambda r: r["best_val_dice"], default=None)
+    keys = sorted({k for r in rows for k in r["params"]})
+    head = ["trial", "status", "steps", "best Dice", *keys]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        dice = f"{r['best_val_dice']:.4f}" if r["best_val_dice"] is not None else "-"
+        mark = " (best)" if best is r else ""
+        lines.append("| " + " | ".join([r["trial_id"] + mark, r["status"], str(r["steps"]), dice,
+                                        *(_format(r["params"].get(k, "")) for k in keys)]) + " |")
+    return {"rows": rows, "best": best, "markdown": "\n".join(lines) + "\n",
+            "early_stopped": sum(r["status"] == "stopped early" for r in rows),
+            "errored": sum(r["status"] == "error" for r in rows),
+            "trial_steps": sum(r["steps"] for r in rows), "study_trials": len(study)}

@@ -1,0 +1,155 @@
+"""The sweep driver: plan once per task, run the Tune experiment (or restore it), write the outputs.
+
+    python -m platform.sweep --preset debug
+    python -m platform.sweep --preset cpu-hippocampus --data ../shared/data/Task04_Hippocampus --trials 12
+    python -m platform.sweep --tasks all --data /data/msd      # one sweep per task folder found
+
+Per task, under ``<storage>/<name>`` (``<name>-<task>`` with several tasks): ``tune/`` (Tune's
+experiment, restorable), ``trials/<trial_id>/`` (each trial's Ray Train run and ``metrics.jsonl``),
+``trials.md`` and ``trials.json`` (every trial; Optuna's own record of the study), ``best_config.json``
+(``platform.finetune --config`` takes it) and ``best_model.pt``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import ray.tune
+from ray.tune import Tuner
+
+from search_spaces import space_for
+from search_spaces.common import SpaceContext
+from swinray.config import ConfigError, FinetuneConfig, SweepConfig, save_config
+from swinray.data.cache import write_json
+from swinray.data.tasks import TASKS
+from swinray.runtime import init_ray, use_gpu
+from swinray.sweep.cleanup import FreeTrialWorkers
+from swinray.sweep.report import summarise
+from swinray.sweep.searcher import export_study, make_scheduler, make_searcher
+from swinray.sweep.trial import run_trial, trial_config
+from swinray.tracking import aim_repo_for
+from swinray.train.finetune import plan_finetune, write_run_records
+from swinray.train.trainer import worker_resources
+
+TRIAL_ACTOR_CPU = 0.01  # the Tune function only waits on its trainer; Train workers hold the real CPUs
+TUNE_DIR = "tune"
+
+
+@dataclass(frozen=True)
+class TaskSpace:
+    """Picklable define-by-run space: Tune saves the searcher, space included, with the sweep."""
+    task: str
+    ctx: SpaceContext
+
+    def __call__(self, trial) -> dict:
+        return space_for(self.task)(trial, self.ctx)
+
+
+def sweep_targets(cfg: SweepConfig) -> list[FinetuneConfig]:
+    """One fine-tuning base config per task to sweep."""
+    if not cfg.tasks:
+        return [cfg.finetune]
+    root = Path(cfg.finetune.data.source)
+    names = list(TASKS) if cfg.tasks == ("all",) else list(cfg.tasks)
+    unknown = [n for n in names if n not in TASKS]
+    if unknown or not root.is_dir():
+        raise ConfigError(f"tasks={list(cfg.tasks)} with data {root}: need a folder holding task folders named "
+                          f"after registry tasks ({', '.join(TASKS)})" + (f"; unknown: {unknown}" if unknown else ""))
+    found = [n for n in names if (root / n).is_dir()]
+    if not found:
+        raise ConfigError(f"{root}: none of the task folders {', '.join(names)} is there")
+    return [replace(cfg.finetune, data=replace(cfg.finetune.data, source=str(root / n), task=n)) for n in found]
+
+
+def concurrency(cfg: SweepConfig, cluster: dict, gpu: bool) -> int:
+    """Trials at once: 1 GPU or 2 CPUs per Train worker, at least one trial, at most the trials."""
+    if cfg.max_concurrent_trials:
+        return cfg.max_concurrent_trials
+    workers = cfg.finetune.run.num_workers
+    fits = cluster["gpus"] // workers if gpu else cluster["cpus"] // (2 * workers)
+    return int(max(1, min(cfg.trials, fits)))
+
+
+def sweep_task(cfg: SweepConfig, base: FinetuneConfig, sweep_name: str, log=print) -> dict:
+    if base.seg.pretrained:
+        base = replace(base, seg=replace(base.seg, pretrained=os.path.abspath(base.seg.pretrained)))
+    plan, report = plan_finetune(base, log)
+    task = plan.task["name"]
+    sweep_dir = Path(cfg.storage).resolve() / sweep_name
+    trials_dir = sweep_dir / "trials"
+    write_run_records(plan, report, sweep_dir)
+    cluster = init_ray(base.run)
+    gpu = use_gpu(base.run)
+    concurrent = concurrency(cfg, cluster, gpu)
+    resources, threads = worker_resources(cluster["cpus"] / concurrent, base.run.num_workers, gpu)
+    trainable = ray.tune.with_resources(
+        ray.tune.with_parameters(run_trial, plan=plan, trials_dir=str(trials_dir), experiment=sweep_name,
+                                 aim_repo=aim_repo_for(base.run.aim_repo, base.run.storage), gpu=gpu,
+                                 resources=resources, threads=threads),
+        {"CPU": TRIAL_ACTOR_CPU})
+    # Checkpoint-only reports carry no val_dice: ASHA and our searcher skip them (Tune would abort)
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    experiment = sweep_dir / TUNE_DIR
+    if Tuner.can_restore(str(experiment)):
+        log(f"sweep {sweep_name}: restoring {experiment} (finished trials are kept, unfinished ones resume)")
+        tuner = Tuner.restore(str(experiment), trainable, resume_unfinished=True, resume_errored=False)
+    else:
+        log(f"sweep {sweep_name} on {task}: {cfg.trials} trial(s), {cfg.search} + {cfg.scheduler}, "
+            f"{concurrent} at a time, {base.run.num_workers} worker(s) each ({resources}) -> {sweep_dir}")
+        space = TaskSpace(task, SpaceContext(num_steps=base.optim.num_steps, pretrained=base.seg.pretrained))
+        points = json.loads(Path(cfg.start_points).read_text()) if cfg.start_points else None
+        tuner = Tuner(trainable, tune_config=ray.tune.TuneConfig(
+            search_alg=make_searcher(space, cfg.search, cfg.seed, points),
+            scheduler=make_scheduler(cfg.scheduler, base.optim.num_steps,
+                                     cfg.grace_steps or base.seg.val_every_steps, cfg.reduction_factor),
+            num_samples=cfg.trials, max_concurrent_trials=concurrent),
+            run_config=ray.tune.RunConfig(name=TUNE_DIR, storage_path=str(sweep_dir),
+                                          failure_config=ray.tune.FailureConfig(max_failures=0),
+                                          callbacks=[FreeTrialWorkers(str(trials_dir))]))
+    grid = tuner.fit()
+
+    searcher = make_searcher(None, cfg.search, cfg.seed)
+    searcher.restore_from_dir(str(experiment))
+    study = export_study(searcher.study)
+    summary = summarise(grid, study, base.optim.num_steps)
+    write_json(sweep_dir / "trials.json", {"task": task, "trials": summary["rows"], "optuna_study": study})
+    (sweep_dir / "trials.md").write_text(summary["markdown"])
+    out = {"task": task, "sweep_dir": str(sweep_dir), "trials": len(summary["rows"]),
+           "early_stopped": summary["early_stopped"], "errored": summary["errored"],
+           "trial_steps": summary["trial_steps"], "best_val_dice": None, "aim_experiment": sweep_name,
+           "table": str(sweep_dir / "trials.md")}
+    best = summary["best"]
+    if best:
+        best_cfg = trial_config(plan, best["params"], f"{sweep_name}-best", base.run.storage, "")
+        out.update(best_val_dice=best["best_val_dice"], best_trial=best["trial_id"],
+                   best_config=str(save_config(best_cfg, sweep_dir / "best_config.json")))
+        if best.get("model") and Path(best["model"]).exists():
+            out["best_model"] = str(shutil.copyfile(best["model"], sweep_dir / "best_model.pt"))
+        log(f"sweep {sweep_name}: best trial {best['trial_id']} Dice {best['best_val_dice']:.4f}; "
+            f"fine-tune with it: python -m platform.finetune --config {out['best_config']}")
+    log(f"sweep {sweep_name}:\n{summary['markdown']}")
+    return out
+
+
+def run_sweep(cfg: SweepConfig, log=print) -> dict:
+    if cfg.trials < 1 or cfg.reduction_factor < 2:
+        raise ConfigError(f"trials={cfg.trials}, reduction_factor={cfg.reduction_factor}: need at least 1 trial "
+                          "and a reduction factor of at least 2")
+    targets = sweep_targets(cfg)
+    sweeps = []
+    for base in targets:
+        name = cfg.name if len(targets) == 1 else f"{cfg.name}-{base.data.task}"
+        try:
+            sweeps.append(sweep_task(cfg, base, name, log))
+        except (ConfigError, ValueError, RuntimeError) as e:  # one task's failure never stops the others
+            if len(targets) == 1:
+                raise
+            log(f"sweep {name}: failed: {e}")
+            sweeps.append({"task": base.data.task, "error": str(e)})
+    repo = aim_repo_for(cfg.finetune.run.aim_repo, cfg.finetune.run.storage)  # the repo fine-tuning uses
+    return {"command": "sweep", "sweeps": sweeps, "aim_repo": repo,
+            "aim_command": f"aim up --repo {repo} --host 127.0.0.1",
+            "ok": all("error" not in s for s in sweeps)}

@@ -1,0 +1,40 @@
+"""One sweep trial: a Tune function that builds and fits a Ray Train ``TorchTrainer`` (Train V2 API).
+
+Validation results flow from the Train workers to Tune through ``TuneReportCallback``. The trial's
+Train run is named after the Tune trial, so when Tune restores an interrupted sweep the trial's
+trainer picks up its own latest checkpoint instead of starting again.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import ray.tune
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from swinray.config import FinetuneConfig, apply_overrides, field_types
+from swinray.train.finetune import FinetunePlan
+from swinray.train.finetune_loop import train_fn_per_worker
+from swinray.train.trainer import make_trainer
+
+SETTABLE = set(field_types(FinetuneConfig))
+
+
+def trial_config(plan: FinetunePlan, params: dict, name: str, storage: str, experiment: str,
+                 aim_repo: str = "") -> FinetuneConfig:
+    """The plan's config with the sampled overrides; helper parameters (not config keys) are ignored."""
+    overrides = {k: v for k, v in params.items() if k in SETTABLE}
+    return apply_overrides(plan.cfg, {**overrides, "run.name": name, "run.storage": storage,
+                                      "run.experiment": experiment, "run.aim_repo": aim_repo or plan.cfg.run.aim_repo})
+
+
+def run_trial(params: dict, plan: FinetunePlan, trials_dir: str, experiment: str, aim_repo: str, gpu: bool,
+              resources: dict, threads: int) -> None:
+    trial_id = ray.tune.get_context().get_trial_id()
+    cfg = trial_config(plan, params, trial_id, trials_dir, experiment, aim_repo)
+    run_dir = Path(trials_dir) / trial_id
+    trainer = make_trainer(train_fn_per_worker, plan.loop_config(cfg, run_dir, threads), cfg.run, gpu, resources,
+                           callbacks=[TuneReportCallback()])
+    metrics = trainer.fit().metrics or {}
+    if metrics.get("diverged_step"):  # an error: Tune marks the trial ERROR, Optuna FAIL
+        raise FloatingPointError(f"trial {trial_id} diverged at step {metrics['diverged_step']} "
+                                 f"(optim.lr={cfg.optim.lr})")

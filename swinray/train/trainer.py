@@ -1,0 +1,42 @@
+"""One way to build a ``TorchTrainer``: explicit fractional resources, checkpoints kept, restarts.
+
+Pretraining, fine-tuning and every sweep trial build their trainer here, so resources, storage
+and failure handling cannot drift apart. Rebuilding it with the same ``run.name`` and
+``run.storage`` resumes (Ray Train V2).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import ray
+import ray.train
+from ray.train.torch import TorchTrainer
+
+from swinray.config import RunConfig
+
+DATA_CPU_RESERVE = 0.5  # CPU left free for Ray Data's feeding tasks, or Train + Data deadlock on 2 CPUs
+
+
+def worker_resources(cpus: float, num_workers: int, gpu: bool) -> tuple[dict, int]:
+    """Per-worker Ray resources and torch threads: explicit and fractional, so it always fits."""
+    per_worker = max(0.1, min(1.0 if gpu else float("inf"), (cpus - DATA_CPU_RESERVE) / num_workers))
+    return {"CPU": round(per_worker, 3)}, max(1, int(cpus // num_workers))
+
+
+def make_trainer(train_fn: Callable[[dict], None], loop_config: dict, run: RunConfig, gpu: bool,
+                 resources: dict, datasets: dict | None = None, callbacks: list | None = None,
+                 name: str | None = None, storage: str | Path | None = None) -> TorchTrainer:
+    """A ``TorchTrainer`` for ``run``; ``name``/``storage`` default to ``run.name``/``run.storage``."""
+    return TorchTrainer(
+        train_fn,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(num_workers=run.num_workers, use_gpu=gpu,
+                                               resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            name=name or run.name, storage_path=str(Path(storage or run.storage).resolve()),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=run.num_checkpoints_kept),
+            failure_config=ray.train.FailureConfig(max_failures=run.max_failures),
+            callbacks=callbacks or None),
+        datasets=datasets,
+    )

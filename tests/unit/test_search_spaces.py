@@ -1,0 +1,51 @@
+"""Search spaces: every task's space samples valid fine-tuning configs; conditional SSL parameters."""
+import optuna
+import pytest
+
+from search_spaces import MODULES, space_for
+from search_spaces.common import SpaceContext
+from swinray.config import FinetuneConfig, apply_overrides, field_types
+from swinray.data.tasks import TASKS
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+SETTABLE = set(field_types(FinetuneConfig))
+
+
+def test_every_registry_task_has_its_own_space_module():
+    assert set(MODULES) == set(TASKS)
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_every_space_samples_configs_that_fine_tuning_accepts(task):
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    ctx = SpaceContext(num_steps=600, pretrained="/w/encoder.pt")
+    for _ in range(12):
+        trial = study.ask()
+        overrides = space_for(task)(trial, ctx)
+        assert set(overrides) <= SETTABLE
+        cfg = apply_overrides(FinetuneConfig(), overrides)
+        assert 1e-5 <= cfg.optim.lr <= 1e-2 and 0 <= cfg.optim.warmup_steps <= 600
+        assert cfg.seg.pretrained in ("", "/w/encoder.pt")
+        if not cfg.seg.pretrained:
+            assert cfg.seg.freeze_encoder_steps == 0 and "seg.freeze_encoder_stages" not in trial.params
+        study.tell(trial, 0.5)
+
+
+def test_without_ssl_weights_no_trial_starts_from_them_or_freezes():
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    for _ in range(10):
+        trial = study.ask()
+        overrides = space_for("Task04_Hippocampus")(trial, SpaceContext(num_steps=100))
+        assert overrides["seg.pretrained"] == "" and overrides["seg.freeze_encoder_steps"] == 0
+        assert "start_from_ssl" not in trial.params
+        study.tell(trial, 0.5)
+
+
+def test_task_overrides_narrow_the_shared_ranges():
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=2))
+    ratios = set()
+    for _ in range(30):
+        trial = study.ask()
+        ratios.add(space_for("Task06_Lung")(trial, SpaceContext(num_steps=100))["seg.pos_neg_ratio"])
+        study.tell(trial, 0.5)
+    assert ratios == {2.0, 3.0, 5.0}
