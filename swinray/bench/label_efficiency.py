@@ -73,7 +73,7 @@ def markdown_table(rows: list[dict], arm_names: list[str]) -> str:
         for arm in arm_names:
             r = by_key.get((arm, f), {})
             if r.get("dice") is None:
-                cells.append(f"failed: {r.get('error', 'not run')}")
+                cells.append(f"failed: {r.get('error', 'not run')[:120]}")
             else:
                 per_class = ", ".join(f"{v:.3f}" for v in r["dice_per_class"].values())
                 cells.append(f"{r['dice']:.4f} ({per_class})")
@@ -126,7 +126,7 @@ def bench_label_efficiency(cfg: BenchConfig, log=print) -> dict:
                 summary = run_finetune(run_cfg, log)
             except Exception as e:  # one failed run is a row in the table, not the end of the bench
                 log(f"label efficiency: {arm} at fraction {fraction:g} failed: {type(e).__name__}: {e}")
-                rows.append({**row, "dice": None, "error": f"{type(e).__name__}: {str(e)[:200]}"})
+                rows.append({**row, "dice": None, "error": f"{type(e).__name__}: {e}"})
                 continue
             rows.append({**row, "dice": summary["best_val_dice"], "dice_per_class": summary["val_dice_per_class"],
                          "best_step": summary["best_step"], "steps": summary["steps"],
