@@ -274,7 +274,7 @@ PRESETS: dict[type, dict[str, Any]] = {
             optim=OptimConfig(lr=1e-3, warmup_steps=1, num_steps=4, batch_size=1),
             seg=SegConfig(val_every_steps=1, num_overlay_cases=0, sw_batch_size=2),
             run=RunConfig(name="sweep-debug", **{**_DEBUG_RUN, "checkpoint_every_steps": 2})),
-            trials=3, grace_steps=1, name="sweep-debug", storage="outputs/debug/sweeps"),
+            trials=2, grace_steps=1, name="sweep-debug", storage="outputs/debug/sweeps"),
         "cpu-hippocampus": SweepConfig(finetune=PRESET_CPU_HIPPOCAMPUS, trials=12, grace_steps=150,
                                        name="sweep-hippocampus"),
     },

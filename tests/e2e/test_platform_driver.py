@@ -56,5 +56,5 @@ def test_installed_quickstart_script_runs_every_step_from_any_folder(tmp_path):
     assert summary["steps"]["evaluate"]["num_cases"] == 4
     assert (tmp_path / "outputs/debug/finetune-debug/model.pt").exists()
     (sweep,) = summary["steps"]["sweep"]["sweeps"]
-    assert sweep["trials"] == 3 and (tmp_path / "outputs/debug/sweeps/sweep-debug/best_config.json").exists()
+    assert sweep["trials"] == 2 and (tmp_path / "outputs/debug/sweeps/sweep-debug/best_config.json").exists()
     assert summary["steps"]["sweep"]["aim_repo"] == summary["steps"]["pretrain"]["aim_repo"]   # one Aim repo
