@@ -103,8 +103,17 @@ def main(verb: str, argv: list[str] | None = None) -> int:
             raise
         log(f"error: {e}")
         summary = {"command": verb, "ok": False, "error": str(e)}
+    _disconnect_ray()
     emit(summary)
     return 0 if summary.get("ok", True) else 1
+
+
+def _disconnect_ray() -> None:
+    """Leave Ray before the summary: workers' logs reach the driver asynchronously, and one
+    arriving after the JSON (seen under ``ray job submit``) would no longer end the output."""
+    ray = sys.modules.get("ray")        # a verb that never used Ray does not import it here
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
 
 
 def _run_config_path(cfg) -> Path:

@@ -11,12 +11,16 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from monai.losses import ContrastiveLoss
-from torch.distributed.nn.functional import all_gather
+from torch.distributed._functional_collectives import all_gather_single
 
 
 def _global(z: torch.Tensor) -> torch.Tensor:
-    """(B, P) on each rank -> (world * B, P), rank-major, differentiable (backward sums over ranks)."""
-    return torch.cat(all_gather(z.contiguous()), dim=0)
+    """(B, P) on each rank -> (world * B, P), rank-major, differentiable (backward sums over ranks).
+
+    The functional collective, not ``torch.distributed.nn.functional.all_gather``: that one is
+    deprecated and warns on every step from every worker.
+    """
+    return all_gather_single(z.contiguous(), 0, dist.group.WORLD)
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float, gather: bool = True) -> torch.Tensor:
@@ -28,7 +32,7 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float, gather: bool
     exp(1 / temperature) overflows float32). Symmetric in (z1, z2); returns a scalar.
 
     When torch.distributed is initialised and ``gather`` is true, z1 and z2 are all-gathered
-    with the differentiable ``torch.distributed.nn.functional.all_gather`` (every rank must call
+    with a differentiable all-gather (every rank must call
     this with the same B), so negatives come from the global batch and every rank returns the
     loss of that global batch. The gather's backward sums the identical losses of all ranks, so
     each rank's gradient is world_size times the global loss's gradient for its rows;

@@ -1,6 +1,7 @@
 """SSL losses: NT-Xent is SimCLR's loss, prefers identical views, is symmetric and takes its negatives
 from every rank; each ssl_loss weight switches its term, and the total is the weighted sum."""
 import math
+import warnings
 
 import pytest
 import torch
@@ -89,9 +90,12 @@ def _rank_main(rank: int, init_file: str, z1: torch.Tensor, z2: torch.Tensor, ou
     try:
         rows = slice(rank * ROWS_PER_RANK, (rank + 1) * ROWS_PER_RANK)
         local1, local2 = z1[rows].clone().requires_grad_(True), z2[rows].clone().requires_grad_(True)
-        loss = nt_xent(local1, local2, 0.5)
-        loss.backward()
+        with warnings.catch_warnings(record=True) as caught:   # workers' warnings flood job logs
+            warnings.simplefilter("always")
+            loss = nt_xent(local1, local2, 0.5)
+            loss.backward()
         torch.save({"loss": loss.detach(), "grad1": local1.grad, "grad2": local2.grad,
+                    "warnings": [str(w.message) for w in caught],
                     "local_only": nt_xent(local1.detach(), local2.detach(), 0.5, gather=False)},
                    f"{out_dir}/rank{rank}.pt")
     finally:
@@ -116,3 +120,4 @@ def test_with_two_ranks_each_rank_gets_the_global_batch_loss_and_gradients_reach
         assert torch.allclose(result["grad1"], WORLD * g1.grad[rows], rtol=1e-4, atol=1e-6)
         assert torch.allclose(result["grad2"], WORLD * g2.grad[rows], rtol=1e-4, atol=1e-6)
         assert result["grad1"].abs().sum() > 0
+        assert result["warnings"] == []
