@@ -25,31 +25,37 @@ def _format(value) -> str:
     return str(value) if value != "" else '""'
 
 
-def summarise(grid, study: list[dict], num_steps: int) -> dict:
-    """Rows per trial (status, steps, best Dice, parameters), the Markdown table, the best finished trial."""
+def summarise(grid, num_steps: int, batch_size: int) -> dict:
+    """Rows per trial (status, steps, samples, best Dice, parameters), the Markdown table, the best trial.
+
+    Samples (steps x the trial's batch size) measure what a trial cost in data passes: trials sample
+    their batch size, so steps alone undercount the large-batch ones."""
     rows = []
     for result in grid:
         metrics = result.metrics or {}
         dice = metrics.get("best_val_dice")
         checkpoint = metrics.get("checkpoint_path")
+        params = dict(result.config or {})
+        steps = metrics.get("step", 0)
         rows.append({"trial_id": metrics.get("trial_id") or Path(result.path).name,
-                     "status": _status(result, num_steps), "steps": metrics.get("step", 0),
+                     "status": _status(result, num_steps), "steps": steps,
+                     "samples": steps * params.get("optim.batch_size", batch_size),
                      "best_val_dice": dice if isinstance(dice, float) and math.isfinite(dice) and dice >= 0 else None,
                      "error": _last_line(result.error) if result.error is not None else None,
                      "model": str(Path(checkpoint) / MODEL_FILE) if checkpoint else None,
-                     "params": dict(result.config or {})})
+                     "params": params})
     rows.sort(key=lambda r: r["trial_id"])
     scored = [r for r in rows if r["status"] != "error" and r["best_val_dice"] is not None]
     best = max(scored, key=lambda r: r["best_val_dice"], default=None)
     keys = sorted({k for r in rows for k in r["params"]})
-    head = ["trial", "status", "steps", "best Dice", *keys]
+    head = ["trial", "status", "steps", "samples", "best Dice", *keys]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         dice = f"{r['best_val_dice']:.4f}" if r["best_val_dice"] is not None else "-"
         mark = " (best)" if best is r else ""
-        lines.append("| " + " | ".join([r["trial_id"] + mark, r["status"], str(r["steps"]), dice,
+        lines.append("| " + " | ".join([r["trial_id"] + mark, r["status"], str(r["steps"]), str(r["samples"]), dice,
                                         *(_format(r["params"].get(k, "")) for k in keys)]) + " |")
     return {"rows": rows, "best": best, "markdown": "\n".join(lines) + "\n",
             "early_stopped": sum(r["status"] == "stopped early" for r in rows),
             "errored": sum(r["status"] == "error" for r in rows),
-            "trial_steps": sum(r["steps"] for r in rows), "study_trials": len(study)}
+            "trial_steps": sum(r["steps"] for r in rows), "trial_samples": sum(r["samples"] for r in rows)}

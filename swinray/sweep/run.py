@@ -102,7 +102,7 @@ def sweep_task(cfg: SweepConfig, base: FinetuneConfig, sweep_name: str, log=prin
         space = TaskSpace(task, SpaceContext(num_steps=base.optim.num_steps, pretrained=base.seg.pretrained))
         points = json.loads(Path(cfg.start_points).read_text()) if cfg.start_points else None
         tuner = Tuner(trainable, tune_config=ray.tune.TuneConfig(
-            search_alg=make_searcher(space, cfg.search, cfg.seed, points),
+            search_alg=make_searcher(space, cfg.search, cfg.seed, cfg.trials, points),
             scheduler=make_scheduler(cfg.scheduler, base.optim.num_steps,
                                      cfg.grace_steps or base.seg.val_every_steps, cfg.reduction_factor),
             num_samples=cfg.trials, max_concurrent_trials=concurrent),
@@ -114,12 +114,12 @@ def sweep_task(cfg: SweepConfig, base: FinetuneConfig, sweep_name: str, log=prin
     searcher = make_searcher(None, cfg.search, cfg.seed)
     searcher.restore_from_dir(str(experiment))
     study = export_study(searcher.study)
-    summary = summarise(grid, study, base.optim.num_steps)
+    summary = summarise(grid, base.optim.num_steps, base.optim.batch_size)
     write_json(sweep_dir / "trials.json", {"task": task, "trials": summary["rows"], "optuna_study": study})
     (sweep_dir / "trials.md").write_text(summary["markdown"])
     out = {"task": task, "sweep_dir": str(sweep_dir), "trials": len(summary["rows"]),
            "early_stopped": summary["early_stopped"], "errored": summary["errored"],
-           "trial_steps": summary["trial_steps"], "best_val_dice": None, "aim_experiment": sweep_name,
+           "trial_steps": summary["trial_steps"], "trial_samples": summary["trial_samples"], "best_val_dice": None, "aim_experiment": sweep_name,
            "table": str(sweep_dir / "trials.md")}
     best = summary["best"]
     if best:

@@ -91,6 +91,8 @@ def test_asha_stops_the_collapsed_trial_at_its_first_rung(sweep):
     collapsed = [t for t in trials if t["params"]["optim.lr"] == 2e6]
     assert [t["status"] for t in collapsed] == ["stopped early"] and collapsed[0]["steps"] == 1
     assert result["sweeps"][0]["early_stopped"] >= 1
+    assert all(t["samples"] == t["steps"] * t["params"]["optim.batch_size"] for t in trials)   # what each cost
+    assert result["sweeps"][0]["trial_samples"] == sum(t["samples"] for t in trials)
 
 
 def test_every_trial_is_one_aim_run_in_the_sweeps_experiment(sweep):

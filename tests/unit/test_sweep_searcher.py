@@ -1,10 +1,11 @@
-"""The sweep's Optuna searcher: errored and NaN trials end FAIL in the study, never RUNNING or COMPLETE."""
+"""The sweep's Optuna searcher: errored and NaN trials end FAIL in the study, never RUNNING or COMPLETE;
+a small TPE sweep models its results after a few random trials instead of staying random."""
 import optuna
 import pytest
 
 from search_spaces.common import SpaceContext
 from swinray.sweep.run import TaskSpace
-from swinray.sweep.searcher import export_study, make_searcher
+from swinray.sweep.searcher import export_study, make_searcher, startup_trials
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -50,3 +51,20 @@ def test_the_same_seed_proposes_the_same_first_trial():
     configs = [make_searcher(TaskSpace("BTCV", SpaceContext(num_steps=100)), "tpe", seed=3).suggest("t")
                for _ in range(2)]
     assert configs[0] == configs[1]
+
+
+def proposals(search: str, trials: int) -> list[dict]:
+    """A sweep's first proposals when every trial scores the same Dice, learning rate first."""
+    searcher = make_searcher(TaskSpace("Task04_Hippocampus", SpaceContext(num_steps=100)), search, seed=0, trials=trials)
+    configs = []
+    for n in range(4):
+        configs.append(searcher.suggest(f"t{n}"))
+        searcher.on_trial_complete(f"t{n}", {"best_val_dice": 0.5 + 0.1 * n, "training_iteration": 1})
+    return [c["optim.lr"] for c in configs]
+
+
+def test_a_small_tpe_sweep_stops_sampling_at_random_after_two_trials():
+    assert startup_trials(6) == 2 and startup_trials(30) == 10 and startup_trials(100) == 10
+    tpe, random = proposals("tpe", trials=6), proposals("random", trials=6)
+    assert tpe[:2] == random[:2]            # the same seeded random start...
+    assert tpe[2:] != random[2:]            # ...then TPE's own proposals
