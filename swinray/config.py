@@ -112,7 +112,8 @@ class RunConfig:
     experiment: str = ""                # Aim experiment that groups runs (a sweep's trials); "" = name
     seed: int = 0
     ray_address: str = ""               # "" = $RAY_ADDRESS if set, else a new local Ray instance
-    dashboard: bool = False             # start Ray's dashboard (on 127.0.0.1) with a local instance
+    dashboard: bool = True              # a local instance's dashboard (127.0.0.1 only); it also serves the
+                                        # State API that Ray Train's placement-group cleaner polls
 
 
 # --------------------------------------------------------------------------------------------

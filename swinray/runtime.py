@@ -13,11 +13,24 @@ import ray
 from swinray.config import ConfigError, RunConfig
 
 
+def pin_own_cluster() -> None:
+    """Worker setup hook: point the State API at this worker's own cluster.
+
+    Without ``RAY_ADDRESS`` the State API queries the newest Ray instance on the machine. Ray
+    Train's placement-group cleaner polls it for its controller; on another instance it finds
+    none, decides the controller died and removes the placement group of a run in progress
+    (seen: a sweep trial's workers destroyed when a second local instance started)."""
+    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+
+
 def init_ray(run: RunConfig) -> dict:
     """Start or join Ray once per process; return where we are connected and what it has."""
     if not ray.is_initialized():
         address = run.ray_address or os.environ.get("RAY_ADDRESS") or "local"
-        kwargs = {"include_dashboard": run.dashboard} if address == "local" else {}
+        kwargs = {}
+        if address == "local":  # a joined cluster keeps the runtime env its job was submitted with
+            kwargs = {"include_dashboard": run.dashboard, "dashboard_host": "127.0.0.1",
+                      "runtime_env": {"worker_process_setup_hook": pin_own_cluster}}
         ray.init(address=address, log_to_driver=True, **kwargs)
     resources = ray.cluster_resources()
     return {

@@ -1,10 +1,10 @@
 """Free a stopped trial's Train workers: Tune kills the trial, but its workers' placement group stays.
 
 When ASHA stops a trial, Tune kills the trial's actor and with it the Train controller, before the
-controller can remove its workers' placement group. Ray Train's own cleaner actor looks the cluster
-up by address and fails when several Ray instances share the machine ("Found multiple active Ray
-instances"); the reserved CPUs then starve every later trial. Rank 0 records the group's id in the
-trial's run folder, and this callback, in the sweep's driver, removes it when the trial ends.
+controller can remove its workers' placement group. Ray Train's own cleaner actor needs the State
+API, which only a cluster with its dashboard serves (``runtime.pin_own_cluster`` points it at the
+right one); without it the reserved CPUs would starve every later trial. Rank 0 records the group's
+id in the trial's run folder, and this callback, in the sweep's driver, removes it when the trial ends.
 """
 from __future__ import annotations
 
