@@ -73,7 +73,25 @@ class Tracker:
 
     def close(self) -> None:
         if self.aim_run is not None:
+            run_hash, repo = self.aim_run.hash, self.aim_run.repo
             self._guard(self.aim_run.close)
+            index_run(repo, run_hash)
+
+
+def index_run(repo, run_hash: str) -> bool:
+    """Make a closed run visible to Aim's query SDK now; True if it was indexed.
+
+    Aim 3.29 answers ``Repo.get_run``, ``iter_runs`` and ``query_metrics`` from an index that only
+    ``aim up`` and ``aim storage reindex`` fill. While ``aim up`` runs it holds the index (and
+    indexes the run itself), so a failure here is expected and silent."""
+    try:
+        from aim.sdk.index_manager import RepoIndexManager
+        if repo.is_remote_repo:    # the tracking server indexes its own runs
+            return False
+        RepoIndexManager.get_index_manager(repo).index(run_hash)
+        return True
+    except Exception:
+        return False
 
 
 class NullTracker:

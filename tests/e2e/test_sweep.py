@@ -99,9 +99,15 @@ def test_every_trial_is_one_aim_run_in_the_sweeps_experiment(sweep):
     from aim import Repo, Run
     tmp, result, _, _ = sweep
     assert result["aim_repo"] == str(tmp / "runs")                 # where fine-tuning runs of this config go
-    hashes = Repo.from_path(result["aim_repo"]).list_all_runs()
+    repo = Repo.from_path(result["aim_repo"])
+    hashes = repo.list_all_runs()
     experiments = [Run(h, repo=result["aim_repo"], read_only=True).experiment for h in hashes]
     assert experiments == [NAME] * 4                                # the resumed trial kept its run
+    # Closed runs are indexed, so Aim's query SDK (and `aim up`) sees them and their metrics
+    assert sorted(run.hash for run in repo.iter_runs()) == sorted(hashes)
+    assert all(run.active is False for run in repo.iter_runs())
+    validated = {m.run.hash for m in repo.query_metrics("metric.name == 'val_dice'").iter()}
+    assert len(validated) >= 3                                      # trials 2-4 validate (trial 1 may diverge first)
 
 
 def test_the_best_config_is_a_preset_that_finetune_accepts(sweep):
