@@ -1,0 +1,81 @@
+"""`cluster/*.yaml` pass the checks `ray up` runs (Ray's defaults merged, then Ray's own schema),
+and keep what our commands and our security defaults rely on."""
+import copy
+import re
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+from ray.autoscaler._private.util import prepare_config, validate_config
+
+from conftest import REPO
+
+CONFIGS = sorted((REPO / "cluster").glob("*.yaml"))
+
+
+def load(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+def start_commands(cfg: dict) -> list[str]:
+    return cfg["head_start_ray_commands"] + cfg["worker_start_ray_commands"]
+
+
+def test_both_cluster_configs_ship():
+    assert [p.name for p in CONFIGS] == ["gpu.yaml", "local.yaml"]
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_ray_up_accepts_the_config(path):
+    validate_config(prepare_config(load(path)))        # what `ray up` does before launching anything
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_the_schema_check_is_real(path):
+    broken = copy.deepcopy(load(path))
+    broken["auth"]["ssh_usr"] = broken["auth"].pop("ssh_user")            # a typo Ray must reject
+    with pytest.raises(jsonschema.ValidationError):
+        validate_config(prepare_config(broken))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_ray_process_uses_token_auth_and_the_dashboard_stays_on_loopback(path):
+    cfg = load(path)
+    ray_starts = [c for c in start_commands(cfg) if "ray start" in c]
+    assert len(ray_starts) == 2 and all("RAY_AUTH_MODE=token ray start" in c for c in ray_starts)
+    (head,) = [c for c in cfg["head_start_ray_commands"] if "ray start --head" in c]
+    assert "--dashboard-host=127.0.0.1" in head
+    assert any(dest.endswith(".ray/auth_token") for dest in cfg["file_mounts"])   # the same token everywhere
+    assert any("chmod 600 ~/.ray/auth_token" in c for c in cfg["setup_commands"])  # not world-readable
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_the_aim_ui_is_loopback_only_and_the_tracking_server_is_private(path):
+    aim = " ".join(c for c in load(path)["head_start_ray_commands"] if "aim " in c)
+    assert re.search(r"aim up --repo ~/aim --host 127\.0\.0\.1 --port 43800", aim)
+    server = re.search(r"aim server --repo ~/aim --host (.+?) --port 53800", aim)
+    assert server and "0.0.0.0" not in server.group(1)     # the head's private address, never all interfaces
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_the_project_is_synced_where_it_is_installed_without_local_outputs(path):
+    cfg = load(path)
+    (project,) = [dest for dest, src in cfg["file_mounts"].items() if src == "."]
+    installs = cfg.get("setup_commands", []) + cfg.get("head_setup_commands", []) + cfg.get("worker_setup_commands", [])
+    target = project.replace("~", "$HOME")
+    assert any("pip install" in c and "-e" in c and (project in c or target in c) for c in installs)
+    assert {".venv", "outputs", ".git"} <= set(cfg["rsync_exclude"])
+
+
+def test_gpu_cluster_scales_gpu_workers_from_zero_with_a_spot_option_and_a_cpu_only_head():
+    cfg = load(REPO / "cluster" / "gpu.yaml")
+    types = cfg["available_node_types"]
+    workers = {name: t for name, t in types.items() if name != cfg["head_node_type"]}
+    assert all(t["min_workers"] == 0 and t["max_workers"] >= 1 for t in workers.values())
+    assert any(t["node_config"].get("InstanceMarketOptions", {}).get("MarketType") == "spot" for t in workers.values())
+    assert all(t["node_config"]["InstanceType"].startswith(("g5.", "g6.", "p4", "p5")) for t in workers.values())
+    head = types[cfg["head_node_type"]]["node_config"]["InstanceType"]
+    assert not head.startswith(("g", "p"))                                    # no GPU on the head
+    assert any("whl/cpu" in c for c in cfg["head_setup_commands"])            # so no CUDA torch either
+    assert cfg["provider"]["cache_stopped_nodes"] is False
