@@ -94,6 +94,23 @@ def index_run(repo, run_hash: str) -> bool:
         return False
 
 
+def close_abandoned_run(repo: str, run_hash: str) -> bool:
+    """Close the Aim run of a killed process (a trial ASHA stopped); True if it was closed here.
+
+    Aim would show it active, and unindexed, for ever. A run that ended normally is left alone;
+    one still held by a live process, or by a process on another machine, cannot be taken over."""
+    try:
+        from aim import Run
+        if "://" in repo or Run(run_hash, repo=repo, read_only=True).end_time is not None:
+            return False
+        run = Run(run_hash=run_hash, repo=repo, system_tracking_interval=None,
+                  log_system_params=False, capture_terminal_logs=False)   # takes over a dead writer's lock
+        run.close()
+        return index_run(run.repo, run_hash)
+    except Exception:
+        return False
+
+
 class NullTracker:
     """What ranks other than 0 get: tracking calls that do nothing."""
 

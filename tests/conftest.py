@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -69,3 +70,26 @@ def patched_header(path: Path, field: str, value) -> Path:
     raw[:348] = header.binaryblock
     path.write_bytes(gzip.compress(bytes(raw)))
     return path
+
+
+def write_two_channel_mri(root: Path, cases: int = 3, label_contrast: float = 200.0) -> Path:
+    """An MSD-style 2-channel MRI task (Prostate's layout: T2 and ADC, labels pz and tz) of tiny
+    cases; channel 0 is ``label_contrast`` brighter inside the label, so a model can learn it."""
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    rng = np.random.default_rng(0)
+    entries = []
+    for i in range(cases):
+        image = np.zeros((40, 40, 24, 2), np.float32)
+        image[4:36, 4:36, 2:22] = rng.normal(500, 50, (32, 32, 20, 2))
+        label = np.zeros((40, 40, 24), np.uint8)
+        label[14:26, 14:26, 6:18] = 1 + (np.arange(12) >= 6)[None, None, :]
+        image[..., 0] += label_contrast * label
+        affine = np.diag([0.8, 0.8, 2.0, 1.0])
+        nib.save(nib.Nifti1Image(image, affine), root / f"imagesTr/p{i}.nii.gz")
+        nib.save(nib.Nifti1Image(label, affine), root / f"labelsTr/p{i}.nii.gz")
+        entries.append({"image": f"./imagesTr/p{i}.nii.gz", "label": f"./labelsTr/p{i}.nii.gz"})
+    (root / "dataset.json").write_text(json.dumps({
+        "modality": {"0": "T2", "1": "ADC"}, "labels": {"0": "background", "1": "pz", "2": "tz"},
+        "training": entries}))
+    return root

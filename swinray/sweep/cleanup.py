@@ -1,10 +1,11 @@
-"""Free a stopped trial's Train workers: Tune kills the trial, but its workers' placement group stays.
+"""Clean up after a stopped trial: Tune kills it, but its workers' placement group and its Aim run stay.
 
 When ASHA stops a trial, Tune kills the trial's actor and with it the Train controller, before the
 controller can remove its workers' placement group. Ray Train's own cleaner actor needs the State
 API, which only a cluster with its dashboard serves (``runtime.pin_own_cluster`` points it at the
 right one); without it the reserved CPUs would starve every later trial. Rank 0 records the group's
 id in the trial's run folder, and this callback, in the sweep's driver, removes it when the trial ends.
+The trial's Aim run, never closed by its killed worker, is closed here too (``aim_run.hash``).
 """
 from __future__ import annotations
 
@@ -14,24 +15,28 @@ from pathlib import Path
 from ray.tune import Callback
 from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
 
-from swinray.train.finetune_loop import PLACEMENT_GROUP_FILE
+from swinray.tracking import close_abandoned_run
+from swinray.train.finetune_loop import AIM_RUN_FILE, PLACEMENT_GROUP_FILE
 
 
 class FreeTrialWorkers(Callback):
-    def __init__(self, trials_dir: str):
+    def __init__(self, trials_dir: str, aim_repo: str = ""):
         self.trials_dir = Path(trials_dir)
+        self.aim_repo = aim_repo
 
     def _free(self, trial) -> None:
+        run_dir = self.trials_dir / trial.trial_id
         try:  # a callback that raises aborts the sweep: tracking and cleanup only ever warn
             from ray._raylet import PlacementGroupID
-            path = self.trials_dir / trial.trial_id / PLACEMENT_GROUP_FILE
-            if not path.exists():
-                return
-            group = PlacementGroup(PlacementGroupID(bytes.fromhex(path.read_text().strip())))
-            if placement_group_table(group).get("state") not in (None, "REMOVED"):
-                remove_placement_group(group)
+            if (run_dir / PLACEMENT_GROUP_FILE).exists():
+                group_id = bytes.fromhex((run_dir / PLACEMENT_GROUP_FILE).read_text().strip())
+                group = PlacementGroup(PlacementGroupID(group_id))
+                if placement_group_table(group).get("state") not in (None, "REMOVED"):
+                    remove_placement_group(group)
+            if self.aim_repo and (run_dir / AIM_RUN_FILE).exists():
+                close_abandoned_run(self.aim_repo, (run_dir / AIM_RUN_FILE).read_text().strip())
         except Exception as e:
-            warnings.warn(f"could not free the workers of trial {trial.trial_id}: {e}")
+            warnings.warn(f"could not clean up after trial {trial.trial_id}: {e}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._free(trial)

@@ -85,9 +85,10 @@ def sweep_task(cfg: SweepConfig, base: FinetuneConfig, sweep_name: str, log=prin
     gpu = use_gpu(base.run)
     concurrent = concurrency(cfg, cluster, gpu)
     resources, threads = worker_resources(cluster["cpus"] / concurrent, base.run.num_workers, gpu)
+    aim_repo = aim_repo_for(base.run.aim_repo, base.run.storage)
     trainable = ray.tune.with_resources(
         ray.tune.with_parameters(run_trial, plan=plan, trials_dir=str(trials_dir), experiment=sweep_name,
-                                 aim_repo=aim_repo_for(base.run.aim_repo, base.run.storage), gpu=gpu,
+                                 aim_repo=aim_repo, gpu=gpu,
                                  resources=resources, threads=threads),
         {"CPU": TRIAL_ACTOR_CPU})
     # Checkpoint-only reports carry no val_dice: ASHA and our searcher skip them (Tune would abort)
@@ -108,7 +109,7 @@ def sweep_task(cfg: SweepConfig, base: FinetuneConfig, sweep_name: str, log=prin
             num_samples=cfg.trials, max_concurrent_trials=concurrent),
             run_config=ray.tune.RunConfig(name=TUNE_DIR, storage_path=str(sweep_dir),
                                           failure_config=ray.tune.FailureConfig(max_failures=0),
-                                          callbacks=[FreeTrialWorkers(str(trials_dir))]))
+                                          callbacks=[FreeTrialWorkers(str(trials_dir), aim_repo)]))
     grid = tuner.fit()
 
     searcher = make_searcher(None, cfg.search, cfg.seed)

@@ -23,12 +23,13 @@ from monai.optimizers import WarmupCosineSchedule
 from models.registry import build_swin_unetr, encoder_stage_parameters
 from models.segmenter import save_segmenter
 from models.weights import load_encoder
-from swinray.config import FinetuneConfig, from_dict
+from swinray.config import FinetuneConfig
 from swinray.seg.inference import predict_probabilities
 from swinray.seg.metrics import DiceMean, dice_per_case
 from swinray.seg.overlay import legend, overlay_pair
 from swinray.tracking import NullTracker, Tracker
 from swinray.train.seg_data import load_validation_case, train_transforms
+from swinray.train.trainer import start_worker
 
 STATE_FILE = "state.pt"
 MODEL_FILE = "model.pt"
@@ -67,14 +68,18 @@ def _validate(model, paths: list[str], cfg: FinetuneConfig, roi, num_classes: in
 
 
 PLACEMENT_GROUP_FILE = "placement_group.id"
+AIM_RUN_FILE = "aim_run.hash"
 
 
-def _record_placement_group(run_dir: Path) -> None:
-    """Note the workers' placement group: a sweep frees it if Tune stops this trial mid-run."""
+def _record_for_cleanup(run_dir: Path, tracker) -> None:
+    """Note the workers' placement group and the Aim run: if Tune stops this trial mid-run, the
+    sweep frees the one and closes the other."""
+    run_dir.mkdir(parents=True, exist_ok=True)
     group = ray.util.get_current_placement_group()
     if group is not None:
-        run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / PLACEMENT_GROUP_FILE).write_text(group.id.hex())
+    if tracker.run_hash:
+        (run_dir / AIM_RUN_FILE).write_text(tracker.run_hash)
 
 
 def _stop_now(deadline_passed: bool, device) -> bool:
@@ -86,12 +91,7 @@ def _stop_now(deadline_passed: bool, device) -> bool:
 
 
 def train_fn_per_worker(config: dict) -> None:
-    cfg: FinetuneConfig = from_dict(FinetuneConfig, config["cfg"])
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
-    torch.set_num_threads(config["threads_per_worker"])
-    torch.manual_seed(cfg.run.seed)
+    cfg, rank, world, device = start_worker(config, FinetuneConfig)
     roi, num_classes, task = config["roi_size"], config["model"]["out_channels"], config["task"]
 
     net = build_swin_unetr(**config["model"], drop_path_rate=cfg.model.drop_path_rate,
@@ -120,9 +120,9 @@ def train_fn_per_worker(config: dict) -> None:
                          lambda_ce=cfg.seg.ce_weight)
     tracker = NullTracker()
     if rank == 0:
-        _record_placement_group(Path(config["run_dir"]))
         tracker = Tracker(Path(config["run_dir"]) / "metrics.jsonl", config["aim_repo"], cfg.run.experiment or cfg.run.name,
                           params=config["cfg"], run_hash=state["aim_run_hash"] or None)
+        _record_for_cleanup(Path(config["run_dir"]), tracker)
     use_amp = cfg.run.amp_bf16 and device.type == "cuda"
     started = time.perf_counter()
     deadline = cfg.seg.max_minutes * 60 if cfg.seg.max_minutes > 0 else float("inf")

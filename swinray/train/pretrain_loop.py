@@ -18,11 +18,12 @@ from monai.optimizers import WarmupCosineSchedule
 
 from models.registry import build_ssl_head
 from models.weights import save_encoder
-from swinray.config import PretrainConfig, from_dict
+from swinray.config import PretrainConfig
 from swinray.pretext.losses import ssl_loss
 from swinray.pretext.views import make_ssl_batch
 from swinray.tracking import NullTracker, Tracker
 from swinray.train.crops import CropPrefetcher, step_generator
+from swinray.train.trainer import start_worker
 
 STATE_FILE = "state.pt"
 ENCODER_FILE = "encoder.pt"
@@ -55,12 +56,7 @@ def _report(metrics: dict, state: dict | None, encoder_of=None) -> None:
 
 
 def train_fn_per_worker(config: dict) -> None:
-    cfg: PretrainConfig = from_dict(PretrainConfig, config["cfg"])
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
-    torch.set_num_threads(config["threads_per_worker"])
-    torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
+    cfg, rank, world, device = start_worker(config, PretrainConfig)
 
     net = build_ssl_head(in_channels=config["in_channels"], feature_size=cfg.model.feature_size,
                          roi_size=cfg.model.roi_size, drop_path_rate=cfg.model.drop_path_rate,

@@ -11,9 +11,11 @@ from typing import Callable
 
 import ray
 import ray.train
+import ray.train.torch
+import torch
 from ray.train.torch import TorchTrainer
 
-from swinray.config import RunConfig
+from swinray.config import RunConfig, from_dict
 
 DATA_CPU_RESERVE = 0.5  # CPU left free for Ray Data's feeding tasks, or Train + Data deadlock on 2 CPUs
 
@@ -22,6 +24,16 @@ def worker_resources(cpus: float, num_workers: int, gpu: bool) -> tuple[dict, in
     """Per-worker Ray resources and torch threads: explicit and fractional, so it always fits."""
     per_worker = max(0.1, min(1.0 if gpu else float("inf"), (cpus - DATA_CPU_RESERVE) / num_workers))
     return {"CPU": round(per_worker, 3)}, max(1, int(cpus // num_workers))
+
+
+def start_worker(config: dict, cls: type):
+    """A Train worker's first lines: its config back as a ``cls`` dataclass, its CPU threads and the
+    run's seed (identical initial weights on every rank); returns (cfg, rank, world size, device)."""
+    cfg = from_dict(cls, config["cfg"])
+    ctx = ray.train.get_context()
+    torch.set_num_threads(config["threads_per_worker"])
+    torch.manual_seed(cfg.run.seed)
+    return cfg, ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device()
 
 
 def make_trainer(train_fn: Callable[[dict], None], loop_config: dict, run: RunConfig, gpu: bool,

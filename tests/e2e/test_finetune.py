@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_module, shared_dataset
+from conftest import run_module, shared_dataset, write_two_channel_mri
 from models.registry import build_ssl_head
 from models.weights import save_encoder
 from swinray.bench.label_efficiency import bench_label_efficiency
@@ -138,29 +138,9 @@ def test_label_efficiency_bench_compares_arms_on_one_split_and_reports_failed_ru
     assert Path(result["plot"]).read_bytes()[:4] == b"\x89PNG"
 
 
-def two_channel_dataset(root):
-    (root / "imagesTr").mkdir(parents=True)
-    (root / "labelsTr").mkdir()
-    rng = np.random.default_rng(0)
-    entries = []
-    for i in range(3):
-        image = np.zeros((40, 40, 24, 2), np.float32)
-        image[4:36, 4:36, 2:22] = rng.normal(500, 50, (32, 32, 20, 2))
-        label = np.zeros((40, 40, 24), np.uint8)
-        label[14:26, 14:26, 6:18] = 1 + (np.arange(12) >= 6)[None, None, :]
-        image[..., 0] += 200 * label
-        affine = np.diag([0.8, 0.8, 2.0, 1.0])
-        nib.save(nib.Nifti1Image(image, affine), root / f"imagesTr/p{i}.nii.gz")
-        nib.save(nib.Nifti1Image(label, affine), root / f"labelsTr/p{i}.nii.gz")
-        entries.append({"image": f"./imagesTr/p{i}.nii.gz", "label": f"./labelsTr/p{i}.nii.gz"})
-    (root / "dataset.json").write_text(json.dumps({
-        "modality": {"0": "T2", "1": "ADC"}, "labels": {"0": "background", "1": "pz", "2": "tz"},
-        "training": entries}))
-    return root
-
 
 def test_two_channel_mri_fine_tunes_from_one_channel_weights_adapting_the_patch_embedding(local_ray, tmp_path):
-    root = two_channel_dataset(tmp_path / "Prostateish")
+    root = write_two_channel_mri(tmp_path / "Prostateish")
     encoder = ssl_encoder(tmp_path / "encoder.pt", in_channels=1)
     cfg = debug_config(tmp_path / "runs", DataConfig(source=str(root), cache_dir=str(tmp_path / "cache")),
                        **{"seg.pretrained": encoder, "optim.num_steps": 2, "seg.val_every_steps": 2,

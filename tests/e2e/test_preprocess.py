@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from conftest import REPO, patched_header, shared_dataset
+from conftest import REPO, patched_header, shared_dataset, write_two_channel_mri
 from swinray.config import DataConfig, PreprocessConfig, RunConfig
 from swinray.data.cache import read_case
 from swinray.data.phantom import write_phantom_dataset
@@ -129,23 +129,7 @@ def test_changed_source_file_is_redone(local_ray, phantom, tmp_path):
 
 
 def test_multichannel_mri_keeps_its_channels(local_ray, tmp_path):
-    root = tmp_path / "Prostateish"
-    (root / "imagesTr").mkdir(parents=True)
-    (root / "labelsTr").mkdir()
-    rng = np.random.default_rng(0)
-    entries = []
-    for i in range(2):
-        image = np.zeros((40, 40, 20, 2), np.float32)
-        image[5:35, 5:35, 2:18] = rng.normal(500, 50, (30, 30, 16, 2))
-        label = np.zeros((40, 40, 20), np.uint8)
-        label[15:25, 15:25, 5:15] = 1 + (np.arange(10) >= 5)[None, None, :]
-        affine = np.diag([0.6, 0.6, 3.6, 1.0])
-        nib.save(nib.Nifti1Image(image, affine), root / f"imagesTr/p{i}.nii.gz")
-        nib.save(nib.Nifti1Image(label, affine), root / f"labelsTr/p{i}.nii.gz")
-        entries.append({"image": f"./imagesTr/p{i}.nii.gz", "label": f"./labelsTr/p{i}.nii.gz"})
-    (root / "dataset.json").write_text(json.dumps({
-        "modality": {"0": "T2", "1": "ADC"}, "labels": {"0": "background", "1": "pz", "2": "tz"},
-        "training": entries}))
+    root = write_two_channel_mri(tmp_path / "Prostateish", cases=2, label_contrast=0.0)
     summary = run_preprocess(config(root, tmp_path / "cache"), quiet)
     assert summary["cases_written"] == 2
     row = json.loads(open(summary["manifest"]).read())["cases"][0]

@@ -1,12 +1,16 @@
 """Tracking: every metric goes to the JSON-lines log, and a closed Aim run is at once queryable
-through Aim's SDK (Aim 3.29 only indexes runs inside `aim up` otherwise)."""
+through Aim's SDK (Aim 3.29 only indexes runs inside `aim up` otherwise); the run of a killed
+process (a trial ASHA stopped) can be closed afterwards."""
 import json
+import subprocess
+import sys
 
 import pytest
 
 from aim import Repo
 
-from swinray.tracking import Tracker
+from conftest import REPO
+from swinray.tracking import Tracker, close_abandoned_run
 
 
 def test_a_closed_run_is_queryable_with_its_hyperparameters_and_metrics(tmp_path):
@@ -24,3 +28,26 @@ def test_a_closed_run_is_queryable_with_its_hyperparameters_and_metrics(tmp_path
     (dice,) = [m for m in repo.query_metrics("metric.name == 'val_dice'").iter()]
     assert dice.values.values_list() == pytest.approx([0.2, 0.6])     # the NaN is kept out of Aim
     assert tracker.aim_error is None
+
+
+KILLED_MID_RUN = """
+import os, sys
+from swinray.tracking import Tracker
+tracker = Tracker(sys.argv[1] + "/metrics.jsonl", sys.argv[1] + "/aim", "sweep-b")
+tracker.log({"val_dice": 0.5}, step=1)
+print(tracker.run_hash, flush=True)
+os._exit(9)                                    # killed: the run is never closed
+"""
+
+
+def test_the_run_of_a_killed_process_is_closed_afterwards_and_a_finished_one_is_left_alone(tmp_path):
+    out = subprocess.run([sys.executable, "-c", KILLED_MID_RUN, str(tmp_path)], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    run_hash = out.stdout.strip().splitlines()[-1]
+    repo = str(tmp_path / "aim")
+    assert Repo.from_path(repo).get_run(run_hash) is None          # unindexed: invisible to the SDK
+    assert close_abandoned_run(repo, run_hash) is True
+    run = Repo.from_path(repo).get_run(run_hash)
+    assert run.active is False and run.experiment == "sweep-b"
+    assert [m.values.values_list() for m in run.metrics() if m.name == "val_dice"] == [[0.5]]
+    assert close_abandoned_run(repo, run_hash) is False            # ended now: nothing to do
