@@ -49,6 +49,9 @@ def run_pretrain(cfg: PretrainConfig, log=print) -> dict:
     report = load_encoder(check, encoder_path)
     log(f"encoder exported to {encoder_path}; into a fresh SwinUNETR: {report.summary()}")
     metrics = result.metrics or {}
+    in_sync = metrics.get("weights_in_sync", True)       # absent when a finished run is rerun
+    if not in_sync:
+        log("error: the ranks' weights differ at the end of training; DDP did not keep them in sync")
     if metrics.get("aim_error"):
         log(f"warning: Aim tracking failed during the run ({metrics['aim_error']}); "
             f"metrics are in {run_dir / 'metrics.jsonl'}")
@@ -57,4 +60,5 @@ def run_pretrain(cfg: PretrainConfig, log=print) -> dict:
             "encoder_keys_loaded": len(report.loaded), "encoder_keys_missing": len(report.missing),
             "checkpoint": result.checkpoint.path, "metrics_log": str(run_dir / "metrics.jsonl"),
             "aim_repo": aim_repo_for(cfg.run.aim_repo, cfg.run.storage),
-            "aim_error": metrics.get("aim_error") or None, "ok": not report.missing}
+            "aim_error": metrics.get("aim_error") or None, "weights_in_sync": in_sync,
+            "ok": not report.missing and in_sync}

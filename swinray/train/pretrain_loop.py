@@ -23,7 +23,7 @@ from swinray.pretext.losses import ssl_loss
 from swinray.pretext.views import make_ssl_batch
 from swinray.tracking import NullTracker, Tracker
 from swinray.train.crops import CropPrefetcher, step_generator
-from swinray.train.trainer import start_worker
+from swinray.train.trainer import ranks_agree, start_worker
 
 STATE_FILE = "state.pt"
 ENCODER_FILE = "encoder.pt"
@@ -115,7 +115,8 @@ def train_fn_per_worker(config: dict) -> None:
                          "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
                          "step": done, "aim_run_hash": tracker.run_hash or ""}
             final = done == cfg.optim.num_steps
-            _report({**metrics, "step": done, "aim_error": tracker.aim_error or ""}, state,
+            in_sync = {"weights_in_sync": ranks_agree(net)} if final else {}   # every rank: a collective
+            _report({**metrics, **in_sync, "step": done, "aim_error": tracker.aim_error or ""}, state,
                     encoder_of=net if final and rank == 0 else None)
     if start >= cfg.optim.num_steps:  # a rerun of a finished run: report where it stands
         _report({"step": start, "aim_error": ""}, None)

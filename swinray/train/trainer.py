@@ -1,4 +1,5 @@
-"""One way to build a ``TorchTrainer``: explicit fractional resources, checkpoints kept, restarts.
+"""One way to build a ``TorchTrainer``: explicit fractional resources, checkpoints kept, restarts;
+and what every Train worker does first (``start_worker``) and can check at the end (``ranks_agree``).
 
 Pretraining, fine-tuning and every sweep trial build their trainer here, so resources, storage
 and failure handling cannot drift apart. Rebuilding it with the same ``run.name`` and
@@ -34,6 +35,22 @@ def start_worker(config: dict, cls: type):
     torch.set_num_threads(config["threads_per_worker"])
     torch.manual_seed(cfg.run.seed)
     return cfg, ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device()
+
+
+def ranks_agree(module: torch.nn.Module) -> bool:
+    """Whether every rank holds the same weights, as DDP promises: position-weighted checksums of
+    all parameters, compared by an all-reduced max and min (exact: DDP keeps replicas bitwise equal)."""
+    import torch.distributed as dist
+    with torch.no_grad():
+        flat = torch.cat([p.detach().double().flatten() for p in module.parameters()])
+        position = torch.arange(1, flat.numel() + 1, dtype=torch.float64, device=flat.device) / flat.numel()
+        sums = torch.stack([flat.sum(), (flat * flat).sum(), (flat * position).sum()])
+    if not (dist.is_available() and dist.is_initialized()):
+        return True
+    high, low = sums.clone(), sums.clone()
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    return bool(torch.equal(high, low))
 
 
 def make_trainer(train_fn: Callable[[dict], None], loop_config: dict, run: RunConfig, gpu: bool,

@@ -38,6 +38,7 @@ def test_debug_run_learns_checkpoints_exports_and_a_rerun_resumes(local_ray, tmp
     cfg = debug_config(tmp_path / "runs")
     summary = run_pretrain(cfg, quiet)
     assert summary["ok"] and summary["steps"] == cfg.optim.num_steps
+    assert summary["weights_in_sync"] is True                   # both DDP replicas end identical
     rows = read_metrics(summary)
     assert [r["step"] for r in rows] == list(range(1, cfg.optim.num_steps + 1))
     # Eight steps at batch 1 move the reconstruction term clearly; rotation and contrastive
