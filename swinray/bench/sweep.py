@@ -4,8 +4,8 @@ Both sweeps sample ``sweep_trials`` trials of the same fine-tuning preset and st
 validate every eighth of the budget (ASHA's rungs: 1/8, 1/4, 1/2 with reduction factor 2). The
 figures are the best validation Dice each finds and the training samples all its trials spent
 together (steps x batch size: trial-epochs up to the constant training-set size). Target: within
-1% of random search's best Dice for at most half its samples. Sweeps are named ``bench-tpe-asha`` and ``bench-random`` under ``<out_dir>/sweeps`` and
-restore when rerun.
+1% of random search's best Dice for at most half its samples. Sweeps are named ``bench-tpe-asha``
+and ``bench-random-none`` under ``<out_dir>/sweeps`` and restore when rerun.
 
     python -m platform.bench sweep --data ../shared/data/Task04_Hippocampus --set sweep_trials=8
 """

@@ -120,8 +120,8 @@ def sweep_task(cfg: SweepConfig, base: FinetuneConfig, sweep_name: str, log=prin
     (sweep_dir / "trials.md").write_text(summary["markdown"])
     out = {"task": task, "sweep_dir": str(sweep_dir), "trials": len(summary["rows"]),
            "early_stopped": summary["early_stopped"], "errored": summary["errored"],
-           "trial_steps": summary["trial_steps"], "trial_samples": summary["trial_samples"], "best_val_dice": None, "aim_experiment": sweep_name,
-           "table": str(sweep_dir / "trials.md")}
+           "trial_steps": summary["trial_steps"], "trial_samples": summary["trial_samples"],
+           "best_val_dice": None, "aim_experiment": sweep_name, "table": str(sweep_dir / "trials.md")}
     best = summary["best"]
     if best:
         best_cfg = trial_config(plan, best["params"], f"{sweep_name}-best", base.run.storage, "")
