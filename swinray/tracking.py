@@ -95,18 +95,20 @@ def index_run(repo, run_hash: str) -> bool:
 
 
 def close_abandoned_run(repo: str, run_hash: str) -> bool:
-    """Close the Aim run of a killed process (a trial ASHA stopped); True if it was closed here.
+    """Close the Aim run of a killed process (a trial ASHA stopped); True once the run is closed.
 
-    Aim would show it active, and unindexed, for ever. A run that ended normally is left alone;
-    one still held by a live process, or by a process on another machine, cannot be taken over."""
+    Aim would show it active, and unindexed, for ever. A run that ended normally is left alone.
+    One still held by a live process, or by a process on another machine, cannot be taken over
+    (False). Runs on a tracking server (aim://) are the server's business (True)."""
     try:
         from aim import Run
         if "://" in repo or Run(run_hash, repo=repo, read_only=True).end_time is not None:
-            return False
+            return True
         run = Run(run_hash=run_hash, repo=repo, system_tracking_interval=None,
                   log_system_params=False, capture_terminal_logs=False)   # takes over a dead writer's lock
         run.close()
-        return index_run(run.repo, run_hash)
+        index_run(run.repo, run_hash)
+        return True
     except Exception:
         return False
 

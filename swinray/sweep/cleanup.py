@@ -5,10 +5,14 @@ controller can remove its workers' placement group. Ray Train's own cleaner acto
 API, which only a cluster with its dashboard serves (``runtime.pin_own_cluster`` points it at the
 right one); without it the reserved CPUs would starve every later trial. Rank 0 records the group's
 id in the trial's run folder, and this callback, in the sweep's driver, removes it when the trial ends.
-The trial's Aim run, never closed by its killed worker, is closed here too (``aim_run.hash``).
+
+The killed worker never closes its Aim run either. Its lock is held until the process is gone,
+so ``close_trial_runs`` closes such runs when the sweep ends (seen: closing one from the callback
+found the run still locked by the dying worker).
 """
 from __future__ import annotations
 
+import time
 import warnings
 from pathlib import Path
 
@@ -19,10 +23,21 @@ from swinray.tracking import close_abandoned_run
 from swinray.train.finetune_loop import AIM_RUN_FILE, PLACEMENT_GROUP_FILE
 
 
+def close_trial_runs(trials_dir: Path, aim_repo: str, wait_s: float = 20.0) -> list[str]:
+    """Close the Aim runs that killed trials left open, giving dying workers ``wait_s`` to let go
+    of them; returns the hashes still open."""
+    pending = [path.read_text().strip() for path in sorted(Path(trials_dir).glob(f"*/{AIM_RUN_FILE}"))]
+    deadline = time.monotonic() + wait_s
+    while True:
+        pending = [run_hash for run_hash in pending if not close_abandoned_run(aim_repo, run_hash)]
+        if not pending or time.monotonic() > deadline:
+            return pending
+        time.sleep(0.5)
+
+
 class FreeTrialWorkers(Callback):
-    def __init__(self, trials_dir: str, aim_repo: str = ""):
+    def __init__(self, trials_dir: str):
         self.trials_dir = Path(trials_dir)
-        self.aim_repo = aim_repo
 
     def _free(self, trial) -> None:
         run_dir = self.trials_dir / trial.trial_id
@@ -33,10 +48,8 @@ class FreeTrialWorkers(Callback):
                 group = PlacementGroup(PlacementGroupID(group_id))
                 if placement_group_table(group).get("state") not in (None, "REMOVED"):
                     remove_placement_group(group)
-            if self.aim_repo and (run_dir / AIM_RUN_FILE).exists():
-                close_abandoned_run(self.aim_repo, (run_dir / AIM_RUN_FILE).read_text().strip())
         except Exception as e:
-            warnings.warn(f"could not clean up after trial {trial.trial_id}: {e}")
+            warnings.warn(f"could not free the workers of trial {trial.trial_id}: {e}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._free(trial)

@@ -26,7 +26,7 @@ from swinray.config import ConfigError, FinetuneConfig, SweepConfig, save_config
 from swinray.data.cache import write_json
 from swinray.data.tasks import TASKS
 from swinray.runtime import init_ray, use_gpu
-from swinray.sweep.cleanup import FreeTrialWorkers
+from swinray.sweep.cleanup import FreeTrialWorkers, close_trial_runs
 from swinray.sweep.report import summarise
 from swinray.sweep.searcher import export_study, make_scheduler, make_searcher
 from swinray.sweep.trial import run_trial, trial_config
@@ -109,8 +109,12 @@ def sweep_task(cfg: SweepConfig, base: FinetuneConfig, sweep_name: str, log=prin
             num_samples=cfg.trials, max_concurrent_trials=concurrent),
             run_config=ray.tune.RunConfig(name=TUNE_DIR, storage_path=str(sweep_dir),
                                           failure_config=ray.tune.FailureConfig(max_failures=0),
-                                          callbacks=[FreeTrialWorkers(str(trials_dir), aim_repo)]))
+                                          callbacks=[FreeTrialWorkers(str(trials_dir))]))
     grid = tuner.fit()
+    still_open = close_trial_runs(trials_dir, aim_repo)
+    if still_open:
+        log(f"sweep {sweep_name}: warning: Aim runs {', '.join(still_open)} of stopped trials are still "
+            "locked by their workers; they will show as active in Aim")
 
     searcher = make_searcher(None, cfg.search, cfg.seed)
     searcher.restore_from_dir(str(experiment))

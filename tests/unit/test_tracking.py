@@ -50,4 +50,6 @@ def test_the_run_of_a_killed_process_is_closed_afterwards_and_a_finished_one_is_
     run = Repo.from_path(repo).get_run(run_hash)
     assert run.active is False and run.experiment == "sweep-b"
     assert [m.values.values_list() for m in run.metrics() if m.name == "val_dice"] == [[0.5]]
-    assert close_abandoned_run(repo, run_hash) is False            # ended now: nothing to do
+    ended = run.end_time
+    assert close_abandoned_run(repo, run_hash) is True              # ended now: left alone
+    assert Repo.from_path(repo).get_run(run_hash).end_time == ended
