@@ -7,6 +7,7 @@ cluster it was submitted to.
 from __future__ import annotations
 
 import os
+import sys
 
 import ray
 
@@ -23,6 +24,9 @@ def pin_own_cluster() -> None:
     os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
 
 
+_LOCAL_INSTANCE = {"started": False}   # whether init_ray started the instance this process uses
+
+
 def init_ray(run: RunConfig) -> dict:
     """Start or join Ray once per process; return where we are connected and what it has."""
     if not ray.is_initialized():
@@ -32,6 +36,7 @@ def init_ray(run: RunConfig) -> dict:
             kwargs = {"include_dashboard": run.dashboard, "dashboard_host": "127.0.0.1",
                       "runtime_env": {"worker_process_setup_hook": pin_own_cluster}}
         ray.init(address=address, log_to_driver=True, **kwargs)
+        _LOCAL_INSTANCE["started"] = address == "local"
     resources = ray.cluster_resources()
     return {
         "ray_address": ray.get_runtime_context().gcs_address,
@@ -42,10 +47,19 @@ def init_ray(run: RunConfig) -> dict:
 
 
 def use_gpu(run: RunConfig) -> bool:
-    """GPU is a runtime choice: cuda when asked, or when "auto" and the cluster has GPUs."""
+    """GPU is a runtime choice: cuda when asked, or when "auto" and the cluster has GPUs.
+
+    A joined cluster short of GPUs may autoscale (``cluster/gpu.yaml`` starts with none): the GPUs
+    are requested from its autoscaler and the run waits for them. A local instance cannot grow."""
     gpus = ray.cluster_resources().get("GPU", 0.0)
     if run.device == "cuda" and gpus < run.num_workers:
-        raise ConfigError(f"run.device=cuda needs {run.num_workers} GPUs for run.num_workers="
-                           f"{run.num_workers}, the Ray cluster has {gpus:g}; "
-                           "set run.device=cpu or auto")
+        if _LOCAL_INSTANCE["started"]:
+            raise ConfigError(f"run.device=cuda needs {run.num_workers} GPUs for run.num_workers="
+                              f"{run.num_workers}, this machine's Ray instance has {gpus:g}; "
+                              "set run.device=cpu or auto")
+        from ray.autoscaler.sdk import request_resources
+        request_resources(bundles=[{"GPU": 1}] * run.num_workers)
+        print(f"[swinray] the Ray cluster has {gpus:g} of the {run.num_workers} GPUs this run needs: "
+              "asked its autoscaler for them; the run starts when they join", file=sys.stderr, flush=True)
     return run.device == "cuda" or (run.device == "auto" and gpus >= 1)
+

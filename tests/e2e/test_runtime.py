@@ -1,8 +1,8 @@
-"""The local Ray instance our commands start stays itself when other instances share the machine.
-
-Ray Train's placement-group cleaner asks the State API whether its controller lives; a worker that
-resolved the State API to another (newer) instance got "no such actor" and a running trial's
-workers were removed. Workers of our instance must query their own cluster.
+"""Connecting to Ray. The local instance our commands start stays itself when other instances
+share the machine: Ray Train's placement-group cleaner asks the State API whether its controller
+lives, and a worker that resolved the State API to another (newer) instance got "no such actor",
+so a running trial's workers were removed. GPUs: a local instance without them is an error, a
+joined cluster short of them is asked to autoscale.
 """
 import os
 import subprocess
@@ -11,8 +11,10 @@ import sys
 import pytest
 import ray
 
-from swinray.config import RunConfig
-from swinray.runtime import init_ray
+from ray.cluster_utils import Cluster
+
+from swinray.config import ConfigError, RunConfig
+from swinray.runtime import init_ray, use_gpu
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -40,3 +42,25 @@ def test_a_workers_state_api_finds_its_own_cluster_after_a_newer_instance_starte
         newer.kill()
         newer.wait()
         ray.shutdown()
+
+
+def test_cuda_on_a_local_instance_without_gpus_is_a_clear_error():
+    os.environ.pop("RAY_ADDRESS", None)
+    init_ray(RunConfig(dashboard=False))
+    try:
+        with pytest.raises(ConfigError, match="run.device=cuda needs 2 GPUs .* has 0; set run.device=cpu or auto"):
+            use_gpu(RunConfig(device="cuda", num_workers=2))
+    finally:
+        ray.shutdown()
+
+
+def test_cuda_on_a_joined_cluster_without_gpus_asks_its_autoscaler_and_goes_on(capfd):
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        run = RunConfig(device="cuda", num_workers=2, ray_address=cluster.address)
+        assert init_ray(run)["gpus"] == 0
+        assert use_gpu(run) is True
+        assert "has 0 of the 2 GPUs this run needs: asked its autoscaler" in capfd.readouterr().err
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
