@@ -14,6 +14,7 @@ import ray
 import ray.train
 import ray.train.torch
 import torch
+import torch.distributed as dist
 from ray.train.torch import TorchTrainer
 
 from swinray.config import RunConfig, from_dict
@@ -40,13 +41,12 @@ def start_worker(config: dict, cls: type):
 def ranks_agree(module: torch.nn.Module) -> bool:
     """Whether every rank holds the same weights, as DDP promises: position-weighted checksums of
     all parameters, compared by an all-reduced max and min (exact: DDP keeps replicas bitwise equal)."""
-    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()):
+        return True                     # one process: nothing to compare
     with torch.no_grad():
         flat = torch.cat([p.detach().double().flatten() for p in module.parameters()])
         position = torch.arange(1, flat.numel() + 1, dtype=torch.float64, device=flat.device) / flat.numel()
         sums = torch.stack([flat.sum(), (flat * flat).sum(), (flat * position).sum()])
-    if not (dist.is_available() and dist.is_initialized()):
-        return True
     high, low = sums.clone(), sums.clone()
     dist.all_reduce(high, op=dist.ReduceOp.MAX)
     dist.all_reduce(low, op=dist.ReduceOp.MIN)

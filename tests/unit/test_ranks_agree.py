@@ -34,7 +34,7 @@ def _rank_main(rank: int, init_file: str, out_dir: str) -> None:
 def test_identical_replicas_agree_and_any_difference_is_caught(tmp_path):
     mp.spawn(_rank_main, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=WORLD, join=True)
     for rank in range(WORLD):
-        assert torch.load(tmp_path / f"rank{rank}.pt") == [True, False, False]
+        assert torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) == [True, False, False]
 
 
 def test_a_single_process_agrees_with_itself():
