@@ -182,6 +182,16 @@ def _sweep(cfg: C.SweepConfig) -> dict:
     return run_sweep(cfg, log)
 
 
+def _report(cfg: C.ReportConfig) -> dict:
+    from swinray.report.write import run_report
+    return run_report(cfg, log)
+
+
+def _report_config_path(cfg: C.ReportConfig) -> Path:
+    from swinray.report.write import report_dir
+    return report_dir(cfg) / "config.json"
+
+
 def _quickstart(cfg: C.QuickstartConfig) -> dict:
     from swinray.quickstart import run_quickstart
     return run_quickstart(cfg, run_verb, log)
@@ -234,6 +244,13 @@ VERBS: dict[str, Verb] = {
                      ("--input", "input", "a NIfTI file or a folder of them"),
                      ("--output", "output", "output folder")],
                     _predict, lambda cfg: Path(cfg.output) / "config.json"),
+    "report": Verb(C.ReportConfig,
+                   "Write a shareable report of a sweep from Aim: Markdown, Dice curves, hyperparameters against "
+                   "Dice, Dice per class of the best run.",
+                   [("--aim-repo", "aim_repo", "Aim repo folder (holding .aim) or aim://host:port"),
+                    ("--experiment", "experiment", "the sweep's name (its Aim experiment)"),
+                    ("--out", "out_dir", "output folder")],
+                   _report, _report_config_path),
     "doctor": Verb(C.DoctorConfig,
                    "Check that Ray can run this project: library imports on workers, Train all-reduce.",
                    [("--workers", "run.num_workers", "Ray Train workers to start")],
@@ -250,6 +267,10 @@ VERBS: dict[str, Verb] = {
 
 def phantom_main(argv=None) -> int:
     return main("phantom", argv)
+
+
+def report_main(argv=None) -> int:
+    return main("report", argv)
 
 
 def preprocess_main(argv=None) -> int:

@@ -184,6 +184,14 @@ class SweepConfig:
 
 
 @dataclass(frozen=True)
+class ReportConfig:
+    aim_repo: str = "outputs"           # the Aim repo (a folder holding .aim, or aim://host:port) runs went to
+    experiment: str = ""                # the sweep's name (every Aim run of this experiment)
+    metric: str = "val_dice"            # the score; <metric>_<class> are its per-class curves
+    out_dir: str = ""                   # "" = outputs/reports/<experiment>
+
+
+@dataclass(frozen=True)
 class DoctorConfig:
     run: RunConfig = field(default_factory=lambda: RunConfig(name="doctor"))
 
@@ -278,6 +286,10 @@ PRESETS: dict[type, dict[str, Any]] = {
             trials=2, grace_steps=1, name="sweep-debug", storage="outputs/debug/sweeps"),
         "cpu-hippocampus": SweepConfig(finetune=PRESET_CPU_HIPPOCAMPUS, trials=12, grace_steps=150,
                                        name="sweep-hippocampus"),
+    },
+    ReportConfig: {
+        "default": ReportConfig(),
+        "debug": ReportConfig(aim_repo="outputs/debug", experiment="sweep-debug"),   # `sweep --preset debug`
     },
     DoctorConfig: {
         "default": DoctorConfig(),

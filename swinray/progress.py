@@ -1,33 +1,98 @@
-"""Progress for long commands: a tqdm bar on a terminal, a log line every few seconds otherwise."""
+"""Progress for long commands: a tqdm bar on a terminal, a log line every few seconds otherwise.
+
+Distributed runs are followed from the driver: ``follow_run`` reads rank 0's ``metrics.jsonl``
+(on the storage every node shares) while ``trainer.fit()`` blocks, so a run under ``ray job
+submit`` or across nodes shows one bar, not a line per worker step."""
 from __future__ import annotations
 
+import contextlib
+import json
+import math
 import sys
+import threading
 import time
+from pathlib import Path
 
 from tqdm import tqdm
 
 
 class Progress:
-    """Counts finished items; shows done/total, rate and time left on stderr."""
+    """Counts finished items; shows done/total, rate, time left and a few figures on stderr."""
 
-    def __init__(self, total: int, unit: str, desc: str, log_every_s: float = 10.0):
+    def __init__(self, total: int, unit: str, desc: str, log_every_s: float = 10.0, initial: int = 0):
         self.total, self.unit, self.desc = total, unit, desc
         self.bar = tqdm(total=total, unit=unit, desc=desc, disable=None, file=sys.stderr,
-                        dynamic_ncols=True)
-        self.done, self.start, self.last_log, self.every = 0, time.perf_counter(), 0.0, log_every_s
+                        dynamic_ncols=True, initial=initial)
+        self.done, self.start, self.last_log, self.every = initial, time.perf_counter(), -math.inf, log_every_s
+        self.counted_from, self.figures = initial, ""
 
     def update(self, n: int = 1) -> None:
-        self.done += n
+        self.set(self.done + n)
+
+    def set(self, done: int, figures: str = "") -> None:
+        """Move to ``done`` items (back too: a restarted run repeats steps), with figures such as the loss."""
+        if done == self.done and figures == self.figures:
+            return
+        if done < self.done:
+            self.counted_from = done     # the rate counts work since the restart
+            self.start = time.perf_counter()
+        self.done, self.figures = done, figures or self.figures
         if not self.bar.disable:
-            self.bar.update(n)
+            self.bar.n = done
+            self.bar.set_postfix_str(self.figures, refresh=False)
+            self.bar.refresh()
             return
         now = time.perf_counter()
         if now - self.last_log >= self.every or self.done == self.total:
             self.last_log = now
-            rate = self.done / max(now - self.start, 1e-9)
-            left = (self.total - self.done) / rate if rate else float("inf")
-            print(f"[swinray] {self.desc}: {self.done}/{self.total} {self.unit}, "
-                  f"{rate:.2f} {self.unit}/s, {left:.0f} s left", file=sys.stderr, flush=True)
+            rate = (self.done - self.counted_from) / max(now - self.start, 1e-9)
+            left = f"{(self.total - self.done) / rate:.0f} s left" if rate > 0 else "time left unknown"
+            print(f"[swinray] {self.desc}: {self.done}/{self.total} {self.unit}, {rate:.2f} {self.unit}/s, {left}"
+                  + (f", {self.figures}" if self.figures else ""), file=sys.stderr, flush=True)
 
     def close(self) -> None:
         self.bar.close()
+
+
+def _figures(row: dict) -> str:
+    shown = [f"{key} {row[key]:.4f}" for key in ("loss", "val_dice") if isinstance(row.get(key), (int, float))]
+    return ", ".join(shown)
+
+
+@contextlib.contextmanager
+def follow_run(metrics_log: Path, total_steps: int, desc: str, poll_s: float = 1.0):
+    """Show a run's steps (and its latest loss and Dice) while the block runs, from its metrics log.
+
+    Steps already in the log (a resumed run) count as done from the start."""
+    metrics_log = Path(metrics_log)
+    offset = metrics_log.stat().st_size if metrics_log.exists() else 0
+    initial = 0
+    if offset:
+        rows = [json.loads(line) for line in metrics_log.read_text().splitlines() if line.strip()]
+        initial = rows[-1].get("step", 0) if rows else 0
+    progress = Progress(total_steps, "step", desc, initial=initial)
+    stop = threading.Event()
+
+    def follow():
+        nonlocal offset
+        while not stop.wait(poll_s):
+            with contextlib.suppress(OSError, ValueError):
+                if not metrics_log.exists() or metrics_log.stat().st_size <= offset:
+                    continue
+                with metrics_log.open() as f:
+                    f.seek(offset)
+                    chunk = f.read()
+                complete = chunk[:chunk.rfind("\n") + 1]        # a line being written waits for the next poll
+                offset += len(complete.encode())
+                for line in complete.splitlines():
+                    row = json.loads(line)
+                    progress.set(row.get("step", progress.done), _figures(row))
+
+    thread = threading.Thread(target=follow, name=f"progress-{desc}", daemon=True)
+    thread.start()
+    try:
+        yield progress
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        progress.close()

@@ -8,8 +8,10 @@ warning, Aim is switched off for the rest of the run, and the JSON-lines log kee
 """
 from __future__ import annotations
 
+import base64
 import json
 import math
+import urllib.parse
 import warnings
 from pathlib import Path
 from typing import Any
@@ -20,23 +22,37 @@ def aim_repo_for(aim_repo: str, storage: str) -> str:
     return aim_repo or str(Path(storage).resolve())
 
 
+def aim_explorer_url(query: str, page: str = "metrics", base: str = "http://127.0.0.1:43800") -> str:
+    """A link that opens ``aim up``'s explorer ``page`` (runs, metrics, params) with ``query`` applied,
+    e.g. ``metric.name == "val_dice" and run.experiment == "sweep-hippocampus"``.
+
+    Aim 3.29 keeps the explorer's state in ``?select=``: "O-" + base64 of the JSON state escaped as
+    JavaScript's encodeURI does."""
+    state = json.dumps({"options": [], "query": "", "advancedMode": True, "advancedQuery": query},
+                       separators=(",", ":"))
+    escaped = urllib.parse.quote(state, safe=";,/?:@&=+$-_.!~*'()#")
+    return f"{base.rstrip('/')}/{page}?select=O-{base64.b64encode(escaped.encode()).decode()}"
+
+
 class Tracker:
     """Append metrics to ``jsonl_path`` and, best effort, to an Aim run in ``aim_repo``."""
 
     def __init__(self, jsonl_path: str | Path, aim_repo: str | None, experiment: str,
-                 params: dict | None = None, run_hash: str | None = None):
+                 params: dict | None = None, run_hash: str | None = None, name: str = ""):
         self.jsonl_path = Path(jsonl_path)
         self.jsonl_path.parent.mkdir(parents=True, exist_ok=True)
         self.aim_run = None
         self.aim_error: str | None = None
         if aim_repo:
-            self._guard(lambda: self._open_aim(aim_repo, experiment, params, run_hash))
+            self._guard(lambda: self._open_aim(aim_repo, experiment, params, run_hash, name))
 
-    def _open_aim(self, repo: str, experiment: str, params: dict | None, run_hash: str | None):
+    def _open_aim(self, repo: str, experiment: str, params: dict | None, run_hash: str | None, name: str):
         from aim import Repo, Run
         if "://" not in repo and not Repo.exists(repo):
             Repo.from_path(repo, init=True)
         self.aim_run = Run(run_hash=run_hash, repo=repo, experiment=experiment)
+        if name:                    # Aim lists runs by name: the run (or sweep trial) name, not a hash
+            self.aim_run.name = name
         if params:
             self.aim_run["hparams"] = params
 

@@ -32,6 +32,17 @@ def shared_dataset(name: str) -> Path:
     return path
 
 
+def aim_images(aim_repo, name: str) -> dict[str, dict[int, tuple]]:
+    """Per run (by name), the images it logged as ``name``: step -> (width, height, caption),
+    read back through Aim's query SDK."""
+    from aim import Repo
+    out = {}
+    for seq in Repo.from_path(str(aim_repo)).query_images(f"images.name == '{name}'", report_mode=0).iter():
+        out[seq.run.name] = {step: (*value[0].to_pil_image().size, value[0].caption)
+                             for step, value in seq.data.items()}
+    return out
+
+
 def run_module(module: str, *args: str, cwd: Path = REPO, env: dict | None = None,
                timeout: float = 300) -> subprocess.CompletedProcess:
     """``python -m module args`` from the repo root, as a user types it."""

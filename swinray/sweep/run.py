@@ -27,10 +27,11 @@ from swinray.data.cache import write_json
 from swinray.data.tasks import TASKS
 from swinray.runtime import init_ray, use_gpu
 from swinray.sweep.cleanup import FreeTrialWorkers, close_trial_runs
+from swinray.sweep.progress import SweepProgress
 from swinray.sweep.report import summarise
 from swinray.sweep.searcher import export_study, make_scheduler, make_searcher
 from swinray.sweep.trial import run_trial, trial_config
-from swinray.tracking import aim_repo_for
+from swinray.tracking import aim_explorer_url, aim_repo_for
 from swinray.train.finetune import plan_finetune, write_run_records
 from swinray.train.trainer import worker_resources
 
@@ -108,8 +109,9 @@ def sweep_task(cfg: SweepConfig, base: FinetuneConfig, sweep_name: str, log=prin
                                      cfg.grace_steps or base.seg.val_every_steps, cfg.reduction_factor),
             num_samples=cfg.trials, max_concurrent_trials=concurrent),
             run_config=ray.tune.RunConfig(name=TUNE_DIR, storage_path=str(sweep_dir),
-                                          failure_config=ray.tune.FailureConfig(max_failures=0),
-                                          callbacks=[FreeTrialWorkers(str(trials_dir))]))
+                                          failure_config=ray.tune.FailureConfig(max_failures=0), verbose=0,
+                                          callbacks=[FreeTrialWorkers(str(trials_dir)),
+                                                     SweepProgress(sweep_name, cfg.trials)]))
     grid = tuner.fit()
     still_open = close_trial_runs(trials_dir, aim_repo)
     if still_open:
@@ -125,7 +127,9 @@ def sweep_task(cfg: SweepConfig, base: FinetuneConfig, sweep_name: str, log=prin
     out = {"task": task, "sweep_dir": str(sweep_dir), "trials": len(summary["rows"]),
            "early_stopped": summary["early_stopped"], "errored": summary["errored"],
            "trial_steps": summary["trial_steps"], "trial_samples": summary["trial_samples"],
-           "best_val_dice": None, "aim_experiment": sweep_name, "table": str(sweep_dir / "trials.md")}
+           "best_val_dice": None, "aim_experiment": sweep_name, "table": str(sweep_dir / "trials.md"),
+           "aim_link": aim_explorer_url(f'metric.name == "val_dice" and run.experiment == "{sweep_name}"'),
+           "report_command": f"python -m platform.report --aim-repo {aim_repo} --experiment {sweep_name}"}
     best = summary["best"]
     if best:
         best_cfg = trial_config(plan, best["params"], f"{sweep_name}-best", base.run.storage, "")
@@ -136,6 +140,8 @@ def sweep_task(cfg: SweepConfig, base: FinetuneConfig, sweep_name: str, log=prin
         log(f"sweep {sweep_name}: best trial {best['trial_id']} Dice {best['best_val_dice']:.4f}; "
             f"fine-tune with it: python -m platform.finetune --config {out['best_config']}")
     log(f"sweep {sweep_name}:\n{summary['markdown']}")
+    log(f"sweep {sweep_name}: compare the trials in Aim (after `aim up --repo {aim_repo} --host 127.0.0.1`): "
+        f"{out['aim_link']}\n  or write a report: {out['report_command']}")
     return out
 
 

@@ -20,6 +20,7 @@ from models.weights import LoadReport, load_encoder
 from swinray.config import ConfigError, FinetuneConfig, PreprocessConfig, to_dict
 from swinray.data.cache import write_json
 from swinray.data.preprocess import run_preprocess
+from swinray.progress import follow_run
 from swinray.runtime import init_ray, use_gpu
 from swinray.tracking import aim_repo_for
 from swinray.train.finetune_loop import MODEL_FILE, train_fn_per_worker
@@ -117,7 +118,8 @@ def run_finetune(cfg: FinetuneConfig, log=print) -> dict:
         f"validation case(s), ROI {plan.roi}, {cfg.run.num_workers} worker(s) on {'GPU' if gpu else 'CPU'} "
         f"({resources}), {cfg.optim.num_steps} steps -> {run_dir}")
     trainer = make_trainer(train_fn_per_worker, plan.loop_config(cfg, run_dir, threads), cfg.run, gpu, resources)
-    result = trainer.fit()
+    with follow_run(run_dir / "metrics.jsonl", cfg.optim.num_steps, f"finetune {cfg.run.name}"):
+        result = trainer.fit()
     model_path = run_dir / MODEL_FILE
     with result.checkpoint.as_directory() as directory:
         shutil.copyfile(Path(directory) / MODEL_FILE, model_path)

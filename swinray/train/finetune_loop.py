@@ -121,7 +121,7 @@ def train_fn_per_worker(config: dict) -> None:
     tracker = NullTracker()
     if rank == 0:
         tracker = Tracker(Path(config["run_dir"]) / "metrics.jsonl", config["aim_repo"], cfg.run.experiment or cfg.run.name,
-                          params=config["cfg"], run_hash=state["aim_run_hash"] or None)
+                          params=config["cfg"], run_hash=state["aim_run_hash"] or None, name=cfg.run.name)
         _record_for_cleanup(Path(config["run_dir"]), tracker)
     use_amp = cfg.run.amp_bf16 and device.type == "cuda"
     started = time.perf_counter()
@@ -170,10 +170,6 @@ def train_fn_per_worker(config: dict) -> None:
                     tracker.log_image(f"val_overlay_{i}", overlay_pair(img, truth, pred), step,
                                       caption="ground truth | prediction; " + legend(task["label_names"]))
             tracker.log(metrics, step)
-            if rank == 0:
-                print(f"[swinray] step {step}/{cfg.optim.num_steps} loss {metrics['loss']:.4f}"
-                      + (f" val Dice {metrics['val_dice']:.4f}" if "val_dice" in metrics else "")
-                      + f" ({seconds:.1f} s/step, {elapsed / 60:.1f} min)", flush=True)
             if stop or step % cfg.run.checkpoint_every_steps == 0 or "val_dice" in metrics:
                 _checkpoint(config, cfg, net, optimizer, scheduler, state, best_state, step,
                             metrics["elapsed_s"], tracker, metrics, rank)

@@ -15,6 +15,7 @@ from models.registry import build_model
 from models.weights import load_encoder
 from swinray.config import PreprocessConfig, PretrainConfig, to_dict
 from swinray.data.preprocess import run_preprocess
+from swinray.progress import follow_run
 from swinray.runtime import init_ray, use_gpu
 from swinray.tracking import aim_repo_for
 from swinray.train.pretrain_loop import ENCODER_FILE, train_fn_per_worker
@@ -40,7 +41,8 @@ def run_pretrain(cfg: PretrainConfig, log=print) -> dict:
                    "aim_repo": aim_repo_for(cfg.run.aim_repo, cfg.run.storage), "threads_per_worker": threads}
     trainer = make_trainer(train_fn_per_worker, loop_config, cfg.run, gpu, resources,
                            datasets={"train": ray.data.from_items([{"path": c["path"]} for c in cases])})
-    result = trainer.fit()
+    with follow_run(run_dir / "metrics.jsonl", cfg.optim.num_steps, f"pretrain {cfg.run.name}"):
+        result = trainer.fit()
     encoder_path = run_dir / ENCODER_FILE
     with result.checkpoint.as_directory() as directory:
         shutil.copyfile(Path(directory) / ENCODER_FILE, encoder_path)

@@ -20,6 +20,7 @@ from models.registry import build_ssl_head
 from models.weights import save_encoder
 from swinray.config import PretrainConfig
 from swinray.pretext.losses import ssl_loss
+from swinray.pretext.pictures import CAPTION, views_side_by_side
 from swinray.pretext.views import make_ssl_batch
 from swinray.tracking import NullTracker, Tracker
 from swinray.train.crops import CropPrefetcher, step_generator
@@ -76,7 +77,7 @@ def train_fn_per_worker(config: dict) -> None:
     tracker = NullTracker()
     if rank == 0:
         tracker = Tracker(Path(config["run_dir"]) / "metrics.jsonl", config["aim_repo"], cfg.run.name,
-                          params=config["cfg"], run_hash=aim_hash)
+                          params=config["cfg"], run_hash=aim_hash, name=cfg.run.name)
     use_amp = cfg.run.amp_bf16 and device.type == "cuda"
 
     for step in range(start, cfg.optim.num_steps):
@@ -104,11 +105,10 @@ def train_fn_per_worker(config: dict) -> None:
                    "data_wait_fraction": (crops.wait_s - wait_before) / seconds}
         tracker.log(metrics, step + 1)
         done = step + 1
-        if rank == 0:  # progress for people; Ray forwards it to the driver's console
-            print(f"[swinray] step {done}/{cfg.optim.num_steps} loss {metrics['loss']:.4f} "
-                  f"({seconds:.1f} s/step, about {seconds * (cfg.optim.num_steps - done):.0f} s left)",
-                  flush=True)
         if done % cfg.run.checkpoint_every_steps == 0 or done == cfg.optim.num_steps:
+            if rank == 0:
+                tracker.log_image("pretext_views", views_side_by_side(
+                    batch["target1"][0, 0], batch["view1"][0, 0], halves[2][0][0, 0]), done, caption=CAPTION)
             state = None
             if rank == 0:
                 state = {"model": net.state_dict(), "optimizer": optimizer.state_dict(),

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_module, shared_dataset, write_two_channel_mri
+from conftest import aim_images, run_module, shared_dataset, write_two_channel_mri
 from models.registry import build_ssl_head
 from models.weights import save_encoder
 from swinray.bench.label_efficiency import bench_label_efficiency
@@ -76,6 +76,9 @@ def test_phantom_fine_tuning_resumes_keeps_the_best_model_and_reports_the_weight
     assert not set(split["training"]) & set(split["validation"])
     saved = torch.load(summary["model"], weights_only=True)
     assert saved["format"] == "swinray-segmenter-v1" and saved["model"]["out_channels"] == 14
+    overlays = aim_images(tmp / "runs", "val_overlay_0")[cfg.run.name]      # the resumed run kept its Aim run
+    assert sorted(overlays) == [3, 6]                       # at each validation
+    assert "liver=#" in overlays[6][2]                      # the caption is the legend, by class name
     again = run_finetune(cfg, quiet)                        # same name: resumes at the end
     assert again["steps"] == cfg.optim.num_steps and again["best_val_dice"] == summary["best_val_dice"]
     assert len(open(summary["metrics_log"]).read().splitlines()) == cfg.optim.num_steps

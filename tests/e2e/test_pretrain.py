@@ -9,7 +9,9 @@ from dataclasses import replace
 import psutil
 import pytest
 
+from conftest import aim_images
 from swinray.config import DataConfig, PretrainConfig, apply_overrides, preset
+from swinray.pretext.pictures import CAPTION
 from swinray.train.pretrain import run_pretrain
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
@@ -50,6 +52,9 @@ def test_debug_run_learns_checkpoints_exports_and_a_rerun_resumes(local_ray, tmp
     run_dir = tmp_path / "runs" / cfg.run.name
     assert len([p for p in run_dir.glob("checkpoint_*") if p.is_dir()]) == cfg.run.num_checkpoints_kept
     assert summary["encoder_keys_missing"] == 0 and summary["encoder_keys_loaded"] > 100
+    pictures = aim_images(tmp_path / "runs", "pretext_views")[cfg.run.name]   # one per checkpoint
+    x, y, _ = cfg.model.roi_size
+    assert pictures == {4: (3 * x + 4, y, CAPTION), 8: (3 * x + 4, y, CAPTION)}   # input | masked | reconstruction
     again = run_pretrain(cfg, quiet)                       # same name: resumes at the end
     assert again["steps"] == cfg.optim.num_steps
     assert len(read_metrics(again)) == cfg.optim.num_steps

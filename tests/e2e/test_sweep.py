@@ -9,6 +9,7 @@ interruption.)
 """
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,11 +18,15 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from browser import aim_up, chromium, dismiss_popups, page_text
+from conftest import REPO, run_module
 from swinray.config import FinetuneConfig, load_config
+from swinray.report.runs import read_experiment
+from swinray.tracking import aim_explorer_url
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 NAME = "s"
+ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", REPO / "test-artifacts"))
 
 
 def sweep_command(tmp: Path) -> list[str]:
@@ -121,3 +126,56 @@ def test_the_best_config_is_a_preset_that_finetune_accepts(sweep):
     assert Path(summary["best_model"]).exists()
     table = (tmp / "sweeps" / NAME / "trials.md").read_text()
     assert table.count("\n") == 6 and "(best)" in table
+
+
+def shown(value: float, numbers: list[float]) -> bool:
+    """Whether the page shows ``value`` (Aim rounds to 8 decimals)."""
+    return any(abs(n - value) <= 1e-7 + 1e-6 * abs(value) for n in numbers)
+
+
+def test_the_aim_ui_lists_every_trial_with_its_hyperparameters_and_validation_dice(sweep):
+    from selenium.webdriver.support.ui import WebDriverWait
+    tmp, result, _, _ = sweep
+    trials = json.loads((tmp / "sweeps" / NAME / "trials.json").read_text())["trials"]
+    runs = read_experiment(result["aim_repo"], NAME)                # what Aim holds, through its SDK
+    assert sorted(r.name for r in runs) == sorted(t["trial_id"] for t in trials)   # Aim names runs after trials
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    # Wide enough that the table renders every metric column and the hparams after them
+    with aim_up(Path(result["aim_repo"])) as base, chromium(width=9000, height=700) as browser:
+        browser.get(aim_explorer_url(f'run.experiment == "{NAME}"', page="runs", base=base))
+        WebDriverWait(browser, 60).until(lambda b: all(r.name in page_text(b) for r in runs))
+        dismiss_popups(browser)
+        text = page_text(browser)
+        browser.save_screenshot(str(ARTIFACTS / "aim_runs.png"))
+        browser.set_window_size(1400, 800)
+        browser.get(aim_explorer_url(f'metric.name == "val_dice" and run.experiment == "{NAME}"', base=base))
+        WebDriverWait(browser, 60).until(lambda b: "Steps" in page_text(b))      # the chart's axis is drawn
+        dismiss_popups(browser)
+        browser.save_screenshot(str(ARTIFACTS / "aim_val_dice.png"))
+    assert "hparams.optim.lr" in text and "val_dice" in text
+    numbers = [float(t) for t in re.findall(r"-?\d+(?:\.\d+)?(?:e[-+]?\d+)?", text)]
+    for run in runs:
+        assert shown(run.params["optim.lr"], numbers), f"{run.name}: lr {run.params['optim.lr']} not shown"
+        steps, dice = run.curves["val_dice"]
+        assert shown(dice[-1], numbers), f"{run.name}: last val_dice {dice[-1]} not shown"
+    assert (ARTIFACTS / "aim_runs.png").stat().st_size > 10_000
+
+
+def test_the_report_command_writes_markdown_and_plots_from_the_sweeps_aim_runs(sweep, tmp_path):
+    tmp, result, _, _ = sweep
+    out = run_module("platform.report", "--aim-repo", result["aim_repo"], "--experiment", NAME,
+                     "--out", str(tmp_path / "report"), timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    trials = json.loads((tmp / "sweeps" / NAME / "trials.json").read_text())["trials"]
+    assert report["runs"] == 4 and report["active"] == 0
+    assert "optim.lr" in report["hyperparameters"] and "run.name" not in report["hyperparameters"]
+    best_in_aim = max((r for r in read_experiment(result["aim_repo"], NAME) if "val_dice" in r.curves),
+                      key=lambda r: r.best("val_dice")[1])
+    assert report["best_run"] == best_in_aim.name
+    assert len(report["best_per_class"]) == 13                        # the phantom's organs
+    assert [Path(p).name for p in report["plots"]] == ["val_dice_per_run.png", "parallel_coordinates.png",
+                                                       "best_run_per_class.png"]
+    assert all(Path(p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in report["plots"])
+    markdown = Path(report["report"]).read_text()
+    assert all(t["trial_id"] in markdown for t in trials) and "parallel_coordinates.png" in markdown

@@ -1,0 +1,51 @@
+"""Progress on long commands: a bar on a terminal; off a terminal (CI, `ray job logs`) a plain line
+every few seconds with counts, rate and time left. Distributed runs are followed from the driver
+through rank 0's metrics log, restarts included."""
+import json
+import pickle
+import time
+
+from swinray.progress import Progress, follow_run
+from swinray.sweep.progress import SweepProgress
+
+
+def test_off_a_terminal_progress_is_a_line_every_interval_and_one_at_the_end(capsys):
+    progress = Progress(total=5, unit="case", desc="preprocess", log_every_s=3600)
+    for _ in range(5):
+        progress.update()
+    progress.close()
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert len(lines) == 2                                               # the first, then only the last
+    assert lines[0].startswith("[swinray] preprocess: 1/5 case,") and "s left" in lines[0]
+    assert lines[1].startswith("[swinray] preprocess: 5/5 case,")
+    assert "\r" not in err                                               # no bar redraws in a log
+
+
+def test_a_run_is_followed_through_its_metrics_log_including_a_restart(tmp_path, capsys):
+    log = tmp_path / "metrics.jsonl"
+    log.write_text(json.dumps({"step": 1, "loss": 2.0}) + "\n")        # a resumed run: step 1 is done
+    with follow_run(log, total_steps=4, desc="pretrain x", poll_s=0.05) as progress:
+        assert progress.done == 1
+        for step in (2, 3, 2, 3, 4):                                     # a restart from step 1's checkpoint
+            with log.open("a") as f:
+                f.write(json.dumps({"step": step, "loss": 1.0 / step, "val_dice": 0.2 * step}) + "\n")
+            time.sleep(0.15)
+        deadline = time.time() + 5
+        while progress.done != 4 and time.time() < deadline:
+            time.sleep(0.05)
+    assert progress.done == 4 and progress.figures == "loss 0.2500, val_dice 0.8000"
+    assert capsys.readouterr().err.splitlines()[-1].startswith("[swinray] pretrain x: 4/4 step,")
+
+
+def test_a_sweeps_progress_callback_is_saved_with_the_experiment_without_its_bar(capsys):
+    class Trial:
+        def __init__(self, status):
+            self.status = status
+
+    callback = SweepProgress("sweep-x", trials=3)
+    trials = [Trial("TERMINATED"), Trial("RUNNING"), Trial("PENDING")]
+    callback.on_trial_result(0, trials, trials[1], {"val_dice": 0.42})
+    assert callback._progress.done == 1 and "best val_dice 0.4200" in callback._progress.figures
+    restored = pickle.loads(pickle.dumps(callback))                  # what Tune does with callbacks
+    assert restored._progress is None and restored.best == 0.42
