@@ -19,12 +19,15 @@ from tqdm import tqdm
 class Progress:
     """Counts finished items; shows done/total, rate, time left and a few figures on stderr."""
 
-    def __init__(self, total: int, unit: str, desc: str, log_every_s: float = 10.0, initial: int = 0):
+    def __init__(self, total: int, unit: str, desc: str, log_every_s: float = 10.0, initial: int = 0,
+                 clock_from_first_update: bool = False):
         self.total, self.unit, self.desc = total, unit, desc
         self.bar = tqdm(total=total, unit=unit, desc=desc, disable=None, file=sys.stderr,
                         dynamic_ncols=True, initial=initial)
-        self.done, self.start, self.last_log, self.every = initial, time.perf_counter(), -math.inf, log_every_s
-        self.counted_from, self.figures = initial, ""
+        self.done, self.last_log, self.every = initial, -math.inf, log_every_s
+        self.figures = ""
+        # The rate's origin (time, count): now, or the first change when start-up should not count
+        self.since = None if clock_from_first_update else (time.perf_counter(), initial)
 
     def update(self, n: int = 1) -> None:
         self.set(self.done + n)
@@ -33,21 +36,21 @@ class Progress:
         """Move to ``done`` items (back too: a restarted run repeats steps), with figures such as the loss."""
         if done == self.done and figures == self.figures:
             return
-        if done < self.done:
-            self.counted_from = done     # the rate counts work since the restart
-            self.start = time.perf_counter()
+        now = time.perf_counter()
+        if self.since is None or done < self.done:     # a restart's repeated steps are not progress
+            self.since = (now, done)
         self.done, self.figures = done, figures or self.figures
         if not self.bar.disable:
             self.bar.n = done
             self.bar.set_postfix_str(self.figures, refresh=False)
             self.bar.refresh()
             return
-        now = time.perf_counter()
         if now - self.last_log >= self.every or self.done == self.total:
             self.last_log = now
-            rate = (self.done - self.counted_from) / max(now - self.start, 1e-9)
-            left = f"{(self.total - self.done) / rate:.0f} s left" if rate > 0 else "time left unknown"
-            print(f"[swinray] {self.desc}: {self.done}/{self.total} {self.unit}, {rate:.2f} {self.unit}/s, {left}"
+            rate = (self.done - self.since[1]) / max(now - self.since[0], 1e-9)
+            pace = (f"{rate:.2f} {self.unit}/s, {(self.total - self.done) / rate:.0f} s left" if rate > 0
+                    else "time left unknown")
+            print(f"[swinray] {self.desc}: {self.done}/{self.total} {self.unit}, {pace}"
                   + (f", {self.figures}" if self.figures else ""), file=sys.stderr, flush=True)
 
     def close(self) -> None:
@@ -70,7 +73,7 @@ def follow_run(metrics_log: Path, total_steps: int, desc: str, poll_s: float = 1
     if offset:
         rows = [json.loads(line) for line in metrics_log.read_text().splitlines() if line.strip()]
         initial = rows[-1].get("step", 0) if rows else 0
-    progress = Progress(total_steps, "step", desc, initial=initial)
+    progress = Progress(total_steps, "step", desc, initial=initial, clock_from_first_update=True)  # not Ray's start-up
     stop = threading.Event()
 
     def follow():

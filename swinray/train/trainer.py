@@ -7,6 +7,7 @@ and failure handling cannot drift apart. Rebuilding it with the same ``run.name`
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Callable
 
@@ -28,10 +29,21 @@ def worker_resources(cpus: float, num_workers: int, gpu: bool) -> tuple[dict, in
     return {"CPU": round(per_worker, 3)}, max(1, int(cpus // num_workers))
 
 
+def quiet_train_reports() -> None:
+    """Ray Train V2 logs every ``ray.train.report`` call with all its metrics at INFO, on every rank;
+    the driver's progress bar already shows them. Its logger is named after its file."""
+    try:
+        from ray.train.v2._internal.execution import context
+        logging.getLogger(context.__file__).setLevel(logging.WARNING)
+    except ImportError:                 # another Ray version: its lines stay
+        pass
+
+
 def start_worker(config: dict, cls: type):
     """A Train worker's first lines: its config back as a ``cls`` dataclass, its CPU threads and the
     run's seed (identical initial weights on every rank); returns (cfg, rank, world size, device)."""
     cfg = from_dict(cls, config["cfg"])
+    quiet_train_reports()
     ctx = ray.train.get_context()
     torch.set_num_threads(config["threads_per_worker"])
     torch.manual_seed(cfg.run.seed)
