@@ -50,9 +50,11 @@ def _parser(verb: str, cls: type, description: str, shortcuts: list[Shortcut],
                         help="override one field, e.g. --set optim.lr=3e-4 (repeatable)")
     parser.add_argument("--print-config", action="store_true",
                         help="print and save the resolved config, then exit without running")
+    types = C.field_types(cls)
     for flag, key, help_text in shortcuts:
+        many = typing.get_origin(types[key]) is tuple      # --unlabelled A B C as well as A,B,C
         parser.add_argument(flag, dest=key, default=None, metavar=key.split(".")[-1].upper(),
-                            help=f"{help_text} (sets {key})")
+                            nargs="+" if many else None, help=f"{help_text} (sets {key})")
     return parser
 
 
@@ -60,7 +62,8 @@ def resolve(cls: type, args: argparse.Namespace, shortcuts: list[Shortcut], posi
     """Preset (or saved config) -> positional and shortcut flags -> --set overrides, validated."""
     cfg = C.load_config(cls, args.config) if args.config else C.preset(cls, args.preset)
     keys = [key for _, key, _ in shortcuts] + ([positional] if positional else [])
-    flagged = [f"{key}={getattr(args, key)}" for key in keys if getattr(args, key) is not None]
+    values = {key: getattr(args, key) for key in keys if getattr(args, key) is not None}
+    flagged = [f"{key}={','.join(v) if isinstance(v, list) else v}" for key, v in values.items()]
     return C.apply_overrides(cfg, C.parse_assignments(flagged + args.overrides, cfg))
 
 
@@ -182,6 +185,20 @@ def _sweep(cfg: C.SweepConfig) -> dict:
     return run_sweep(cfg, log)
 
 
+def _download(cfg: C.DownloadConfig) -> dict:
+    from swinray.data.download import DownloadError, run_download
+    try:
+        return run_download(cfg, log)
+    except DownloadError as e:
+        log(f"error: {e}")
+        return {"command": "download", "ok": False, "error": str(e)}
+
+
+def _convert(cfg: C.ConvertConfig) -> dict:
+    from swinray.data.convert import run_convert
+    return run_convert(cfg, log)
+
+
 def _report(cfg: C.ReportConfig) -> dict:
     from swinray.report.write import run_report
     return run_report(cfg, log)
@@ -201,6 +218,8 @@ _DATA_FLAGS: list[Shortcut] = [
     ("--data", "data.source", "dataset folder or dataset file (default: the built-in phantom)"),
     ("--task", "data.task", "registry task name, or auto"),
 ]
+_UNLABELLED_FLAG: Shortcut = ("--unlabelled", "data.unlabelled",
+                              "pretraining corpus: folders of unlabelled volumes, or .txt files listing folders")
 
 VERBS: dict[str, Verb] = {
     "phantom": Verb(C.PhantomConfig,
@@ -209,10 +228,10 @@ VERBS: dict[str, Verb] = {
                      ("--seed", "seed", "random seed")],
                     _phantom, lambda cfg: Path(cfg.out_dir) / "phantom_config.json"),
     "preprocess": Verb(C.PreprocessConfig, "Preprocess a dataset into a reusable cache with Ray Data.",
-                       _DATA_FLAGS, _preprocess, _run_config_path),
+                       _DATA_FLAGS + [_UNLABELLED_FLAG], _preprocess, _run_config_path),
     "pretrain": Verb(C.PretrainConfig,
                      "Self-supervised pretraining of the Swin UNETR encoder with Ray Train.",
-                     _DATA_FLAGS + [("--name", "run.name", "run name; the same name resumes"),
+                     _DATA_FLAGS + [_UNLABELLED_FLAG, ("--name", "run.name", "run name; the same name resumes"),
                                     ("--workers", "run.num_workers", "Ray Train workers")],
                      _pretrain, _run_config_path),
     "finetune": Verb(C.FinetuneConfig,
@@ -244,6 +263,18 @@ VERBS: dict[str, Verb] = {
                      ("--input", "input", "a NIfTI file or a folder of them"),
                      ("--output", "output", "output folder")],
                     _predict, lambda cfg: Path(cfg.output) / "config.json"),
+    "download": Verb(C.DownloadConfig,
+                     "Download an MSD task (or all ten) from its official distribution, MD5-checked and resumable, "
+                     "then validate every case.",
+                     [("--task", "task", "MSD task name, e.g. Task04_Hippocampus, or all"),
+                      ("--root", "root", "folder the task folders go into")],
+                     _download, lambda cfg: Path(cfg.root) / "download_config.json"),
+    "convert": Verb(C.ConvertConfig,
+                    "Turn published data into a layout the platform reads: btcv = BTCV's RawData into the "
+                    "reference dataset_0.json layout (validation on cases 35-40).",
+                    [("--src", "src", "the downloaded data (btcv: the RawData folder)"),
+                     ("--out", "out", "output folder")],
+                    _convert, lambda cfg: Path(cfg.out or "outputs") / "convert_config.json", positional="format"),
     "report": Verb(C.ReportConfig,
                    "Write a shareable report of a sweep from Aim: Markdown, Dice curves, hyperparameters against "
                    "Dice, Dice per class of the best run.",
@@ -267,6 +298,14 @@ VERBS: dict[str, Verb] = {
 
 def phantom_main(argv=None) -> int:
     return main("phantom", argv)
+
+
+def download_main(argv=None) -> int:
+    return main("download", argv)
+
+
+def convert_main(argv=None) -> int:
+    return main("convert", argv)
 
 
 def report_main(argv=None) -> int:

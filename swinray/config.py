@@ -27,6 +27,8 @@ class DataConfig:
     max_cases: int = 0                  # 0 = every case; N = the first N (smoke tests)
     num_phantom_cases: int = 8          # cases generated when source is the phantom
     phantom_dir: str = "outputs/phantom"  # where the phantom is written when it is the source
+    unlabelled: tuple[str, ...] = ()    # pretraining corpus: folders of unlabelled volumes (or .txt files
+                                        # listing folders), one collection each; replaces source
 
 
 @dataclass(frozen=True)
@@ -184,6 +186,23 @@ class SweepConfig:
 
 
 @dataclass(frozen=True)
+class DownloadConfig:
+    task: str = ""                      # an MSD task (Task01_BrainTumour ... Task10_Colon) or all
+    root: str = "data/msd"              # the task lands in <root>/<task>, its archive beside it
+    mirror: str = ""                    # a base URL serving the same archive names ("" = MONAI's official URLs)
+    md5: str = ""                       # override the table's checksum (one task; a mirror's own archive)
+    keep_archive: bool = True           # keep the .tar after extracting (a rerun then verifies it)
+    check: bool = True                  # run the preprocessing's validation over every case
+
+
+@dataclass(frozen=True)
+class ConvertConfig:
+    format: Literal["btcv"] = "btcv"    # the layout the data was published in
+    src: str = ""                       # btcv: the RawData folder (Training/img, Training/label, Testing/img)
+    out: str = ""                       # the converted dataset (dataset_0.json, imagesTr, labelsTr, imagesTs)
+
+
+@dataclass(frozen=True)
 class ReportConfig:
     aim_repo: str = "outputs"           # the Aim repo (a folder holding .aim, or aim://host:port) runs went to
     experiment: str = ""                # the sweep's name (every Aim run of this experiment)
@@ -287,6 +306,8 @@ PRESETS: dict[type, dict[str, Any]] = {
         "cpu-hippocampus": SweepConfig(finetune=PRESET_CPU_HIPPOCAMPUS, trials=12, grace_steps=150,
                                        name="sweep-hippocampus"),
     },
+    DownloadConfig: {"default": DownloadConfig(), "debug": DownloadConfig(root="outputs/debug/msd")},
+    ConvertConfig: {"default": ConvertConfig(), "debug": ConvertConfig(out="outputs/debug/BTCV")},
     ReportConfig: {
         "default": ReportConfig(),
         "debug": ReportConfig(aim_repo="outputs/debug", experiment="sweep-debug"),   # `sweep --preset debug`

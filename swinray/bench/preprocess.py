@@ -20,9 +20,9 @@ from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 
 from swinray.config import BenchConfig
 from swinray.data.cache import write_case, write_json
-from swinray.data.datasets import Case, load_dataset
+from swinray.data.datasets import Case
 from swinray.data.preprocess import run_cases
-from swinray.data.source import resolve_source
+from swinray.data.source import load_source
 from swinray.data.tasks import TaskSpec
 from swinray.data.transforms import preprocess_transforms
 from swinray.progress import Progress
@@ -51,7 +51,7 @@ def _warm_page_cache(cases: list[Case]) -> None:
 
 
 def bench_preprocess(cfg: BenchConfig, log=print) -> dict:
-    dataset = load_dataset(resolve_source(cfg.data, log), cfg.data.task)
+    dataset = load_source(cfg.data, log)
     cases = list(dataset.cases[: cfg.data.max_cases or None])
     _warm_page_cache(cases)
     cluster = init_ray(cfg.run)

@@ -24,7 +24,7 @@ PIPELINE_VERSION = 1  # bump when the transforms change meaning, so old caches a
 def cache_dir_for(dataset: Dataset, cache_root: str | Path) -> Path:
     """``<root>/<task>-<hash>``: the hash covers the dataset root and every preprocessing setting."""
     settings = {"root": str(dataset.root), "task": dataclasses.asdict(dataset.task),
-                "version": PIPELINE_VERSION}
+                "version": PIPELINE_VERSION, **({"sources": list(dataset.sources)} if dataset.sources else {})}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     return Path(cache_root).resolve() / f"{dataset.task.name}-{digest}"
 

@@ -64,7 +64,8 @@ def intensity_stats(image: np.ndarray, threshold: float) -> dict:
 def process_case(case: Case, task: TaskSpec, cache: Path) -> dict:
     """Validate, preprocess and write one case; return its manifest or rejection row."""
     start = time.perf_counter()
-    base = {"case_id": case.case_id, "split": case.split, "image": list(case.image), "label": case.label}
+    base = {"case_id": case.case_id, "split": case.split, "image": list(case.image), "label": case.label,
+            **({"collection": case.collection} if case.collection else {})}
     try:
         stamp = source_stamp(case)
         image, label, affine, checksums = load_case(case, task)

@@ -41,6 +41,7 @@ class Case:
     image: tuple[str, ...]      # absolute paths; several files = several channels
     label: str | None           # absolute path, None for unlabelled cases
     split: str                  # training, validation or test
+    collection: str = ""        # the corpus folder a pretraining case came from
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class Dataset:
     task: TaskSpec
     cases: tuple[Case, ...]
     rejected: tuple[str, ...] = ()  # entries refused while reading the dataset file, with why
+    sources: tuple[str, ...] = ()   # a corpus's folders (its root is only their common parent)
 
     def split(self, name: str) -> tuple[Case, ...]:
         return tuple(c for c in self.cases if c.split == name)
@@ -153,6 +155,54 @@ def load_dataset(source: str | Path, task: str = "auto") -> Dataset:
     else:
         spec = infer_task(root.resolve().name, meta, cases, dataset_file or root)
     return Dataset(root.resolve(), dataset_file, spec, tuple(cases), tuple(rejected))
+
+
+GENERIC_FOLDER_NAMES = {"imagesTr", "imagesTs", "images", "img", "volumes", "nifti", "data"}
+
+
+def corpus_folders(entries: tuple[str, ...]) -> list[Path]:
+    """The folders of a corpus: each entry a folder, or a .txt file listing one folder per line
+    (relative lines are relative to that file)."""
+    folders = []
+    for entry in entries:
+        path = Path(entry)
+        if path.is_file() and path.suffix == ".txt":
+            lines = [line.strip() for line in path.read_text().splitlines()]
+            folders += [path.parent / line for line in lines if line and not line.startswith("#")]
+        else:
+            folders.append(path)
+    missing = [str(f) for f in folders if not f.is_dir()]
+    if missing:
+        raise DatasetError(f"unlabelled corpus: no such folder(s): {', '.join(missing)}")
+    if not folders:
+        raise DatasetError("unlabelled corpus: no folders given")
+    return [Path(os.path.abspath(f)) for f in folders]
+
+
+def collection_name(folder: Path, taken: set[str]) -> str:
+    """A folder's collection name: its own, or its parent's for generic names like imagesTr; unique."""
+    name = folder.parent.name if folder.name in GENERIC_FOLDER_NAMES and folder.parent.name else folder.name
+    unique, n = name, 2
+    while unique in taken:
+        unique, n = f"{name}-{n}", n + 1
+    taken.add(unique)
+    return unique
+
+
+def load_corpus(entries: tuple[str, ...], task: str = "auto") -> Dataset:
+    """Several collections of unlabelled volumes as one pretraining dataset; case ids are
+    ``<collection>-<file>``, so files named alike in two collections stay apart."""
+    folders, taken, cases = corpus_folders(entries), set(), []
+    for folder in folders:
+        collection = collection_name(folder, taken)
+        cases += [Case(f"{collection}-{c.case_id}", c.image, None, "training", collection)
+                  for c in _folder_cases(folder)]
+    root = Path(os.path.commonpath(folders))
+    name = "corpus-" + "+".join(sorted(taken)) if len(taken) <= 3 else f"corpus-{len(taken)}-collections"
+    spec = TASKS[task] if task != "auto" and task in TASKS else infer_task(name, {}, cases, root)
+    if task != "auto" and task not in TASKS:
+        raise DatasetError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)} or auto")
+    return Dataset(root, None, spec, tuple(cases), (), tuple(str(f) for f in folders))
 
 
 # --------------------------------------------------------------------------------------------

@@ -18,8 +18,8 @@ import ray
 from swinray.config import PreprocessConfig
 from swinray.data.case_pipeline import process_case
 from swinray.data.cache import cache_dir_for, cached_row, fingerprint, write_json
-from swinray.data.datasets import Case, load_dataset
-from swinray.data.source import resolve_source
+from swinray.data.datasets import Case
+from swinray.data.source import load_source
 from swinray.data.tasks import TaskSpec
 from swinray.progress import Progress
 from swinray.runtime import init_ray
@@ -52,7 +52,7 @@ def run_cases(todo: list[Case], task: TaskSpec, cache: Path, progress: Progress 
 
 def run_preprocess(cfg: PreprocessConfig, log=print) -> dict:
     """Preprocess the configured dataset into its cache; returns the JSON summary."""
-    dataset = load_dataset(resolve_source(cfg.data, log), cfg.data.task)
+    dataset = load_source(cfg.data, log)
     cache = cache_dir_for(dataset, cfg.data.cache_dir)
     log(f"dataset {dataset.root} (task {dataset.task.name}, {len(dataset.cases)} cases) -> cache {cache}")
     cases = dataset.cases[: cfg.data.max_cases or None]

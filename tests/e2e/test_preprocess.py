@@ -157,6 +157,24 @@ def test_real_unlabelled_head_and_neck_ct_uses_the_paper_settings(local_ray, tmp
     assert label is None and image.dtype == np.float16
 
 
+def test_two_unlabelled_collections_make_one_pretraining_cache_that_keeps_each_cases_collection(
+        local_ray, phantom, tmp_path):
+    for i, collection in enumerate(("TCIA-A", "TCIA-B")):           # the same file names in both
+        (tmp_path / collection).mkdir()
+        for name in ("phantom_000.nii.gz", "phantom_001.nii.gz"):
+            shutil.copy(phantom / "imagesTr" / name, tmp_path / collection / name)
+    cfg = PreprocessConfig(data=DataConfig(unlabelled=(str(tmp_path / "TCIA-A"), str(tmp_path / "TCIA-B")),
+                                           cache_dir=str(tmp_path / "cache")), run=RunConfig(name="preprocess"))
+    summary = run_preprocess(cfg, quiet)
+    rows = json.loads(open(summary["manifest"]).read())["cases"]
+    assert summary["cases_written"] == 4 and summary["cases_rejected"] == 0
+    assert [(r["case_id"], r["collection"]) for r in rows] == [
+        ("TCIA-A-phantom_000", "TCIA-A"), ("TCIA-A-phantom_001", "TCIA-A"),
+        ("TCIA-B-phantom_000", "TCIA-B"), ("TCIA-B-phantom_001", "TCIA-B")]
+    assert all(r["label"] is None and r["spacing_mm"] == [1.5, 1.5, 2.0] for r in rows)
+    assert run_preprocess(cfg, quiet)["cases_written"] == 0                  # a rerun does no work
+
+
 def _kill_tree(proc: subprocess.Popen, ray_tmp: str) -> None:
     """SIGKILL the driver's process group and any Ray process of its private instance."""
     import psutil
