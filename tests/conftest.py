@@ -32,6 +32,41 @@ def shared_dataset(name: str) -> Path:
     return path
 
 
+def write_dicom_series(folder, hu, spacing, origin_ras, series_uid=None, skip=(), name="slice"):
+    """(X, Y, Z) HU volume, axis-aligned RAS geometry -> one CT slice file per z (LPS, as DICOM wants),
+    stored as the scanners do: value + 1024 with RescaleIntercept -1024. ``skip``: slices left out."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    series_uid = series_uid or generate_uid()
+    study = generate_uid()
+    sx, sy, sz = spacing
+    x0, y0, z0 = origin_ras
+    for k in range(hu.shape[2]):
+        if k in skip:
+            continue
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = FileDataset(str(folder / f"{name}{k:03d}.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.Modality, ds.PatientID, ds.StudyInstanceUID, ds.SeriesInstanceUID = "CT", "phantom", study, series_uid
+        ds.InstanceNumber = k + 1
+        ds.ImageOrientationPatient = [-1, 0, 0, 0, -1, 0]          # +i -> -x_LPS, +j -> -y_LPS: RAS axes
+        ds.ImagePositionPatient = [-x0, -y0, z0 + k * sz]
+        ds.PixelSpacing = [sy, sx]                                  # between rows (j), between columns (i)
+        ds.SliceThickness = sz
+        ds.Rows, ds.Columns = hu.shape[1], hu.shape[0]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
+        ds.PixelData = (hu[:, :, k].T.astype(np.int32) + 1024).astype(np.int16).tobytes()   # rows = j
+        ds.save_as(folder / f"{name}{k:03d}.dcm", enforce_file_format=True)
+    return folder
+
+
 def aim_images(aim_repo, name: str) -> dict[str, dict[int, tuple]]:
     """Per run (by name), the images it logged as ``name``: step -> (width, height, caption),
     read back through Aim's query SDK."""

@@ -128,11 +128,17 @@ def _listed_cases(dataset_file: Path, meta: dict) -> tuple[list[Case], list[str]
 
 
 def _folder_cases(folder: Path) -> list[Case]:
+    """NIfTI volumes in the folder, and every DICOM series folder under it (one case each)."""
+    from swinray.data.dicom import series_folders
     files = sorted(p for p in folder.iterdir() if p.name.endswith(NIFTI_SUFFIXES))
-    if not files:
-        raise DatasetError(f"{folder}: no dataset file ({' or '.join(DATASET_FILES)}) and no "
-                           f"NIfTI volumes ({', '.join(NIFTI_SUFFIXES)}) in it")
-    return [Case(_case_id(str(p)), (str(p.resolve()),), None, "training") for p in files]
+    series = series_folders(folder)
+    if not files and not series:
+        raise DatasetError(f"{folder}: no dataset file ({' or '.join(DATASET_FILES)}), no NIfTI volumes "
+                           f"({', '.join(NIFTI_SUFFIXES)}) and no DICOM series in it")
+    cases = [Case(_case_id(str(p)), (str(p.resolve()),), None, "training") for p in files]
+    cases += [Case("_".join(s.relative_to(folder).parts) or folder.name, (str(s.resolve()),), None, "training")
+              for s in series]
+    return cases
 
 
 def load_dataset(source: str | Path, task: str = "auto") -> Dataset:
@@ -220,11 +226,21 @@ def _label_names(meta: dict, where: Path) -> tuple[str, ...]:
     return tuple(name for _, name in sorted(pairs))
 
 
-def _ras_geometry(path: str) -> tuple[np.ndarray, np.ndarray]:
-    """Voxel size and shape along R, A, S from the header alone (no voxel data is read)."""
+def _header(path: str):
+    """(affine, shape, voxels): from the NIfTI header (voxels read on demand), or a DICOM series."""
+    if Path(path).is_dir():
+        from swinray.data.dicom import read_dicom_series
+        volume = read_dicom_series(path)
+        return volume.affine, volume.array.shape, lambda: volume.array
     img = nib.load(path)
-    order = np.argsort(nib.orientations.io_orientation(img.affine)[:, 0].astype(int))
-    return np.asarray(ras_spacing(img.affine)), np.asarray(img.shape[:3], dtype=float)[order]
+    return img.affine, img.shape, lambda: np.asanyarray(img.dataobj)
+
+
+def _ras_geometry(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """Voxel size and shape along R, A, S (for NIfTI from the header alone)."""
+    affine, shape, _ = _header(path)
+    order = np.argsort(nib.orientations.io_orientation(affine)[:, 0].astype(int))
+    return np.asarray(ras_spacing(affine)), np.asarray(shape[:3], dtype=float)[order]
 
 
 def _ceil_roi(extent_vox: float) -> int:
@@ -269,7 +285,7 @@ def infer_task(name: str, meta: dict, cases: list[Case], where: Path) -> TaskSpe
 
 def _looks_like_ct(case: Case) -> bool:
     """Hounsfield units put air near -1000; MRI intensities are not negative."""
-    return float(np.min(np.asanyarray(nib.load(case.image[0]).dataobj))) <= -500
+    return float(np.min(_header(case.image[0])[2]())) <= -500
 
 
 def _foreground_window(sample: list[Case]) -> tuple[float, float]:

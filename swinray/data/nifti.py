@@ -29,8 +29,12 @@ class Volume:
 
 
 def read_verified(path: str | Path) -> Volume:
-    """Load a .nii or .nii.gz fully, or raise CaseError saying what is wrong with the file."""
+    """Load a .nii or .nii.gz fully (or a DICOM series folder), or raise CaseError saying what is
+    wrong with the file."""
     path = Path(path)
+    if path.is_dir():
+        from swinray.data.dicom import read_dicom_series
+        return read_dicom_series(path)
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -52,14 +56,18 @@ def read_verified(path: str | Path) -> Volume:
         raise
     except Exception as e:  # nibabel raises many types for malformed headers and short data
         raise CaseError(f"{path}: not a readable NIfTI-1 volume ({type(e).__name__}: {e})") from None
-    affine = image.affine
+    check_volume(array, image.affine, path)
+    return Volume(array, image.affine, hashlib.sha256(raw).hexdigest())
+
+
+def check_volume(array: np.ndarray, affine: np.ndarray, path) -> None:
+    """A usable voxel-to-world matrix and finite voxels, or CaseError."""
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-6:
         raise CaseError(f"{path}: degenerate affine (voxel-to-world matrix is singular or "
                         f"non-finite): {np.round(affine[:3, :3], 4).tolist()}")
     if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
         bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
         raise CaseError(f"{path}: {bad} non-finite voxel(s) (NaN or inf)")
-    return Volume(array, affine, hashlib.sha256(raw).hexdigest())
 
 
 def check_channels(volume: Volume, path: str, expected: int) -> np.ndarray:

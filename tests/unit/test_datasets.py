@@ -109,7 +109,7 @@ def test_plain_folder_of_volumes_is_an_unlabelled_dataset(tmp_path):
 def test_missing_or_empty_sources_are_clear_errors(tmp_path):
     with pytest.raises(DatasetError, match="no such dataset folder"):
         load_dataset(tmp_path / "nowhere")
-    with pytest.raises(DatasetError, match="no dataset file .* and no NIfTI volumes"):
+    with pytest.raises(DatasetError, match="no dataset file .*, no NIfTI volumes .* and no DICOM series"):
         load_dataset(tmp_path)
     (tmp_path / "dataset.json").write_text("{broken")
     with pytest.raises(DatasetError, match=r"dataset\.json: cannot read the dataset file"):
