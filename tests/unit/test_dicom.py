@@ -73,3 +73,12 @@ def test_a_broken_series_is_refused_naming_the_folder_and_the_problem(ct, tmp_pa
     with pytest.raises(CaseError, match=message) as error:
         read_verified(folder)
     assert str(folder) in str(error.value)
+
+
+def test_a_dataset_file_may_list_a_series_folder_as_an_image(ct):
+    tmp, hu, _, _, _ = ct
+    (tmp / "dataset.json").write_text('{"modality": {"0": "CT"}, "training": [{"image": "LIDC/patient1/study1/series1"}]}')
+    dataset = load_dataset(tmp)
+    (case,) = dataset.cases
+    assert case.case_id == "series1" and np.array_equal(read_verified(case.image[0]).array, hu)
+    (tmp / "dataset.json").unlink()
