@@ -11,15 +11,20 @@ from __future__ import annotations
 import base64
 import json
 import math
+import os
 import urllib.parse
 import warnings
 from pathlib import Path
 from typing import Any
 
 
+AIM_REPO_ENV = "SWINRAY_AIM_REPO"     # set on a cluster's head (cluster/*.yaml): its tracking server
+
+
 def aim_repo_for(aim_repo: str, storage: str) -> str:
-    """``run.aim_repo`` if set (a path or aim://HOST:PORT), else ``<storage>/.aim``."""
-    return aim_repo or str(Path(storage).resolve())
+    """``run.aim_repo`` if set (a path or aim://HOST:PORT), else ``$SWINRAY_AIM_REPO`` (the cluster's
+    tracking server, so jobs need no flag), else ``<storage>/.aim``."""
+    return aim_repo or os.environ.get(AIM_REPO_ENV, "") or str(Path(storage).resolve())
 
 
 def aim_explorer_url(query: str, page: str = "metrics", base: str = "http://127.0.0.1:43800") -> str:

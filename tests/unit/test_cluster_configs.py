@@ -10,6 +10,7 @@ import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
 from conftest import REPO
+from swinray.tracking import AIM_REPO_ENV, aim_repo_for
 
 CONFIGS = sorted((REPO / "cluster").glob("*.yaml"))
 
@@ -43,7 +44,7 @@ def test_the_schema_check_is_real(path):
 def test_every_ray_process_uses_token_auth_and_the_dashboard_stays_on_loopback(path):
     cfg = load(path)
     ray_starts = [c for c in start_commands(cfg) if "ray start" in c]
-    assert len(ray_starts) == 2 and all("RAY_AUTH_MODE=token ray start" in c for c in ray_starts)
+    assert len(ray_starts) == 2 and all(re.search(r"RAY_AUTH_MODE=token [^&;]*ray start", c) for c in ray_starts)
     (head,) = [c for c in cfg["head_start_ray_commands"] if "ray start --head" in c]
     assert "--dashboard-host=127.0.0.1" in head
     assert any(dest.endswith(".ray/auth_token") for dest in cfg["file_mounts"])   # the same token everywhere
@@ -56,6 +57,22 @@ def test_the_aim_ui_is_loopback_only_and_the_tracking_server_is_private(path):
     assert re.search(r"aim up --repo ~/aim --host 127\.0\.0\.1 --port 43800", aim)
     server = re.search(r"aim server --repo ~/aim --host (.+?) --port 53800", aim)
     assert server and "0.0.0.0" not in server.group(1)     # the head's private address, never all interfaces
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_jobs_on_the_head_track_to_the_clusters_aim_server_without_a_flag(path):
+    commands = load(path)["head_start_ray_commands"]
+    (head,) = [c for c in commands if "ray start --head" in c]
+    server_host = re.search(r"aim server --repo ~/aim --host (.+?) --port 53800", " ".join(commands)).group(1)
+    assert f"SWINRAY_AIM_REPO=aim://{server_host}:53800 " in head      # inherited by every job's driver
+
+
+def test_the_clusters_aim_server_is_the_default_repo_and_a_flag_still_wins(monkeypatch, tmp_path):
+    monkeypatch.delenv(AIM_REPO_ENV, raising=False)
+    assert aim_repo_for("", str(tmp_path)) == str(tmp_path.resolve())
+    monkeypatch.setenv(AIM_REPO_ENV, "aim://10.0.0.5:53800")
+    assert aim_repo_for("", str(tmp_path)) == "aim://10.0.0.5:53800"
+    assert aim_repo_for("/shared/aim", str(tmp_path)) == "/shared/aim"
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
