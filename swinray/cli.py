@@ -186,12 +186,8 @@ def _sweep(cfg: C.SweepConfig) -> dict:
 
 
 def _download(cfg: C.DownloadConfig) -> dict:
-    from swinray.data.download import DownloadError, run_download
-    try:
-        return run_download(cfg, log)
-    except DownloadError as e:
-        log(f"error: {e}")
-        return {"command": "download", "ok": False, "error": str(e)}
+    from swinray.data.download import run_download
+    return run_download(cfg, log)
 
 
 def _convert(cfg: C.ConvertConfig) -> dict:

@@ -69,27 +69,30 @@ def follow_run(metrics_log: Path, total_steps: int, desc: str, poll_s: float = 1
     Steps already in the log (a resumed run) count as done from the start."""
     metrics_log = Path(metrics_log)
     offset = metrics_log.stat().st_size if metrics_log.exists() else 0
-    initial = 0
-    if offset:
-        rows = [json.loads(line) for line in metrics_log.read_text().splitlines() if line.strip()]
-        initial = rows[-1].get("step", 0) if rows else 0
+    last = next((line for line in reversed(metrics_log.read_bytes().splitlines()) if line.strip()), b"") \
+        if offset else b""
+    initial = json.loads(last).get("step", 0) if last else 0
     progress = Progress(total_steps, "step", desc, initial=initial, clock_from_first_update=True)  # not Ray's start-up
     stop = threading.Event()
 
-    def follow():
+    def read_new_lines():
         nonlocal offset
+        with contextlib.suppress(OSError, ValueError):
+            if not metrics_log.exists() or metrics_log.stat().st_size <= offset:
+                return
+            with metrics_log.open("rb") as f:
+                f.seek(offset)
+                chunk = f.read()
+            complete = chunk[:chunk.rfind(b"\n") + 1]      # a line being written waits for the next poll
+            offset += len(complete)
+            for line in complete.splitlines():
+                row = json.loads(line)
+                progress.set(row.get("step", progress.done), _figures(row))
+
+    def follow():
         while not stop.wait(poll_s):
-            with contextlib.suppress(OSError, ValueError):
-                if not metrics_log.exists() or metrics_log.stat().st_size <= offset:
-                    continue
-                with metrics_log.open() as f:
-                    f.seek(offset)
-                    chunk = f.read()
-                complete = chunk[:chunk.rfind("\n") + 1]        # a line being written waits for the next poll
-                offset += len(complete.encode())
-                for line in complete.splitlines():
-                    row = json.loads(line)
-                    progress.set(row.get("step", progress.done), _figures(row))
+            read_new_lines()
+        read_new_lines()                                   # the steps logged since the last poll
 
     thread = threading.Thread(target=follow, name=f"progress-{desc}", daemon=True)
     thread.start()

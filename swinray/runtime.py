@@ -62,4 +62,3 @@ def use_gpu(run: RunConfig) -> bool:
         print(f"[swinray] the Ray cluster has {gpus:g} of the {run.num_workers} GPUs this run needs: "
               "asked its autoscaler for them; the run starts when they join", file=sys.stderr, flush=True)
     return run.device == "cuda" or (run.device == "auto" and gpus >= 1)
-

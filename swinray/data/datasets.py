@@ -141,6 +141,15 @@ def _folder_cases(folder: Path) -> list[Case]:
     return cases
 
 
+def registry_task(task: str) -> TaskSpec | None:
+    """The registry's task of that name, None for ``auto``; an unknown name is an error."""
+    if task == "auto":
+        return None
+    if task not in TASKS:
+        raise DatasetError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)} or auto")
+    return TASKS[task]
+
+
 def load_dataset(source: str | Path, task: str = "auto") -> Dataset:
     """Read a dataset's manifest and settle its task (a registry name, or ``auto``)."""
     source = Path(os.path.abspath(source))
@@ -152,14 +161,8 @@ def load_dataset(source: str | Path, task: str = "auto") -> Dataset:
         (cases, rejected), root = _listed_cases(dataset_file, meta), dataset_file.parent
     if not cases:
         raise DatasetError(f"{dataset_file}: no usable case; " + "; ".join(rejected))
-    if task != "auto":
-        if task not in TASKS:
-            raise DatasetError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)} or auto")
-        spec = TASKS[task]
-    elif root.resolve().name in TASKS:
-        spec = TASKS[root.resolve().name]
-    else:
-        spec = infer_task(root.resolve().name, meta, cases, dataset_file or root)
+    spec = (registry_task(task) or TASKS.get(root.resolve().name)
+            or infer_task(root.resolve().name, meta, cases, dataset_file or root))
     return Dataset(root.resolve(), dataset_file, spec, tuple(cases), tuple(rejected))
 
 
@@ -205,9 +208,7 @@ def load_corpus(entries: tuple[str, ...], task: str = "auto") -> Dataset:
                   for c in _folder_cases(folder)]
     root = Path(os.path.commonpath(folders))
     name = "corpus-" + "+".join(sorted(taken)) if len(taken) <= 3 else f"corpus-{len(taken)}-collections"
-    spec = TASKS[task] if task != "auto" and task in TASKS else infer_task(name, {}, cases, root)
-    if task != "auto" and task not in TASKS:
-        raise DatasetError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)} or auto")
+    spec = registry_task(task) or infer_task(name, {}, cases, root)
     return Dataset(root, None, spec, tuple(cases), (), tuple(str(f) for f in folders))
 
 

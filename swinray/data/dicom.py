@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +18,14 @@ from swinray.data.nifti import CaseError, Volume, check_volume
 
 _MAGIC_AT, _MAGIC = 128, b"DICM"
 _SPACING_TOLERANCE = 0.1        # slices may be 10% off the median spacing (rounding in headers)
+_NOT_DICOM = (".nii", ".nii.gz", ".json", ".txt", ".npy", ".csv", ".md")
 
 
 def is_dicom_file(path: Path) -> bool:
     if path.suffix.lower() == ".dcm":
         return True
+    if path.name.lower().endswith(_NOT_DICOM):
+        return False
     try:
         with path.open("rb") as f:
             return f.read(_MAGIC_AT + 4)[_MAGIC_AT:] == _MAGIC
@@ -55,9 +59,7 @@ def check_series(folder: Path) -> list[Path]:
             headers.append(pydicom.dcmread(path, stop_before_pixels=True))
         except Exception as e:
             raise CaseError(f"{path}: not a readable DICOM file ({type(e).__name__}: {e})") from None
-    series: dict[str, int] = {}
-    for h in headers:
-        series[str(h.get("SeriesInstanceUID", "?"))] = series.get(str(h.get("SeriesInstanceUID", "?")), 0) + 1
+    series = Counter(str(h.get("SeriesInstanceUID", "?")) for h in headers)
     if len(series) > 1:
         counts = ", ".join(f"{uid} ({n} slices)" for uid, n in series.items())
         raise CaseError(f"{folder}: {len(series)} series mixed in one folder: {counts}; put each series in a "

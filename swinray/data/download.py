@@ -18,12 +18,13 @@ import urllib.request
 from pathlib import Path
 
 from swinray.config import ConfigError, DownloadConfig
+from swinray.data.datasets import DatasetError
 from swinray.progress import Progress
 
 CHUNK = 1 << 20
 
 
-class DownloadError(RuntimeError):
+class DownloadError(DatasetError):
     """A download or its archive is unusable; the message names the URL or file and what to do."""
 
 

@@ -37,11 +37,7 @@ class SweepProgress(Callback):
     def on_trial_start(self, iteration, trials, trial, **info):
         self._show(trials)
 
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        self._show(trials)
-
-    def on_trial_error(self, iteration, trials, trial, **info):
-        self._show(trials)
+    on_trial_complete = on_trial_error = on_trial_start
 
     def on_experiment_end(self, trials, **info):
         if self._progress is not None:

@@ -106,11 +106,10 @@ def train_fn_per_worker(config: dict) -> None:
         tracker.log(metrics, step + 1)
         done = step + 1
         if done % cfg.run.checkpoint_every_steps == 0 or done == cfg.optim.num_steps:
+            state = None
             if rank == 0:
                 tracker.log_image("pretext_views", views_side_by_side(
                     batch["target1"][0, 0], batch["view1"][0, 0], halves[2][0][0, 0]), done, caption=CAPTION)
-            state = None
-            if rank == 0:
                 state = {"model": net.state_dict(), "optimizer": optimizer.state_dict(),
                          "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
                          "step": done, "aim_run_hash": tracker.run_hash or ""}
