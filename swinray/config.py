@@ -224,8 +224,9 @@ class BenchConfig:
     pretrained: tuple[str, ...] = ()    # label-efficiency: SSL encoder files, each an arm beside scratch
     fractions: tuple[float, ...] = (0.1, 0.25, 1.0)  # label-efficiency: fractions of the training cases
     finetune_preset: str = "cpu-hippocampus"  # label-efficiency, sweep: how every run fine-tunes
-    budget_steps: int = 0               # label-efficiency, sweep: training steps per run (0 = the preset's)
+    budget_steps: int = 0               # train, label-efficiency, sweep: training steps per run (0 = the default)
     sweep_trials: int = 8               # sweep: trials per search strategy
+    rounds: int = 3                     # train: alternating plain/ours runs (machine speed drifts)
     data: DataConfig = field(default_factory=DataConfig)
     out_dir: str = "outputs/bench"      # benchmark results (JSON) are written here
     run: RunConfig = field(default_factory=lambda: RunConfig(name="bench"))

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Callable
 
 from swinray.config import QuickstartConfig
+from swinray.tracking import aim_ui_command
 
 
 def quickstart_steps(preset: str) -> list[tuple[str, Callable[[dict], list[str]]]]:
@@ -44,5 +45,5 @@ def run_quickstart(cfg: QuickstartConfig, run_verb: Callable[[str, list[str]], d
         + f" (validation Dice {results['finetune']['best_val_dice']:.3f}), per-case scores in "
         + results["evaluate"]["per_case_csv"]
         + ", sweep trials in " + results["sweep"]["sweeps"][0]["table"]
-        + f"; compare every run with: aim up --repo {results['pretrain']['aim_repo']} --host 127.0.0.1")
+        + f"; compare every run with: {aim_ui_command(results['pretrain']['aim_repo'])}")
     return {"command": "quickstart", "ok": True, "steps": results}

@@ -46,6 +46,15 @@ def init_ray(run: RunConfig) -> dict:
     }
 
 
+def shutdown_local_ray() -> bool:
+    """Stop the Ray instance init_ray started here (never a joined cluster); whether it did."""
+    if ray.is_initialized() and _LOCAL_INSTANCE["started"]:
+        ray.shutdown()
+        _LOCAL_INSTANCE["started"] = False
+        return True
+    return False
+
+
 def use_gpu(run: RunConfig) -> bool:
     """GPU is a runtime choice: cuda when asked, or when "auto" and the cluster has GPUs.
 

@@ -12,6 +12,7 @@ import base64
 import json
 import math
 import os
+import time
 import urllib.parse
 import warnings
 from pathlib import Path
@@ -25,6 +26,16 @@ def aim_repo_for(aim_repo: str, storage: str) -> str:
     """``run.aim_repo`` if set (a path or aim://HOST:PORT), else ``$SWINRAY_AIM_REPO`` (the cluster's
     tracking server, so jobs need no flag), else ``<storage>/.aim``."""
     return aim_repo or os.environ.get(AIM_REPO_ENV, "") or str(Path(storage).resolve())
+
+
+def aim_ui_command(repo: str) -> str:
+    """How to open the Aim UI on ``repo``: ``aim up`` for a repo on disk; for a tracking server
+    (``aim://``) the UI that ``cluster/*.yaml`` runs beside it on the head, which ``aim up`` here
+    cannot open."""
+    if repo.startswith("aim://"):
+        return ("ray attach cluster/gpu.yaml -p 43800  # the head's Aim UI on its tracking server "
+                f"{repo}, then open http://127.0.0.1:43800")
+    return f"aim up --repo {repo} --host 127.0.0.1"
 
 
 def aim_explorer_url(query: str, page: str = "metrics", base: str = "http://127.0.0.1:43800") -> str:
@@ -75,8 +86,9 @@ class Tracker:
         return self.aim_run.hash if self.aim_run is not None else None
 
     def log(self, metrics: dict[str, Any], step: int, context: dict | None = None) -> None:
+        """One JSON line per call, stamped with wall time (benchmarks time whole steps from it)."""
         with self.jsonl_path.open("a") as f:
-            f.write(json.dumps({"step": step, **metrics}) + "\n")
+            f.write(json.dumps({"step": step, "time": time.time(), **metrics}) + "\n")
         if self.aim_run is not None:
             def track():
                 for name, value in metrics.items():

@@ -31,7 +31,7 @@ from swinray.sweep.progress import SweepProgress
 from swinray.sweep.report import summarise
 from swinray.sweep.searcher import export_study, make_scheduler, make_searcher
 from swinray.sweep.trial import run_trial, trial_config
-from swinray.tracking import aim_explorer_url, aim_repo_for
+from swinray.tracking import aim_explorer_url, aim_repo_for, aim_ui_command
 from swinray.train.finetune import plan_finetune, write_run_records
 from swinray.train.trainer import worker_resources
 
@@ -140,7 +140,7 @@ def sweep_task(cfg: SweepConfig, base: FinetuneConfig, sweep_name: str, log=prin
         log(f"sweep {sweep_name}: best trial {best['trial_id']} Dice {best['best_val_dice']:.4f}; "
             f"fine-tune with it: python -m platform.finetune --config {out['best_config']}")
     log(f"sweep {sweep_name}:\n{summary['markdown']}")
-    log(f"sweep {sweep_name}: compare the trials in Aim (after `aim up --repo {aim_repo} --host 127.0.0.1`): "
+    log(f"sweep {sweep_name}: compare the trials in Aim (after `{aim_ui_command(aim_repo)}`): "
         f"{out['aim_link']}\n  or write a report: {out['report_command']}")
     return out
 
@@ -162,5 +162,5 @@ def run_sweep(cfg: SweepConfig, log=print) -> dict:
             sweeps.append({"task": base.data.task, "error": str(e)})
     repo = aim_repo_for(cfg.finetune.run.aim_repo, cfg.finetune.run.storage)  # the repo fine-tuning uses
     return {"command": "sweep", "sweeps": sweeps, "aim_repo": repo,
-            "aim_command": f"aim up --repo {repo} --host 127.0.0.1",
+            "aim_command": aim_ui_command(repo),
             "ok": all("error" not in s for s in sweeps)}

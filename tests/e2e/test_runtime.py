@@ -14,7 +14,7 @@ import ray
 from ray.cluster_utils import Cluster
 
 from swinray.config import ConfigError, RunConfig
-from swinray.runtime import init_ray, use_gpu
+from swinray.runtime import init_ray, shutdown_local_ray, use_gpu
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -50,6 +50,8 @@ def test_cuda_on_a_local_instance_without_gpus_is_a_clear_error():
     try:
         with pytest.raises(ConfigError, match="run.device=cuda needs 2 GPUs .* has 0; set run.device=cpu or auto"):
             use_gpu(RunConfig(device="cuda", num_workers=2))
+        assert shutdown_local_ray() is True and not ray.is_initialized()     # ours to stop
+        assert shutdown_local_ray() is False
     finally:
         ray.shutdown()
 
@@ -61,6 +63,7 @@ def test_cuda_on_a_joined_cluster_without_gpus_asks_its_autoscaler_and_goes_on(c
         assert init_ray(run)["gpus"] == 0
         assert use_gpu(run) is True
         assert "has 0 of the 2 GPUs this run needs: asked its autoscaler" in capfd.readouterr().err
+        assert shutdown_local_ray() is False and ray.is_initialized()       # a joined cluster is not ours
     finally:
         ray.shutdown()
         cluster.shutdown()

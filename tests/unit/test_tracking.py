@@ -10,7 +10,7 @@ import pytest
 from aim import Repo
 
 from conftest import REPO
-from swinray.tracking import Tracker, close_abandoned_run
+from swinray.tracking import Tracker, aim_ui_command, close_abandoned_run
 
 
 def test_a_closed_run_is_queryable_with_its_hyperparameters_and_metrics(tmp_path):
@@ -21,6 +21,7 @@ def test_a_closed_run_is_queryable_with_its_hyperparameters_and_metrics(tmp_path
 
     logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in logged] == [1, 2, 3]
+    assert logged[0]["time"] <= logged[1]["time"] <= logged[2]["time"]     # wall clock, for step timing
     repo = Repo.from_path(str(tmp_path / "aim"))
     run = repo.get_run(tracker.run_hash)
     assert run is not None and run.active is False and run.experiment == "sweep-a"
@@ -53,3 +54,10 @@ def test_the_run_of_a_killed_process_is_closed_afterwards_and_a_finished_one_is_
     ended = run.end_time
     assert close_abandoned_run(repo, run_hash) is True              # ended now: left alone
     assert Repo.from_path(repo).get_run(run_hash).end_time == ended
+
+
+def test_the_aim_ui_command_opens_a_repo_on_disk_and_points_at_the_heads_ui_for_a_server():
+    assert aim_ui_command("/runs/.aim") == "aim up --repo /runs/.aim --host 127.0.0.1"
+    remote = aim_ui_command("aim://10.0.0.5:53800")     # `aim up` cannot open a tracking server
+    assert "aim up" not in remote and remote.startswith("ray attach cluster/gpu.yaml -p 43800")
+    assert "aim://10.0.0.5:53800" in remote and "http://127.0.0.1:43800" in remote
