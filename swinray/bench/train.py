@@ -25,7 +25,7 @@ import torch
 from monai.optimizers import WarmupCosineSchedule
 
 from models.registry import build_ssl_head
-from swinray.config import BenchConfig, PreprocessConfig, PretrainConfig, preset
+from swinray.config import BenchConfig, ConfigError, PreprocessConfig, PretrainConfig, preset
 from swinray.data.cache import write_json
 from swinray.data.preprocess import run_preprocess
 from swinray.pretext.losses import ssl_loss
@@ -75,8 +75,11 @@ def _ours(pre: PretrainConfig, log) -> tuple[list[float], list[dict]]:
 
 
 def bench_train(cfg: BenchConfig, log=print) -> dict:
-    pre = preset(PretrainConfig, "debug")
     steps = cfg.budget_steps or _DEFAULT_STEPS
+    if cfg.rounds < 1 or steps <= _WARMUP_STEPS + 1:
+        raise ConfigError(f"rounds={cfg.rounds}, budget_steps={steps}: need at least 1 round and more than "
+                          f"{_WARMUP_STEPS + 1} steps ({_WARMUP_STEPS} are warm-up)")
+    pre = preset(PretrainConfig, "debug")
     every = max(1, steps // 3)          # three checkpoints, all inside the measured steps: they count against us
     pre = replace(pre, data=cfg.data, optim=replace(pre.optim, num_steps=steps),
                   run=replace(cfg.run, num_workers=1, checkpoint_every_steps=every,
