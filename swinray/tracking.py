@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 
+AIM_UI = "http://127.0.0.1:43800"    # `aim up` as cluster/*.yaml runs it on the head, reached by `ray attach -p 43800`
 AIM_REPO_ENV = "SWINRAY_AIM_REPO"     # set on a cluster's head (cluster/*.yaml): its tracking server
 
 
@@ -34,11 +35,11 @@ def aim_ui_command(repo: str) -> str:
     cannot open."""
     if repo.startswith("aim://"):
         return ("ray attach cluster/gpu.yaml -p 43800  # the head's Aim UI on its tracking server "
-                f"{repo}, then open http://127.0.0.1:43800")
+                f"{repo}, then open {AIM_UI}")
     return f"aim up --repo {repo} --host 127.0.0.1"
 
 
-def aim_explorer_url(query: str, page: str = "metrics", base: str = "http://127.0.0.1:43800") -> str:
+def aim_explorer_url(query: str, page: str = "metrics", base: str = AIM_UI) -> str:
     """A link that opens ``aim up``'s explorer ``page`` (runs, metrics, params) with ``query`` applied,
     e.g. ``metric.name == "val_dice" and run.experiment == "sweep-hippocampus"``.
 

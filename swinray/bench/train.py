@@ -99,9 +99,9 @@ def bench_train(cfg: BenchConfig, log=print) -> dict:
         waits += [row["data_wait_fraction"] for row in rows]
         plain_all += plain
         ours_all += ours
-        rounds.append({"plain_steps_per_s": round(len(plain) / sum(plain), 3),
-                       "ours_steps_per_s": round(len(ours) / sum(ours), 3),
-                       "ratio": round(sum(plain) / len(plain) / (sum(ours) / len(ours)), 3)})
+        plain_s, ours_s = statistics.mean(plain), statistics.mean(ours)
+        rounds.append({"plain_steps_per_s": round(1 / plain_s, 3), "ours_steps_per_s": round(1 / ours_s, 3),
+                       "ratio": round(plain_s / ours_s, 3)})
         log(f"round {r + 1}/{cfg.rounds}: {rounds[-1]}")
     result = {"command": "bench", "target": "train", "steps": steps, "measured_steps_per_run": steps - _WARMUP_STEPS,
               "rounds": rounds, "ratio": round(statistics.mean(plain_all) / statistics.mean(ours_all), 3),
