@@ -18,7 +18,8 @@ from swinray.data.nifti import CaseError, check_channels, check_label, ras_spaci
 from swinray.data.tasks import TaskSpec
 from swinray.data.transforms import as_meta_tensor, foreground_threshold, preprocess_transforms
 
-_STAT_STRIDE = 7  # percentiles from every 7th foreground voxel: plenty, and 7x cheaper
+_STAT_STRIDE = 2  # statistics from every 2nd voxel along each axis: 8x cheaper, and the
+                  # strided view is read in place where every 7th masked voxel needed a full mask copy
 
 
 @functools.lru_cache(maxsize=8)
@@ -54,8 +55,9 @@ def load_case(case: Case, task: TaskSpec) -> tuple[np.ndarray, np.ndarray | None
 
 def intensity_stats(image: np.ndarray, threshold: float) -> dict:
     """Per-channel statistics of the source foreground, before normalisation."""
-    mask = (image > threshold).any(axis=0)
-    values = [channel[mask][::_STAT_STRIDE].astype(np.float32) for channel in image]
+    sample = image[:, ::_STAT_STRIDE, ::_STAT_STRIDE, ::_STAT_STRIDE]
+    mask = (sample > threshold).any(axis=0)
+    values = [channel[mask].astype(np.float32) for channel in sample]
     pct = np.array([np.percentile(v, [0.5, 50, 99.5]) for v in values])
     return {"p00_5": pct[:, 0].tolist(), "p50": pct[:, 1].tolist(), "p99_5": pct[:, 2].tolist(),
             "mean": [float(v.mean()) for v in values], "std": [float(v.std()) for v in values]}

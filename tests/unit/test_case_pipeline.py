@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from swinray.data.cache import read_case
-from swinray.data.case_pipeline import process_case
+from swinray.data.case_pipeline import intensity_stats, process_case
 from swinray.data.datasets import load_dataset
 from swinray.data.phantom import ORGAN_HU, write_phantom_dataset
 
@@ -55,3 +55,15 @@ def test_an_unexpected_failure_is_a_rejection_not_a_crash(phantom, tmp_path):
     broken = type(phantom.cases[0])("x", ("/dev/null",), None, "training")
     row = process_case(broken, phantom.task, tmp_path)
     assert row["status"] == "rejected" and "/dev/null" in row["reason"]
+
+
+def test_intensity_statistics_describe_the_foreground_only():
+    rng = np.random.default_rng(0)
+    image = np.full((1, 64, 64, 64), -1000, np.int16)                  # air everywhere
+    body = rng.normal(40, 100, (40, 40, 40)).round().astype(np.int16)  # soft tissue, mean 40 HU
+    image[0, 12:52, 12:52, 12:52] = body
+    stats = intensity_stats(image, threshold=-500)
+    exact = np.percentile(body[body > -500], [0.5, 50, 99.5])
+    assert abs(stats["p50"][0] - exact[1]) < 5 and abs(stats["mean"][0] - 40) < 5
+    assert abs(stats["p00_5"][0] - exact[0]) < 25 and abs(stats["p99_5"][0] - exact[2]) < 25
+    assert abs(stats["std"][0] - 100) < 5                               # no air in the spread
