@@ -176,8 +176,11 @@ class SweepConfig:
     trials: int = 8                     # per task
     search: Literal["tpe", "random"] = "tpe"        # Optuna sampler (seeded)
     scheduler: Literal["asha", "none"] = "asha"     # ASHA stops weak trials at validation rungs
-    grace_steps: int = 0                # ASHA's first rung in training steps (0 = one validation interval)
-    reduction_factor: int = 2           # ASHA keeps the best 1/reduction_factor at each rung
+    trial_samples: int = 0              # training samples per trial, whatever its batch size (steps follow);
+                                        # 0 = finetune.optim.num_steps x finetune.optim.batch_size
+    reduction_factor: int = 3           # ASHA keeps the best 1/reduction_factor at each rung
+    rungs: int = 2                      # ASHA's decision points; a trial validates reduction_factor ** rungs
+                                        # times at equal sample intervals, the rungs falling on validations
     max_concurrent_trials: int = 0      # 0 = as many as the cluster fits (2 CPUs or 1 GPU per worker)
     seed: int = 0                       # the sampler's seed
     start_points: str = ""              # JSON file: a list of {dotted key: value} trials to evaluate first
@@ -224,9 +227,10 @@ class BenchConfig:
     pretrained: tuple[str, ...] = ()    # label-efficiency: SSL encoder files, each an arm beside scratch
     fractions: tuple[float, ...] = (0.1, 0.25, 1.0)  # label-efficiency: fractions of the training cases
     finetune_preset: str = "cpu-hippocampus"  # label-efficiency, sweep: how every run fine-tunes
-    budget_steps: int = 0               # train, label-efficiency, sweep: training steps per run (0 = the default)
+    budget_steps: int = 0               # train, label-efficiency: training steps per run; sweep: x the
+                                        # preset's batch size = samples per trial (0 = the preset's)
     sweep_trials: int = 8               # sweep: trials per search strategy
-    rounds: int = 3                     # train: alternating plain/ours runs (machine speed drifts)
+    rounds: int = 3                     # train, preprocess: alternating baseline/ours runs (speed drifts)
     data: DataConfig = field(default_factory=DataConfig)
     out_dir: str = "outputs/bench"      # benchmark results (JSON) are written here
     run: RunConfig = field(default_factory=lambda: RunConfig(name="bench"))
@@ -303,8 +307,8 @@ PRESETS: dict[type, dict[str, Any]] = {
             optim=OptimConfig(lr=1e-3, warmup_steps=1, num_steps=4, batch_size=1),
             seg=SegConfig(val_every_steps=1, num_overlay_cases=0, sw_batch_size=2),
             run=RunConfig(name="sweep-debug", **{**_DEBUG_RUN, "checkpoint_every_steps": 2})),
-            trials=2, grace_steps=1, name="sweep-debug", storage="outputs/debug/sweeps"),
-        "cpu-hippocampus": SweepConfig(finetune=PRESET_CPU_HIPPOCAMPUS, trials=12, grace_steps=150,
+            trials=2, rungs=1, name="sweep-debug", storage="outputs/debug/sweeps"),
+        "cpu-hippocampus": SweepConfig(finetune=PRESET_CPU_HIPPOCAMPUS, trials=12,
                                        name="sweep-hippocampus"),
     },
     DownloadConfig: {"default": DownloadConfig(), "debug": DownloadConfig(root="outputs/debug/msd")},

@@ -1,11 +1,13 @@
 """Sweep efficiency: TPE + ASHA against random search without early stopping, same task, budget and seed.
 
-Both sweeps sample ``sweep_trials`` trials of the same fine-tuning preset and step budget, and
-validate every eighth of the budget (ASHA's rungs: 1/8, 1/4, 1/2 with reduction factor 2). The
+Both sweeps sample ``sweep_trials`` trials of the same fine-tuning preset. Every trial has the
+same budget of training samples, ``budget_steps`` (default: the preset's steps) times the preset's
+batch size, whatever batch size it samples, and validates at the same sample intervals (the
+sweep's defaults: 9 validations, ASHA's rungs at 1/9 and 1/3 with reduction factor 3). The
 figures are the best validation Dice each finds and the training samples all its trials spent
-together (steps x batch size: trial-epochs up to the constant training-set size). Target: within
-1% of random search's best Dice for at most half its samples. Sweeps are named ``bench-tpe-asha``
-and ``bench-random-none`` under ``<out_dir>/sweeps`` and restore when rerun.
+together (trial-epochs up to the constant training-set size). Target: within 1% of random
+search's best Dice for at most half its samples. Sweeps are named ``bench-tpe-asha`` and
+``bench-random-none`` under ``<out_dir>/sweeps`` and restore when rerun.
 
     python -m platform.bench sweep --data ../shared/data/Task04_Hippocampus --set sweep_trials=8
 """
@@ -14,7 +16,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from swinray.config import BenchConfig, FinetuneConfig, SweepConfig, apply_overrides, preset
+from swinray.config import BenchConfig, FinetuneConfig, SweepConfig, preset
 from swinray.data.cache import write_json
 from swinray.sweep.run import run_sweep
 
@@ -22,9 +24,8 @@ from swinray.sweep.run import run_sweep
 def arm_config(cfg: BenchConfig, search: str, scheduler: str) -> SweepConfig:
     base = preset(FinetuneConfig, cfg.finetune_preset)
     base = replace(base, data=cfg.data, run=replace(base.run, ray_address=cfg.run.ray_address))
-    steps = cfg.budget_steps or base.optim.num_steps
-    base = apply_overrides(base, {"optim.num_steps": steps, "seg.val_every_steps": max(1, steps // 8)})
-    return SweepConfig(finetune=base, trials=cfg.sweep_trials, search=search, scheduler=scheduler,
+    samples = (cfg.budget_steps or base.optim.num_steps) * base.optim.batch_size
+    return SweepConfig(finetune=base, trials=cfg.sweep_trials, trial_samples=samples, search=search, scheduler=scheduler,
                        seed=cfg.run.seed, name=f"bench-{search}-{scheduler}", storage=str(Path(cfg.out_dir) / "sweeps"))
 
 

@@ -8,8 +8,10 @@ from swinray.train.finetune_loop import MODEL_FILE
 
 
 def _status(result, num_steps: int) -> str:
+    """``num_steps``: the trial's own, which follows from its batch size in a sample budget."""
     if result.error is not None:
         return "error"
+    num_steps = (result.config or {}).get("optim.num_steps", num_steps)
     return "stopped early" if (result.metrics or {}).get("step", 0) < num_steps else "finished"
 
 

@@ -26,6 +26,7 @@ from swinray.config import ConfigError, FinetuneConfig, SweepConfig, save_config
 from swinray.data.cache import write_json
 from swinray.data.tasks import TASKS
 from swinray.runtime import init_ray, use_gpu
+from swinray.sweep.budget import trial_budget
 from swinray.sweep.cleanup import FreeTrialWorkers, close_trial_runs
 from swinray.sweep.progress import SweepProgress
 from swinray.sweep.report import summarise
@@ -95,18 +96,19 @@ def sweep_task(cfg: SweepConfig, base: FinetuneConfig, sweep_name: str, log=prin
     # Checkpoint-only reports carry no val_dice: ASHA and our searcher skip them (Tune would abort)
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     experiment = sweep_dir / TUNE_DIR
+    budget = trial_budget(cfg.trial_samples or base.optim.num_steps * base.optim.batch_size,
+                          cfg.reduction_factor, cfg.rungs)
     if Tuner.can_restore(str(experiment)):
         log(f"sweep {sweep_name}: restoring {experiment} (finished trials are kept, unfinished ones resume)")
         tuner = Tuner.restore(str(experiment), trainable, resume_unfinished=True, resume_errored=False)
     else:
-        log(f"sweep {sweep_name} on {task}: {cfg.trials} trial(s), {cfg.search} + {cfg.scheduler}, "
-            f"{concurrent} at a time, {base.run.num_workers} worker(s) each ({resources}) -> {sweep_dir}")
-        space = TaskSpace(task, SpaceContext(num_steps=base.optim.num_steps, pretrained=base.seg.pretrained))
+        log(f"sweep {sweep_name} on {task}: {cfg.trials} trial(s) of {budget.samples} training samples, "
+            f"{budget.validations} validations each, {cfg.search} + {cfg.scheduler}, {concurrent} at a time, {base.run.num_workers} worker(s) each ({resources}) -> {sweep_dir}")
+        space = TaskSpace(task, SpaceContext(budget, pretrained=base.seg.pretrained))
         points = json.loads(Path(cfg.start_points).read_text()) if cfg.start_points else None
         tuner = Tuner(trainable, tune_config=ray.tune.TuneConfig(
             search_alg=make_searcher(space, cfg.search, cfg.seed, cfg.trials, points),
-            scheduler=make_scheduler(cfg.scheduler, base.optim.num_steps,
-                                     cfg.grace_steps or base.seg.val_every_steps, cfg.reduction_factor),
+            scheduler=make_scheduler(cfg.scheduler, budget, cfg.reduction_factor),
             num_samples=cfg.trials, max_concurrent_trials=concurrent),
             run_config=ray.tune.RunConfig(name=TUNE_DIR, storage_path=str(sweep_dir),
                                           failure_config=ray.tune.FailureConfig(max_failures=0), verbose=0,
@@ -146,9 +148,9 @@ def sweep_task(cfg: SweepConfig, base: FinetuneConfig, sweep_name: str, log=prin
 
 
 def run_sweep(cfg: SweepConfig, log=print) -> dict:
-    if cfg.trials < 1 or cfg.reduction_factor < 2:
-        raise ConfigError(f"trials={cfg.trials}, reduction_factor={cfg.reduction_factor}: need at least 1 trial "
-                          "and a reduction factor of at least 2")
+    if cfg.trials < 1 or cfg.reduction_factor < 2 or cfg.rungs < 0:
+        raise ConfigError(f"trials={cfg.trials}, reduction_factor={cfg.reduction_factor}, rungs={cfg.rungs}: need at "
+                          "least 1 trial, a reduction factor of at least 2 and no negative number of rungs")
     targets = sweep_targets(cfg)
     sweeps = []
     for base in targets:

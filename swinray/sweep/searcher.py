@@ -14,6 +14,8 @@ import optuna
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from swinray.sweep.budget import TrialBudget
+
 METRIC = "val_dice"            # ASHA compares trials on the Dice at each rung
 OBJECTIVE = "best_val_dice"    # Optuna learns from the best Dice a trial reached (its kept model's)
 
@@ -60,12 +62,12 @@ def make_searcher(space, search: str, seed: int, trials: int = 30, points_to_eva
                                  points_to_evaluate=points_to_evaluate)
 
 
-def make_scheduler(kind: str, num_steps: int, grace_steps: int, reduction_factor: int):
-    """ASHA on the all-reduced validation Dice, rungs in training steps; or no early stopping."""
+def make_scheduler(kind: str, budget: TrialBudget, reduction_factor: int):
+    """ASHA on the all-reduced validation Dice, rungs in training samples; or no early stopping."""
     if kind == "none":
         return FIFOScheduler()
-    return ASHAScheduler(time_attr="step", metric=METRIC, mode="max", max_t=num_steps,
-                         grace_period=max(1, grace_steps), reduction_factor=reduction_factor,
+    return ASHAScheduler(time_attr="samples", metric=METRIC, mode="max", max_t=budget.samples,
+                         grace_period=budget.interval_samples, reduction_factor=reduction_factor,
                          stop_last_trials=False)  # a trial at max_t ends itself, not killed mid-checkpoint
 
 

@@ -176,7 +176,8 @@ def train_fn_per_worker(config: dict) -> None:
             if stop:
                 break
     if not metrics:  # a rerun of a finished run: report where it stands
-        ray.train.report({"step": step, "best_val_dice": state["best_dice"], "aim_error": "",
+        ray.train.report({"step": step, "samples": step * cfg.optim.batch_size, "best_val_dice": state["best_dice"],
+                          "aim_error": "",
                           "diverged_step": state.get("diverged_step", 0)}, checkpoint=None)
     tracker.close()
 
@@ -199,7 +200,8 @@ def _checkpoint(config, cfg, net, optimizer, scheduler, state, best_state, step,
                                             "val_dice_per_class": state.get("best_per_class", [])})
             checkpoint = ray.train.Checkpoint.from_directory(directory)
         summary = {k: metrics[k] for k in ("loss", "val_dice", "elapsed_s") if k in metrics}  # the rest: Aim, jsonl
-        ray.train.report({**summary, "step": step, "best_val_dice": state["best_dice"],
+        ray.train.report({**summary, "step": step, "samples": step * cfg.optim.batch_size,  # per worker
+                          "best_val_dice": state["best_dice"],
                           "best_step": state["best_step"], "aim_error": tracker.aim_error or "",
                           "diverged_step": state.get("diverged_step", 0)},
                          checkpoint=checkpoint)

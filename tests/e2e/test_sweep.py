@@ -33,7 +33,7 @@ def sweep_command(tmp: Path) -> list[str]:
     return [sys.executable, "-m", "platform.sweep", "--preset", "debug", "--name", NAME, "--trials", "4",
             "--set", f"storage={tmp / 'sweeps'}", "--set", f"start_points={tmp / 'start.json'}",
             "--set", f"finetune.data.phantom_dir={tmp / 'phantom'}", "--set", f"finetune.data.cache_dir={tmp / 'cache'}",
-            "--set", f"finetune.run.storage={tmp / 'runs'}", "--set", "finetune.optim.num_steps=3"]
+            "--set", f"finetune.run.storage={tmp / 'runs'}", "--set", "trial_samples=3"]
 
 
 def env() -> dict:
@@ -97,6 +97,9 @@ def test_asha_stops_the_collapsed_trial_at_its_first_rung(sweep):
     assert [t["status"] for t in collapsed] == ["stopped early"] and collapsed[0]["steps"] == 1
     assert result["sweeps"][0]["early_stopped"] >= 1
     assert all(t["samples"] == t["steps"] * t["params"]["optim.batch_size"] for t in trials)   # what each cost
+    finished = [t for t in trials if t["status"] == "finished"]     # 3 samples each: 3 validations 1 sample apart
+    assert finished and all(t["steps"] == t["params"]["optim.num_steps"] == 3 * t["params"]["seg.val_every_steps"]
+                            for t in finished)
     assert result["sweeps"][0]["trial_samples"] == sum(t["samples"] for t in trials)
 
 

@@ -4,6 +4,7 @@ import optuna
 import pytest
 
 from search_spaces.common import SpaceContext
+from swinray.sweep.budget import trial_budget
 from swinray.sweep.run import TaskSpace
 from swinray.sweep.searcher import export_study, make_searcher, startup_trials
 
@@ -12,7 +13,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 @pytest.fixture
 def searcher():
-    return make_searcher(TaskSpace("Task04_Hippocampus", SpaceContext(num_steps=100)), "tpe", seed=0)
+    return make_searcher(TaskSpace("Task04_Hippocampus", SpaceContext(trial_budget(100, 3, 2))), "tpe", seed=0)
 
 
 def states(searcher):
@@ -48,14 +49,14 @@ def test_results_without_a_validation_dice_are_skipped(searcher):
 
 
 def test_the_same_seed_proposes_the_same_first_trial():
-    configs = [make_searcher(TaskSpace("BTCV", SpaceContext(num_steps=100)), "tpe", seed=3).suggest("t")
+    configs = [make_searcher(TaskSpace("BTCV", SpaceContext(trial_budget(100, 3, 2))), "tpe", seed=3).suggest("t")
                for _ in range(2)]
     assert configs[0] == configs[1]
 
 
 def proposals(search: str, trials: int) -> list[dict]:
     """The learning rates a sweep proposes first, each trial scoring 0.1 more Dice than the last."""
-    searcher = make_searcher(TaskSpace("Task04_Hippocampus", SpaceContext(num_steps=100)), search, seed=0, trials=trials)
+    searcher = make_searcher(TaskSpace("Task04_Hippocampus", SpaceContext(trial_budget(100, 3, 2))), search, seed=0, trials=trials)
     configs = []
     for n in range(4):
         configs.append(searcher.suggest(f"t{n}"))
