@@ -100,10 +100,19 @@ class SegConfig:
     num_overlay_cases: int = 2          # validation cases drawn as ground truth / prediction overlays
 
 
+def check_local_storage(storage: str, key: str) -> None:
+    """Outputs, checkpoints and caches are written with file APIs: a URI would become a local folder."""
+    if "://" in storage:
+        raise ConfigError(f"{key}={storage!r}: object-store URIs are not supported yet (run folders, "
+                          "checkpoints and the memory-mapped preprocessing cache are written with file "
+                          "APIs). On several nodes, mount a shared filesystem (NFS, EFS, FSx) at the same "
+                          "path on every node and pass that path.")
+
+
 @dataclass(frozen=True)
 class RunConfig:
     name: str = "swinray"               # run name; rerunning with the same name resumes
-    storage: str = "outputs"            # local path, shared filesystem path or s3:// URI
+    storage: str = "outputs"            # local path or a shared filesystem path (the same on every node)
     num_workers: int = 2                # Ray Train workers
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when Ray sees GPUs
     amp_bf16: bool = True               # used on GPU only
@@ -116,6 +125,9 @@ class RunConfig:
     ray_address: str = ""               # "" = $RAY_ADDRESS if set, else a new local Ray instance
     dashboard: bool = True              # a local instance's dashboard (127.0.0.1 only); it also serves the
                                         # State API that Ray Train's placement-group cleaner polls
+
+    def __post_init__(self) -> None:
+        check_local_storage(self.storage, "run.storage")
 
 
 # --------------------------------------------------------------------------------------------
@@ -186,6 +198,9 @@ class SweepConfig:
     start_points: str = ""              # JSON file: a list of {dotted key: value} trials to evaluate first
     name: str = "sweep"                 # rerunning with the same name restores the sweep
     storage: str = "outputs/sweeps"
+
+    def __post_init__(self) -> None:
+        check_local_storage(self.storage, "storage")
 
 
 @dataclass(frozen=True)

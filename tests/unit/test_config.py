@@ -109,3 +109,11 @@ def test_field_types_lists_every_dotted_key():
     keys = C.field_types(C.PretrainConfig)
     assert {"optim.lr", "model.roi_size", "pretext.temperature", "run.storage", "data.source"} <= set(keys)
     assert keys["optim.lr"] is float
+
+
+@pytest.mark.parametrize("cls, key", [(C.PretrainConfig, "run.storage"), (C.FinetuneConfig, "run.storage"),
+                                      (C.SweepConfig, "storage")])
+def test_an_object_store_uri_as_storage_is_refused_not_written_to_a_local_folder(cls, key):
+    with pytest.raises(C.ConfigError, match="object-store URIs are not supported yet.*shared filesystem"):
+        C.apply_overrides(cls(), {key: "s3://bucket/runs"})
+    assert C.apply_overrides(cls(), {key: "/mnt/shared/runs"})    # a shared mount is a path
