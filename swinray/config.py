@@ -23,10 +23,12 @@ from swinray.config_codec import (ConfigError, apply_overrides, field_types, fla
 class DataConfig:
     source: str = ""                    # dataset folder or dataset file; "" = the built-in phantom
     task: str = "auto"                  # registry name (BTCV, Task01_BrainTumour, ...) or "auto"
-    cache_dir: str = "outputs/cache"    # preprocessed cases, one subfolder per dataset + settings
+    cache_dir: str = ""                 # preprocessed cases, one subfolder per dataset + settings;
+                                        # "" = <run.storage>/cache, shared with the runs on a cluster
     max_cases: int = 0                  # 0 = every case; N = the first N (smoke tests)
     num_phantom_cases: int = 8          # cases generated when source is the phantom
-    phantom_dir: str = "outputs/phantom"  # where the phantom is written when it is the source
+    phantom_dir: str = ""               # where the phantom is written when it is the source;
+                                        # "" = <run.storage>/phantom
     unlabelled: tuple[str, ...] = ()    # pretraining corpus: folders of unlabelled volumes (or .txt files
                                         # listing folders), one collection each; replaces source
 

@@ -29,7 +29,7 @@ from swinray.config import BenchConfig, ConfigError
 from swinray.data.cache import write_case, write_json
 from swinray.data.datasets import Case
 from swinray.data.preprocess import run_cases
-from swinray.data.source import load_source
+from swinray.data.source import load_source, under_storage
 from swinray.data.tasks import TaskSpec
 from swinray.data.transforms import preprocess_transforms
 from swinray.progress import Progress
@@ -80,7 +80,7 @@ def _baseline(cases: list[Case], task: TaskSpec, threads: int):
 def bench_preprocess(cfg: BenchConfig, log=print) -> dict:
     if cfg.rounds < 1:
         raise ConfigError(f"rounds={cfg.rounds}: need at least one round")
-    dataset = load_source(cfg.data, log)
+    dataset = load_source(under_storage(cfg.data, cfg.run.storage), log)
     cases = list(dataset.cases[: cfg.data.max_cases or None])
     _warm_page_cache(cases)
     cluster = init_ray(cfg.run)

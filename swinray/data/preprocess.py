@@ -19,7 +19,7 @@ from swinray.config import PreprocessConfig
 from swinray.data.case_pipeline import process_case
 from swinray.data.cache import cache_dir_for, cached_row, fingerprint, write_json
 from swinray.data.datasets import Case
-from swinray.data.source import load_source
+from swinray.data.source import load_source, under_storage
 from swinray.data.tasks import TaskSpec
 from swinray.progress import Progress
 from swinray.runtime import init_ray, keep_freed_memory
@@ -56,10 +56,11 @@ def run_cases(todo: list[Case], task: TaskSpec, cache: Path, progress: Progress 
 
 def run_preprocess(cfg: PreprocessConfig, log=print) -> dict:
     """Preprocess the configured dataset into its cache; returns the JSON summary."""
-    dataset = load_source(cfg.data, log)
-    cache = cache_dir_for(dataset, cfg.data.cache_dir)
+    data = under_storage(cfg.data, cfg.run.storage)
+    dataset = load_source(data, log)
+    cache = cache_dir_for(dataset, data.cache_dir)
     log(f"dataset {dataset.root} (task {dataset.task.name}, {len(dataset.cases)} cases) -> cache {cache}")
-    cases = dataset.cases[: cfg.data.max_cases or None]
+    cases = dataset.cases[: data.max_cases or None]
     rows, todo = {}, []
     for case in cases:
         row = cached_row(cache, case)

@@ -1,15 +1,26 @@
 """Which dataset a command reads: the one the user named, or the built-in phantom."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from swinray.config import ConfigError, DataConfig
 
 
+def under_storage(data: DataConfig, storage: str) -> DataConfig:
+    """``data`` with its unset folders (cache, phantom) under ``run.storage``. On a cluster that is
+    the shared filesystem every node mounts, so every node reads the cases any node wrote."""
+    return replace(data, cache_dir=data.cache_dir or str(Path(storage) / "cache"),
+                   phantom_dir=data.phantom_dir or str(Path(storage) / "phantom"))
+
+
 def resolve_source(data: DataConfig, log=print) -> Path:
-    """``data.source`` if set; otherwise the phantom in ``data.phantom_dir``, written if missing."""
+    """``data.source`` if set; otherwise the phantom in ``data.phantom_dir`` (see ``under_storage``),
+    written if missing."""
     if data.source:
         return Path(data.source)
+    if not data.phantom_dir:
+        raise ConfigError("data.phantom_dir is unset: place it with under_storage(data, run.storage) first")
     phantom = Path(data.phantom_dir)
     if not (phantom / "dataset.json").exists():
         from swinray.data.phantom import write_phantom_dataset

@@ -51,8 +51,7 @@ def test_a_node_lost_mid_run_is_replaced_and_training_resumes_from_the_shared_ch
         "run.storage": str(tmp_path / "shared"), "run.name": "multinode", "run.num_workers": 2,
         "run.ray_address": cluster.address, "optim.num_steps": NUM_STEPS,
         "run.checkpoint_every_steps": CHECKPOINT_EVERY})
-    cfg = replace(cfg, data=DataConfig(phantom_dir=str(tmp_path / "phantom"), num_phantom_cases=4,
-                                       cache_dir=str(tmp_path / "shared" / "cache")))
+    cfg = replace(cfg, data=DataConfig(num_phantom_cases=4))    # phantom and cache: under run.storage
     run_dir = tmp_path / "shared" / "multinode"
     outcome = {}
 
@@ -89,3 +88,5 @@ def test_a_node_lost_mid_run_is_replaced_and_training_resumes_from_the_shared_ch
     assert all(now > 1 and (now - 1) % CHECKPOINT_EVERY == 0 for now in restarts), \
         f"a restart did not resume right after a checkpoint: {steps}"
     assert (run_dir / "encoder.pt").exists()
+    shared = tmp_path / "shared"                    # what every node reads lives on the shared storage
+    assert (shared / "phantom" / "dataset.json").exists() and list((shared / "cache").glob("*/manifest.json"))

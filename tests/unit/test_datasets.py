@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from conftest import shared_dataset
+from swinray.config import DataConfig
 from swinray.data.datasets import DatasetError, check_inside, load_dataset
+from swinray.data.source import under_storage
 
 
 def write_case(folder, name, shape=(32, 32, 16), zooms=(0.8, 0.8, 3.0), hu=40, label=True):
@@ -130,3 +132,10 @@ def test_real_hippocampus_dataset_is_recognised():
     ds = load_dataset(shared_dataset("Task04_Hippocampus"))
     assert ds.task.name == "Task04_Hippocampus" and len(ds.cases) == 208
     assert all(c.label for c in ds.cases)
+
+
+def test_unset_cache_and_phantom_folders_follow_the_run_storage_and_set_ones_stay():
+    placed = under_storage(DataConfig(), "/mnt/shared/runs")
+    assert (placed.cache_dir, placed.phantom_dir) == ("/mnt/shared/runs/cache", "/mnt/shared/runs/phantom")
+    kept = under_storage(DataConfig(cache_dir="/fast/cache", phantom_dir="p"), "/mnt/shared/runs")
+    assert (kept.cache_dir, kept.phantom_dir) == ("/fast/cache", "p")
