@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from swinray import config as C
+from swinray.storage import local_path, shown
 
 Shortcut = tuple[str, str, str]  # (flag, dotted config key, help)
 
@@ -90,10 +91,10 @@ def run_verb(verb: str, argv: list[str] | None = None) -> dict:
     log(f"{verb} config ({args.config or 'preset ' + args.preset}), saved to {saved}:\n"
         + json.dumps(C.to_dict(cfg), indent=2))
     if args.print_config:
-        return {"command": verb, "config_path": str(saved), "config": C.to_dict(cfg)}
+        return {"command": verb, "config_path": shown(saved), "config": C.to_dict(cfg)}
     start = time.perf_counter()
     summary = spec.run(cfg)
-    return {**summary, "config_path": str(saved), "seconds": round(time.perf_counter() - start, 2)}
+    return {**summary, "config_path": shown(saved), "seconds": round(time.perf_counter() - start, 2)}
 
 
 def main(verb: str, argv: list[str] | None = None) -> int:
@@ -120,7 +121,7 @@ def _disconnect_ray() -> None:
 
 
 def _run_config_path(cfg) -> Path:
-    return Path(cfg.run.storage) / cfg.run.name / "config.json"
+    return local_path(cfg.run.storage) / cfg.run.name / "config.json"
 
 
 # --------------------------------------------------------------------------------------------
@@ -246,7 +247,7 @@ VERBS: dict[str, Verb] = {
                    ("--trials", "trials", "trials per task"),
                    ("--pretrained", "finetune.seg.pretrained", "SSL encoder weights trials may start from"),
                    ("--name", "name", "sweep name; the same name restores the sweep")],
-                  _sweep, lambda cfg: Path(cfg.storage) / cfg.name / "config.json"),
+                  _sweep, lambda cfg: local_path(cfg.storage) / cfg.name / "config.json"),
     "evaluate": Verb(C.EvaluateConfig,
                      "Score a fine-tuned model on every labelled case of a dataset: Dice and HD95 per class.",
                      [("--checkpoint", "checkpoint", "model.pt written by finetune"),

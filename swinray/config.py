@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from swinray.storage import check_storage
 from swinray.config_codec import (ConfigError, apply_overrides, field_types, flat_items,  # noqa: F401
                                   from_dict, load_config, parse_assignments, parse_value, save_config,
                                   to_dict)
@@ -102,19 +103,11 @@ class SegConfig:
     num_overlay_cases: int = 2          # validation cases drawn as ground truth / prediction overlays
 
 
-def check_local_storage(storage: str, key: str) -> None:
-    """Outputs, checkpoints and caches are written with file APIs: a URI would become a local folder."""
-    if "://" in storage:
-        raise ConfigError(f"{key}={storage!r}: object-store URIs are not supported yet (run folders, "
-                          "checkpoints and the memory-mapped preprocessing cache are written with file "
-                          "APIs). On several nodes, mount a shared filesystem (NFS, EFS, FSx) at the same "
-                          "path on every node and pass that path.")
-
-
 @dataclass(frozen=True)
 class RunConfig:
     name: str = "swinray"               # run name; rerunning with the same name resumes
-    storage: str = "outputs"            # local path or a shared filesystem path (the same on every node)
+    storage: str = "outputs"            # a local path, a shared filesystem path (the same on every node)
+                                        # or s3://BUCKET/PREFIX (gs://): see swinray.storage
     num_workers: int = 2                # Ray Train workers
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when Ray sees GPUs
     amp_bf16: bool = True               # used on GPU only
@@ -129,7 +122,7 @@ class RunConfig:
                                         # State API that Ray Train's placement-group cleaner polls
 
     def __post_init__(self) -> None:
-        check_local_storage(self.storage, "run.storage")
+        check_storage(self.storage, "run.storage")
 
 
 # --------------------------------------------------------------------------------------------
@@ -202,7 +195,7 @@ class SweepConfig:
     storage: str = "outputs/sweeps"
 
     def __post_init__(self) -> None:
-        check_local_storage(self.storage, "storage")
+        check_storage(self.storage, "storage")
 
 
 @dataclass(frozen=True)

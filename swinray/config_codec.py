@@ -13,6 +13,8 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
+from swinray.storage import upload
+
 
 class ConfigError(ValueError):
     """A configuration value or key is invalid; the message names the field and what is valid."""
@@ -169,6 +171,7 @@ def save_config(cfg, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+    upload(path)                        # to its object store, for a path in one's mirror
     return path
 
 

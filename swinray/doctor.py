@@ -22,6 +22,7 @@ from ray.train.torch import TorchTrainer
 
 from swinray.config import DoctorConfig
 from swinray.runtime import init_ray, use_gpu
+from swinray.storage import ray_storage_path
 
 
 def probe_node() -> dict:
@@ -69,7 +70,7 @@ def run_doctor(cfg: DoctorConfig, log=print) -> dict:
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.run.num_workers, use_gpu=gpu,
                                                resources_per_worker={"CPU": cpus_per_worker}),
         run_config=ray.train.RunConfig(name=cfg.run.name,
-                                       storage_path=str(Path(cfg.run.storage).resolve())),
+                                       storage_path=ray_storage_path(cfg.run.storage)),
     )
     result = trainer.fit()
     metrics = result.metrics

@@ -15,6 +15,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from swinray.storage import fetch_newer, read_remote_bytes, remote_of
+
+REMOTE_POLL_S = 5.0
+
 
 class Progress:
     """Counts finished items; shows done/total, rate, time left and a few figures on stderr."""
@@ -66,8 +70,13 @@ def _figures(row: dict) -> str:
 def follow_run(metrics_log: Path, total_steps: int, desc: str, poll_s: float = 1.0):
     """Show a run's steps (and its latest loss and Dice) while the block runs, from its metrics log.
 
-    Steps already in the log (a resumed run) count as done from the start."""
+    Steps already in the log (a resumed run) count as done from the start. A log in object storage
+    is also read from there (rank 0 may run on another node and uploads it every few seconds)."""
     metrics_log = Path(metrics_log)
+    mirrored = remote_of(metrics_log) is not None
+    if mirrored:
+        fetch_newer(metrics_log)    # a resumed run's earlier steps
+    remote_read_at = -math.inf
     offset = metrics_log.stat().st_size if metrics_log.exists() else 0
     last = next((line for line in reversed(metrics_log.read_bytes().splitlines()) if line.strip()), b"") \
         if offset else b""
@@ -75,14 +84,21 @@ def follow_run(metrics_log: Path, total_steps: int, desc: str, poll_s: float = 1
     progress = Progress(total_steps, "step", desc, initial=initial, clock_from_first_update=True)  # not Ray's start-up
     stop = threading.Event()
 
+    def new_bytes() -> bytes:
+        nonlocal remote_read_at
+        if metrics_log.exists() and metrics_log.stat().st_size > offset:
+            with metrics_log.open("rb") as f:
+                f.seek(offset)
+                return f.read()
+        if mirrored and time.monotonic() - remote_read_at >= REMOTE_POLL_S:
+            remote_read_at = time.monotonic()
+            return read_remote_bytes(metrics_log, offset) or b""   # the same file, uploaded whole
+        return b""
+
     def read_new_lines():
         nonlocal offset
         with contextlib.suppress(OSError, ValueError):
-            if not metrics_log.exists() or metrics_log.stat().st_size <= offset:
-                return
-            with metrics_log.open("rb") as f:
-                f.seek(offset)
-                chunk = f.read()
+            chunk = new_bytes()
             complete = chunk[:chunk.rfind(b"\n") + 1]      # a line being written waits for the next poll
             offset += len(complete)
             for line in complete.splitlines():

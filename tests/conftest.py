@@ -139,3 +139,35 @@ def write_two_channel_mri(root: Path, cases: int = 3, label_contrast: float = 20
         "modality": {"0": "T2", "1": "ADC"}, "labels": {"0": "background", "1": "pz", "2": "tz"},
         "training": entries}))
     return root
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real S3 API on loopback (moto's server), for the object-storage tests: its URL."""
+    from moto.server import ThreadedMotoServer
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint, tmp_path, monkeypatch, request) -> dict:
+    """A fresh bucket and the environment a process needs to use it (credentials, endpoint and a
+    node-local mirror under tmp_path), also set in this process: ``{"bucket": ..., "env": ...}``."""
+    import boto3
+    bucket = "swinray-" + request.node.name.lower().replace("_", "-")[:40].strip("-")
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": s3_endpoint, "SWINRAY_STORAGE_MIRROR": str(tmp_path / "mirror")}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
+    return {"bucket": bucket, "env": env}
+
+
+def s3_keys(bucket: str, prefix: str = "") -> list[str]:
+    """Every file's key under ``prefix`` in ``bucket`` (not pyarrow's empty "folder/" markers)."""
+    import boto3
+    pages = boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return sorted(item["Key"] for page in pages for item in page.get("Contents", []) if not item["Key"].endswith("/"))

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from swinray.config import BenchConfig, ConfigError, FinetuneConfig, apply_overrides, preset
 from swinray.data.cache import write_json
+from swinray.storage import is_uri, local_file
 from swinray.train.finetune import run_finetune
 
 SCRATCH = "scratch"
@@ -26,14 +27,14 @@ def arms(pretrained: tuple[str, ...]) -> list[tuple[str, str]]:
     """(arm name, encoder file) pairs, scratch first; a pretraining run's encoder.pt is named after its run."""
     out, seen = [(SCRATCH, "")], {SCRATCH}
     for path in pretrained:
-        file = Path(path)
+        file = local_file(path)            # an s3:// encoder: downloaded
         if not file.is_file():
             raise ConfigError(f"pretrained={path}: no such encoder file")
         name = file.parent.name if file.stem == "encoder" and file.parent.name else file.stem
         while name in seen:
             name += "+"
         seen.add(name)
-        out.append((name, os.path.abspath(path)))
+        out.append((name, path if is_uri(path) else os.path.abspath(path)))
     return out
 
 

@@ -31,6 +31,7 @@ from swinray.data.preprocess import run_preprocess
 from swinray.pretext.losses import ssl_loss
 from swinray.pretext.views import make_ssl_batch
 from swinray.runtime import init_ray, shutdown_local_ray
+from swinray.storage import local_path
 from swinray.train.crops import crop_batch, step_generator
 from swinray.train.pretrain import run_pretrain
 from swinray.train.trainer import worker_resources
@@ -85,7 +86,7 @@ def bench_train(cfg: BenchConfig, log=print) -> dict:
                   run=replace(cfg.run, num_workers=1, checkpoint_every_steps=every,
                               storage=str(Path(cfg.out_dir) / "train")))
     cache = run_preprocess(PreprocessConfig(data=pre.data, run=pre.run), log)
-    cases = json.loads(Path(cache["manifest"]).read_text())["cases"]
+    cases = json.loads(local_path(cache["manifest"]).read_text())["cases"]
     _, threads = worker_resources(init_ray(pre.run)["cpus"], 1, gpu=False)
     shutdown_local_ray()
     stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -17,16 +17,18 @@ from pathlib import Path
 import numpy as np
 
 from swinray.data.datasets import Case, Dataset
+from swinray.storage import exists, fetch, local_path, remote_of, shown, upload
 
 PIPELINE_VERSION = 1  # bump when the transforms change meaning, so old caches are not reused
 
 
 def cache_dir_for(dataset: Dataset, cache_root: str | Path) -> Path:
-    """``<root>/<task>-<hash>``: the hash covers the dataset root and every preprocessing setting."""
-    settings = {"root": str(dataset.root), "task": dataclasses.asdict(dataset.task),
+    """``<root>/<task>-<hash>``: the hash covers the dataset root and every preprocessing setting.
+    An object-store root (or dataset) is named by its URI, so every node's mirror finds one cache."""
+    settings = {"root": shown(dataset.root), "task": dataclasses.asdict(dataset.task),
                 "version": PIPELINE_VERSION, **({"sources": list(dataset.sources)} if dataset.sources else {})}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
-    return Path(cache_root).resolve() / f"{dataset.task.name}-{digest}"
+    return local_path(cache_root) / f"{dataset.task.name}-{digest}"
 
 
 def case_paths(cache: Path, case_id: str) -> tuple[Path, Path]:
@@ -34,12 +36,16 @@ def case_paths(cache: Path, case_id: str) -> tuple[Path, Path]:
 
 
 def source_stamp(case: Case) -> list[list]:
-    """Size and mtime of every source file: a cached case is stale when its sources change."""
+    """Size and mtime of every source file: a cached case is stale when its sources change. A file
+    mirrored from object storage is named by its URI and has no mtime: each node's download has its own."""
     stamp = []
     for f in [*case.image, *([case.label] if case.label else [])]:
         try:
+            uri = remote_of(f)
+            if uri:
+                fetch(f)        # here for the stamp now, and for the worker's read later
             info = os.stat(f)
-            stamp.append([f, info.st_size, info.st_mtime_ns])
+            stamp.append([uri, info.st_size, None] if uri else [f, info.st_size, info.st_mtime_ns])
         except FileNotFoundError:
             stamp.append([f, None, None])
     return stamp
@@ -49,10 +55,13 @@ def cached_row(cache: Path, case: Case) -> dict | None:
     """The manifest row of a finished, up-to-date case, or None when it must be (re)done."""
     data_path, meta_path = case_paths(cache, case.case_id)
     try:
+        fetch(meta_path)
         row = json.loads(meta_path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    return row if data_path.exists() and row.get("source_stamp") == source_stamp(case) else None
+    if not exists(data_path) or row.get("source_stamp") != source_stamp(case):
+        return None
+    return {**row, "path": str(data_path)}     # this node's mirror may sit elsewhere than the writer's
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -63,6 +72,7 @@ def _atomic_write(path: Path, write) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    upload(path)
 
 
 def write_case(cache: Path, case_id: str, image: np.ndarray, label: np.ndarray | None, row: dict) -> None:
@@ -82,7 +92,9 @@ def write_case(cache: Path, case_id: str, image: np.ndarray, label: np.ndarray |
 
 
 def read_case(path: str | Path, mmap: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
-    """(image, label or None) of a cached case, memory-mapped unless ``mmap`` is False."""
+    """(image, label or None) of a cached case, memory-mapped unless ``mmap`` is False; a case in
+    object storage is downloaded to this node's mirror first."""
+    fetch(path)
     record = np.load(path, mmap_mode="r" if mmap else None)
     label = record["label"][0] if "label" in record.dtype.names else None
     return record["image"][0], label

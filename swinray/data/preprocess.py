@@ -23,6 +23,7 @@ from swinray.data.source import load_source, under_storage
 from swinray.data.tasks import TaskSpec
 from swinray.progress import Progress
 from swinray.runtime import init_ray, keep_freed_memory
+from swinray.storage import shown
 
 # Several cases per Ray task amortise Ray Data's per-task scheduling gap (0.04-0.15 s measured on
 # 2 cores, against 0.15-0.3 s of work per CT); at least 4 tasks per CPU keep the tail balanced.
@@ -59,7 +60,7 @@ def run_preprocess(cfg: PreprocessConfig, log=print) -> dict:
     data = under_storage(cfg.data, cfg.run.storage)
     dataset = load_source(data, log)
     cache = cache_dir_for(dataset, data.cache_dir)
-    log(f"dataset {dataset.root} (task {dataset.task.name}, {len(dataset.cases)} cases) -> cache {cache}")
+    log(f"dataset {shown(dataset.root)} (task {dataset.task.name}, {len(dataset.cases)} cases) -> cache {shown(cache)}")
     cases = dataset.cases[: data.max_cases or None]
     rows, todo = {}, []
     for case in cases:
@@ -92,6 +93,6 @@ def run_preprocess(cfg: PreprocessConfig, log=print) -> dict:
     peak = max((r.get("worker_peak_rss_mb", 0) for r in [*ordered, *rejected]), default=0)
     return {"command": "preprocess", "task": dataset.task.name, "cases_written": written,
             "cases_skipped": len(ordered) - written, "cases_rejected": len(rejected),
-            "cache_dir": str(cache), "manifest": str(cache / "manifest.json"),
-            "rejected_report": str(cache / "rejected.json"), "worker_peak_rss_mb": peak,
+            "cache_dir": shown(cache), "manifest": shown(cache / "manifest.json"),
+            "rejected_report": shown(cache / "rejected.json"), "worker_peak_rss_mb": peak,
             "ok": bool(ordered)}

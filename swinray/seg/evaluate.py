@@ -19,6 +19,7 @@ import torch
 from models.segmenter import load_segmenter
 from swinray.config import EvaluateConfig
 from swinray.data.datasets import DatasetError, load_dataset
+from swinray.storage import local_file
 from swinray.data.nifti import CaseError
 from swinray.data.tasks import task_from_dict
 from swinray.progress import Progress
@@ -34,10 +35,11 @@ def pick_device(choice: str) -> torch.device:
 
 
 def open_model(path: str, device: torch.device):
-    """(model on ``device``, metadata); an unusable file is a one-line DatasetError naming it."""
+    """(model on ``device``, metadata); an unusable file is a one-line DatasetError naming it.
+    ``path`` may be an object-store URI (a run's ``model`` in ``s3://`` storage): it is downloaded."""
     try:
-        model, meta = load_segmenter(path, device)
-    except (FileNotFoundError, ValueError) as e:
+        model, meta = load_segmenter(local_file(path), device)
+    except (OSError, ValueError) as e:          # OSError: also an unreachable object store
         raise DatasetError(str(e)) from None
     return model.to(device), meta
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from ray.tune import Callback
 from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
 
+from swinray.storage import fetch, fetch_named
 from swinray.tracking import close_abandoned_run
 from swinray.train.finetune_loop import AIM_RUN_FILE, PLACEMENT_GROUP_FILE
 
@@ -26,7 +27,7 @@ from swinray.train.finetune_loop import AIM_RUN_FILE, PLACEMENT_GROUP_FILE
 def close_trial_runs(trials_dir: Path, aim_repo: str, wait_s: float = 20.0) -> list[str]:
     """Close the Aim runs that killed trials left open, giving dying workers ``wait_s`` to let go
     of them; returns the hashes still open."""
-    pending = [path.read_text().strip() for path in sorted(Path(trials_dir).glob(f"*/{AIM_RUN_FILE}"))]
+    pending = [path.read_text().strip() for path in fetch_named(trials_dir, AIM_RUN_FILE)]
     deadline = time.monotonic() + wait_s
     while True:
         pending = [run_hash for run_hash in pending if not close_abandoned_run(aim_repo, run_hash)]
@@ -43,7 +44,7 @@ class FreeTrialWorkers(Callback):
         run_dir = self.trials_dir / trial.trial_id
         try:  # a callback that raises aborts the sweep: tracking and cleanup only ever warn
             from ray._raylet import PlacementGroupID
-            if (run_dir / PLACEMENT_GROUP_FILE).exists():
+            if fetch(run_dir / PLACEMENT_GROUP_FILE):
                 group_id = bytes.fromhex((run_dir / PLACEMENT_GROUP_FILE).read_text().strip())
                 group = PlacementGroup(PlacementGroupID(group_id))
                 if placement_group_table(group).get("state") not in (None, "REMOVED"):

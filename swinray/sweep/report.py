@@ -44,7 +44,7 @@ def summarise(grid, num_steps: int, batch_size: int) -> dict:
                      "samples": steps * params.get("optim.batch_size", batch_size),
                      "best_val_dice": dice if isinstance(dice, float) and math.isfinite(dice) and dice >= 0 else None,
                      "error": _last_line(result.error) if result.error is not None else None,
-                     "model": str(Path(checkpoint) / MODEL_FILE) if checkpoint else None,
+                     "model": f"{str(checkpoint).rstrip('/')}/{MODEL_FILE}" if checkpoint else None,  # a path or a URI
                      "params": params})
     rows.sort(key=lambda r: r["trial_id"])
     scored = [r for r in rows if r["status"] != "error" and r["best_val_dice"] is not None]

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -33,7 +32,9 @@ from swinray.sweep.report import summarise
 from swinray.sweep.searcher import export_study, make_scheduler, make_searcher
 from swinray.sweep.trial import run_trial, trial_config
 from swinray.tracking import aim_explorer_url, aim_repo_for, aim_ui_command
-from swinray.train.finetune import plan_finetune, write_run_records
+from swinray.storage import (checkpoint_location, copy_to_local, exists, fetch, local_path, ray_storage_path,
+                             shown, upload)
+from swinray.train.finetune import plan_finetune, with_pretrained_located, write_run_records
 from swinray.train.trainer import worker_resources
 
 TRIAL_ACTOR_CPU = 0.01  # the Tune function only waits on its trainer; Train workers hold the real CPUs
@@ -76,18 +77,17 @@ def concurrency(cfg: SweepConfig, cluster: dict, gpu: bool) -> int:
 
 
 def sweep_task(cfg: SweepConfig, base: FinetuneConfig, sweep_name: str, log=print) -> dict:
-    if base.seg.pretrained:
-        base = replace(base, seg=replace(base.seg, pretrained=os.path.abspath(base.seg.pretrained)))
+    aim_repo = aim_repo_for(base.run.aim_repo, base.run.storage)      # a bad setting fails before any work
+    base = with_pretrained_located(base)     # trials and best_config.json name it so any node finds it
     plan, report = plan_finetune(base, log)
     task = plan.task["name"]
-    sweep_dir = Path(cfg.storage).resolve() / sweep_name
+    sweep_dir = local_path(cfg.storage) / sweep_name
     trials_dir = sweep_dir / "trials"
     write_run_records(plan, report, sweep_dir)
     cluster = init_ray(base.run)
     gpu = use_gpu(base.run)
     concurrent = concurrency(cfg, cluster, gpu)
     resources, threads = worker_resources(cluster["cpus"] / concurrent, base.run.num_workers, gpu)
-    aim_repo = aim_repo_for(base.run.aim_repo, base.run.storage)
     trainable = ray.tune.with_resources(
         ray.tune.with_parameters(run_trial, plan=plan, trials_dir=str(trials_dir), experiment=sweep_name,
                                  aim_repo=aim_repo, gpu=gpu,
@@ -98,19 +98,19 @@ def sweep_task(cfg: SweepConfig, base: FinetuneConfig, sweep_name: str, log=prin
     experiment = sweep_dir / TUNE_DIR
     budget = trial_budget(cfg.trial_samples or base.optim.num_steps * base.optim.batch_size,
                           cfg.reduction_factor, cfg.rungs)
-    if Tuner.can_restore(str(experiment)):
-        log(f"sweep {sweep_name}: restoring {experiment} (finished trials are kept, unfinished ones resume)")
-        tuner = Tuner.restore(str(experiment), trainable, resume_unfinished=True, resume_errored=False)
+    if Tuner.can_restore(ray_storage_path(experiment)):
+        log(f"sweep {sweep_name}: restoring {shown(experiment)} (finished trials are kept, unfinished ones resume)")
+        tuner = Tuner.restore(ray_storage_path(experiment), trainable, resume_unfinished=True, resume_errored=False)
     else:
         log(f"sweep {sweep_name} on {task}: {cfg.trials} trial(s) of {budget.samples} training samples, "
-            f"{budget.validations} validations each, {cfg.search} + {cfg.scheduler}, {concurrent} at a time, {base.run.num_workers} worker(s) each ({resources}) -> {sweep_dir}")
+            f"{budget.validations} validations each, {cfg.search} + {cfg.scheduler}, {concurrent} at a time, {base.run.num_workers} worker(s) each ({resources}) -> {shown(sweep_dir)}")
         space = TaskSpace(task, SpaceContext(budget, pretrained=base.seg.pretrained))
         points = json.loads(Path(cfg.start_points).read_text()) if cfg.start_points else None
         tuner = Tuner(trainable, tune_config=ray.tune.TuneConfig(
             search_alg=make_searcher(space, cfg.search, cfg.seed, cfg.trials, points),
             scheduler=make_scheduler(cfg.scheduler, budget, cfg.reduction_factor),
             num_samples=cfg.trials, max_concurrent_trials=concurrent),
-            run_config=ray.tune.RunConfig(name=TUNE_DIR, storage_path=str(sweep_dir),
+            run_config=ray.tune.RunConfig(name=TUNE_DIR, storage_path=ray_storage_path(sweep_dir),
                                           failure_config=ray.tune.FailureConfig(max_failures=0), verbose=0,
                                           callbacks=[FreeTrialWorkers(str(trials_dir)),
                                                      SweepProgress(sweep_name, cfg.trials)]))
@@ -121,24 +121,27 @@ def sweep_task(cfg: SweepConfig, base: FinetuneConfig, sweep_name: str, log=prin
             "locked by their workers; they will show as active in Aim")
 
     searcher = make_searcher(None, cfg.search, cfg.seed)
+    fetch(experiment, refresh=True)     # Tune's state in object storage: the searcher reads local files
     searcher.restore_from_dir(str(experiment))
     study = export_study(searcher.study)
     summary = summarise(grid, base.optim.num_steps, base.optim.batch_size)
     write_json(sweep_dir / "trials.json", {"task": task, "trials": summary["rows"], "optuna_study": study})
     (sweep_dir / "trials.md").write_text(summary["markdown"])
-    out = {"task": task, "sweep_dir": str(sweep_dir), "trials": len(summary["rows"]),
+    upload(sweep_dir / "trials.md")
+    out = {"task": task, "sweep_dir": shown(sweep_dir), "trials": len(summary["rows"]),
            "early_stopped": summary["early_stopped"], "errored": summary["errored"],
            "trial_steps": summary["trial_steps"], "trial_samples": summary["trial_samples"],
-           "best_val_dice": None, "aim_experiment": sweep_name, "table": str(sweep_dir / "trials.md"),
+           "best_val_dice": None, "aim_experiment": sweep_name, "table": shown(sweep_dir / "trials.md"),
            "aim_link": aim_explorer_url(f'metric.name == "val_dice" and run.experiment == "{sweep_name}"'),
            "report_command": f"python -m platform.report --aim-repo {aim_repo} --experiment {sweep_name}"}
     best = summary["best"]
     if best:
         best_cfg = trial_config(plan, best["params"], f"{sweep_name}-best", base.run.storage, "")
         out.update(best_val_dice=best["best_val_dice"], best_trial=best["trial_id"],
-                   best_config=str(save_config(best_cfg, sweep_dir / "best_config.json")))
-        if best.get("model") and Path(best["model"]).exists():
-            out["best_model"] = str(shutil.copyfile(best["model"], sweep_dir / "best_model.pt"))
+                   best_config=shown(save_config(best_cfg, sweep_dir / "best_config.json")))
+        model = checkpoint_location(best["model"], ray_storage_path(trials_dir)) if best.get("model") else ""
+        if model and exists(model):
+            out["best_model"] = shown(copy_to_local(model, sweep_dir / "best_model.pt"))
         log(f"sweep {sweep_name}: best trial {best['trial_id']} Dice {best['best_val_dice']:.4f}; "
             f"fine-tune with it: python -m platform.finetune --config {out['best_config']}")
     log(f"sweep {sweep_name}:\n{summary['markdown']}")

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,6 +21,7 @@ from swinray.data.cache import write_json
 from swinray.data.preprocess import run_preprocess
 from swinray.progress import follow_run
 from swinray.runtime import init_ray, use_gpu
+from swinray.storage import is_uri, local_file, local_path, shown, upload
 from swinray.tracking import aim_repo_for
 from swinray.train.finetune_loop import MODEL_FILE, train_fn_per_worker
 from swinray.train.seg_data import split_cases
@@ -32,6 +32,15 @@ def model_kwargs(cfg: FinetuneConfig, in_channels: int, num_classes: int) -> dic
     """What ``build_swin_unetr`` needs; saved in the model file so evaluation can rebuild it."""
     return {"in_channels": in_channels, "out_channels": num_classes, "feature_size": cfg.model.feature_size,
             "window_size": cfg.model.window_size}
+
+
+def with_pretrained_located(cfg: FinetuneConfig) -> FinetuneConfig:
+    """``seg.pretrained`` as workers on any node find it: an absolute (shared) path, or an object-store
+    URI, kept as such (each node downloads it to its mirror)."""
+    if not cfg.seg.pretrained or is_uri(cfg.seg.pretrained):
+        return cfg
+    return replace(cfg, seg=replace(cfg.seg, pretrained=str(local_path(cfg.seg.pretrained))))
+
 
 
 def check_pretrained(path: str, kwargs: dict):
@@ -71,9 +80,9 @@ def plan_finetune(cfg: FinetuneConfig, log=print) -> tuple[FinetunePlan, LoadRep
     Returns the plan and the pretrained-weight load report (None without pretrained weights).
     """
     cache = run_preprocess(PreprocessConfig(data=cfg.data, run=cfg.run), log)
-    cache_dir = Path(cache["cache_dir"])
+    cache_dir = local_path(cache["cache_dir"])
     task = json.loads((cache_dir / "task.json").read_text())
-    rows = json.loads(Path(cache["manifest"]).read_text())["cases"]
+    rows = json.loads(local_path(cache["manifest"]).read_text())["cases"]
     train, val = split_cases(rows, cfg.split)
     if len(task["label_names"]) < 2 or not val or len(train) < cfg.run.num_workers:
         raise ConfigError(f"{cache['manifest']}: {len(train)} training and {len(val)} validation labelled "
@@ -88,7 +97,7 @@ def plan_finetune(cfg: FinetuneConfig, log=print) -> tuple[FinetunePlan, LoadRep
     except ValueError as e:
         raise ConfigError(str(e)) from None
     kwargs = model_kwargs(cfg, rows[0]["shape"][0], len(task["label_names"]))
-    report = check_pretrained(cfg.seg.pretrained, kwargs) if cfg.seg.pretrained else None
+    report = check_pretrained(str(local_file(cfg.seg.pretrained)), kwargs) if cfg.seg.pretrained else None
     return FinetunePlan(cfg, task, train, val, roi, kwargs, report.summary() if report else None), report
 
 
@@ -103,10 +112,10 @@ def write_run_records(plan: FinetunePlan, report, run_dir: Path) -> None:
 
 
 def run_finetune(cfg: FinetuneConfig, log=print) -> dict:
-    if cfg.seg.pretrained:  # workers on other nodes must find it: an absolute (shared) path
-        cfg = replace(cfg, seg=replace(cfg.seg, pretrained=os.path.abspath(cfg.seg.pretrained)))
+    aim_repo = aim_repo_for(cfg.run.aim_repo, cfg.run.storage)     # a bad setting fails before any work
+    cfg = with_pretrained_located(cfg)
     plan, report = plan_finetune(cfg, log)
-    run_dir = Path(cfg.run.storage).resolve() / cfg.run.name
+    run_dir = local_path(cfg.run.storage) / cfg.run.name
     write_run_records(plan, report, run_dir)
     if report is not None:
         log(f"pretrained encoder {cfg.seg.pretrained} into SwinUNETR: {plan.pretrained_report}")
@@ -116,28 +125,29 @@ def run_finetune(cfg: FinetuneConfig, log=print) -> dict:
     resources, threads = worker_resources(cluster["cpus"], cfg.run.num_workers, gpu)
     log(f"fine-tuning {cfg.run.name} on {plan.task['name']}: {len(plan.train)} training / {len(plan.val)} "
         f"validation case(s), ROI {plan.roi}, {cfg.run.num_workers} worker(s) on {'GPU' if gpu else 'CPU'} "
-        f"({resources}), {cfg.optim.num_steps} steps -> {run_dir}")
+        f"({resources}), {cfg.optim.num_steps} steps -> {shown(run_dir)}")
     trainer = make_trainer(train_fn_per_worker, plan.loop_config(cfg, run_dir, threads), cfg.run, gpu, resources)
     with follow_run(run_dir / "metrics.jsonl", cfg.optim.num_steps, f"finetune {cfg.run.name}"):
         result = trainer.fit()
     model_path = run_dir / MODEL_FILE
     with result.checkpoint.as_directory() as directory:
         shutil.copyfile(Path(directory) / MODEL_FILE, model_path)
+    upload(model_path)
     metrics = result.metrics or {}
     saved = torch.load(model_path, map_location="cpu", weights_only=True)["metrics"]
     per_class = dict(zip(plan.task["label_names"][1:], saved.get("val_dice_per_class") or []))
-    log(f"best validation Dice {saved['val_dice']:.4f} at step {saved['step']} ({per_class}); model -> {model_path}")
+    log(f"best validation Dice {saved['val_dice']:.4f} at step {saved['step']} ({per_class}); model -> {shown(model_path)}")
     if metrics.get("diverged_step"):
         log(f"error: training diverged at step {metrics['diverged_step']} (NaN or infinite gradients); the best "
             f"model before it is kept. Lower optim.lr or raise optim.warmup_steps")
     if metrics.get("aim_error"):
         log(f"warning: Aim tracking failed during the run ({metrics['aim_error']}); "
-            f"metrics are in {run_dir / 'metrics.jsonl'}")
-    return {"command": "finetune", "task": plan.task["name"], "run_dir": str(run_dir), "steps": metrics.get("step"),
+            f"metrics are in {shown(run_dir / 'metrics.jsonl')}")
+    return {"command": "finetune", "task": plan.task["name"], "run_dir": shown(run_dir), "steps": metrics.get("step"),
             "best_val_dice": saved["val_dice"], "best_step": saved["step"], "val_dice_per_class": per_class,
             "num_training_cases": len(plan.train), "num_validation_cases": len(plan.val), "roi_size": list(plan.roi),
-            "model": str(model_path), "pretrained_report": plan.pretrained_report,
-            "metrics_log": str(run_dir / "metrics.jsonl"), "split": str(run_dir / "split.json"),
-            "aim_repo": aim_repo_for(cfg.run.aim_repo, cfg.run.storage),
+            "model": shown(model_path), "pretrained_report": plan.pretrained_report,
+            "metrics_log": shown(run_dir / "metrics.jsonl"), "split": shown(run_dir / "split.json"),
+            "aim_repo": aim_repo,
             "aim_error": metrics.get("aim_error") or None, "diverged_step": metrics.get("diverged_step") or None,
             "ok": saved["val_dice"] >= 0 and not metrics.get("diverged_step")}

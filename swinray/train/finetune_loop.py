@@ -27,6 +27,7 @@ from swinray.config import FinetuneConfig
 from swinray.seg.inference import predict_probabilities
 from swinray.seg.metrics import DiceMean, dice_per_case
 from swinray.seg.overlay import legend, overlay_pair
+from swinray.storage import local_file, upload
 from swinray.tracking import NullTracker, Tracker
 from swinray.train.seg_data import load_validation_case, train_transforms
 from swinray.train.trainer import start_worker
@@ -78,8 +79,10 @@ def _record_for_cleanup(run_dir: Path, tracker) -> None:
     group = ray.util.get_current_placement_group()
     if group is not None:
         (run_dir / PLACEMENT_GROUP_FILE).write_text(group.id.hex())
+        upload(run_dir / PLACEMENT_GROUP_FILE)
     if tracker.run_hash:
         (run_dir / AIM_RUN_FILE).write_text(tracker.run_hash)
+        upload(run_dir / AIM_RUN_FILE)
 
 
 def _stop_now(deadline_passed: bool, device) -> bool:
@@ -97,7 +100,7 @@ def train_fn_per_worker(config: dict) -> None:
     net = build_swin_unetr(**config["model"], drop_path_rate=cfg.model.drop_path_rate,
                            use_checkpoint=cfg.model.gradient_checkpointing)
     if cfg.seg.pretrained:
-        report = load_encoder(net, cfg.seg.pretrained, adapt_channels=True)
+        report = load_encoder(net, local_file(cfg.seg.pretrained), adapt_channels=True)  # a URI: downloaded
         if rank == 0:
             print(f"[swinray] pretrained encoder {cfg.seg.pretrained}: {report.summary()}", flush=True)
     frozen = encoder_stage_parameters(net, cfg.seg.freeze_encoder_stages) if cfg.seg.freeze_encoder_steps else []

@@ -17,14 +17,16 @@ from swinray.config import PreprocessConfig, PretrainConfig, to_dict
 from swinray.data.preprocess import run_preprocess
 from swinray.progress import follow_run
 from swinray.runtime import init_ray, use_gpu
+from swinray.storage import checkpoint_location, local_path, ray_storage_path, shown, upload
 from swinray.tracking import aim_repo_for
 from swinray.train.pretrain_loop import ENCODER_FILE, train_fn_per_worker
 from swinray.train.trainer import make_trainer, worker_resources
 
 
 def run_pretrain(cfg: PretrainConfig, log=print) -> dict:
+    aim_repo = aim_repo_for(cfg.run.aim_repo, cfg.run.storage)     # a bad setting fails before any work
     cache = run_preprocess(PreprocessConfig(data=cfg.data, run=cfg.run), log)
-    cases = json.loads(Path(cache["manifest"]).read_text())["cases"]
+    cases = json.loads(local_path(cache["manifest"]).read_text())["cases"]
     if len(cases) < cfg.run.num_workers:
         raise ValueError(f"{cache['manifest']}: {len(cases)} cached case(s) for "
                          f"run.num_workers={cfg.run.num_workers}; every worker needs at least one")
@@ -32,13 +34,12 @@ def run_pretrain(cfg: PretrainConfig, log=print) -> dict:
     cluster = init_ray(cfg.run)
     gpu = use_gpu(cfg.run)
     resources, threads = worker_resources(cluster["cpus"], cfg.run.num_workers, gpu)
-    storage = Path(cfg.run.storage).resolve()
-    run_dir = storage / cfg.run.name
+    run_dir = local_path(cfg.run.storage) / cfg.run.name
     log(f"pretraining {cfg.run.name}: {cfg.run.num_workers} worker(s) on {'GPU' if gpu else 'CPU'} "
-        f"({resources}), {len(cases)} case(s), {cfg.optim.num_steps} steps -> {run_dir}")
+        f"({resources}), {len(cases)} case(s), {cfg.optim.num_steps} steps -> {shown(run_dir)}")
 
     loop_config = {"cfg": to_dict(cfg), "in_channels": in_channels, "run_dir": str(run_dir),
-                   "aim_repo": aim_repo_for(cfg.run.aim_repo, cfg.run.storage), "threads_per_worker": threads}
+                   "aim_repo": aim_repo, "threads_per_worker": threads}
     trainer = make_trainer(train_fn_per_worker, loop_config, cfg.run, gpu, resources,
                            datasets={"train": ray.data.from_items([{"path": c["path"]} for c in cases])})
     with follow_run(run_dir / "metrics.jsonl", cfg.optim.num_steps, f"pretrain {cfg.run.name}"):
@@ -46,21 +47,22 @@ def run_pretrain(cfg: PretrainConfig, log=print) -> dict:
     encoder_path = run_dir / ENCODER_FILE
     with result.checkpoint.as_directory() as directory:
         shutil.copyfile(Path(directory) / ENCODER_FILE, encoder_path)
+    upload(encoder_path)
     check = build_model("swin_unetr", in_channels=in_channels, out_channels=2,
                         feature_size=cfg.model.feature_size, window_size=cfg.model.window_size)
     report = load_encoder(check, encoder_path)
-    log(f"encoder exported to {encoder_path}; into a fresh SwinUNETR: {report.summary()}")
+    log(f"encoder exported to {shown(encoder_path)}; into a fresh SwinUNETR: {report.summary()}")
     metrics = result.metrics or {}
     in_sync = metrics.get("weights_in_sync", True)       # absent when a finished run is rerun
     if not in_sync:
         log("error: the ranks' weights differ at the end of training; DDP did not keep them in sync")
     if metrics.get("aim_error"):
         log(f"warning: Aim tracking failed during the run ({metrics['aim_error']}); "
-            f"metrics are in {run_dir / 'metrics.jsonl'}")
-    return {"command": "pretrain", "run_dir": str(run_dir), "steps": metrics.get("step"),
-            "loss": metrics.get("loss"), "encoder": str(encoder_path),
+            f"metrics are in {shown(run_dir / 'metrics.jsonl')}")
+    return {"command": "pretrain", "run_dir": shown(run_dir), "steps": metrics.get("step"),
+            "loss": metrics.get("loss"), "encoder": shown(encoder_path),
             "encoder_keys_loaded": len(report.loaded), "encoder_keys_missing": len(report.missing),
-            "checkpoint": result.checkpoint.path, "metrics_log": str(run_dir / "metrics.jsonl"),
-            "aim_repo": aim_repo_for(cfg.run.aim_repo, cfg.run.storage),
+            "checkpoint": checkpoint_location(result.checkpoint.path, ray_storage_path(cfg.run.storage)), "metrics_log": shown(run_dir / "metrics.jsonl"),
+            "aim_repo": aim_repo,
             "aim_error": metrics.get("aim_error") or None, "weights_in_sync": in_sync,
             "ok": not report.missing and in_sync}

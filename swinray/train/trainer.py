@@ -19,6 +19,7 @@ import torch.distributed as dist
 from ray.train.torch import TorchTrainer
 
 from swinray.config import RunConfig, from_dict
+from swinray.storage import ray_storage_path
 
 DATA_CPU_RESERVE = 0.5  # CPU left free for Ray Data's feeding tasks, or Train + Data deadlock on 2 CPUs
 
@@ -75,7 +76,7 @@ def make_trainer(train_fn: Callable[[dict], None], loop_config: dict, run: RunCo
         scaling_config=ray.train.ScalingConfig(num_workers=run.num_workers, use_gpu=gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
-            name=name or run.name, storage_path=str(Path(storage or run.storage).resolve()),
+            name=name or run.name, storage_path=ray_storage_path(storage or run.storage),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=run.num_checkpoints_kept),
             failure_config=ray.train.FailureConfig(max_failures=run.max_failures),
             callbacks=callbacks or None),

@@ -113,7 +113,9 @@ def test_field_types_lists_every_dotted_key():
 
 @pytest.mark.parametrize("cls, key", [(C.PretrainConfig, "run.storage"), (C.FinetuneConfig, "run.storage"),
                                       (C.SweepConfig, "storage")])
-def test_an_object_store_uri_as_storage_is_refused_not_written_to_a_local_folder(cls, key):
-    with pytest.raises(C.ConfigError, match="object-store URIs are not supported yet.*shared filesystem"):
-        C.apply_overrides(cls(), {key: "s3://bucket/runs"})
-    assert C.apply_overrides(cls(), {key: "/mnt/shared/runs"})    # a shared mount is a path
+def test_storage_is_a_path_or_an_object_store_uri_and_nothing_else(cls, key):
+    for unusable in ("http://host/runs", "s3://", "ftp://bucket/runs", "s3://bucket/runs?endpoint_override=x"):
+        with pytest.raises(C.ConfigError, match=f"{key}=.*storage is a path, or an object-store URI.*s3://BUCKET"):
+            C.apply_overrides(cls(), {key: unusable})
+    for usable in ("/mnt/shared/runs", "s3://bucket/runs", "gs://bucket"):
+        assert C.flat_items(C.apply_overrides(cls(), {key: usable}))[key] == usable
