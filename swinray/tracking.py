@@ -121,6 +121,12 @@ class Tracker:
                 self.aim_run.track(Image(image, caption=caption), name=name, step=step)
             self._guard(track)
 
+    def checkpointed(self) -> None:
+        """At a checkpoint: the log in object storage reaches at least as far as the checkpoint, so a
+        run resumed from it on another node loses no line."""
+        if self.mirrored:
+            self.upload_log()
+
     def upload_log(self) -> None:
         """The metrics log to its object store; failing only warns (once): training goes on."""
         self.uploaded_at = time.monotonic()
@@ -181,6 +187,9 @@ class NullTracker:
 
     run_hash = None
     aim_error = None
+
+    def checkpointed(self) -> None:
+        pass
 
     def log(self, metrics: dict[str, Any], step: int, context: dict | None = None) -> None:
         pass

@@ -171,3 +171,8 @@ def s3_keys(bucket: str, prefix: str = "") -> list[str]:
     import boto3
     pages = boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
     return sorted(item["Key"] for page in pages for item in page.get("Contents", []) if not item["Key"].endswith("/"))
+
+
+def s3_text(bucket: str, key: str) -> str:
+    import boto3
+    return boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read().decode()

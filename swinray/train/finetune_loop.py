@@ -203,6 +203,7 @@ def _checkpoint(config, cfg, net, optimizer, scheduler, state, best_state, step,
                                             "val_dice_per_class": state.get("best_per_class", [])})
             checkpoint = ray.train.Checkpoint.from_directory(directory)
         summary = {k: metrics[k] for k in ("loss", "val_dice", "elapsed_s") if k in metrics}  # the rest: Aim, jsonl
+        tracker.checkpointed()
         ray.train.report({**summary, "step": step, "samples": step * cfg.optim.batch_size,  # per worker
                           "best_val_dice": state["best_dice"],
                           "best_step": state["best_step"], "aim_error": tracker.aim_error or "",

@@ -115,6 +115,7 @@ def train_fn_per_worker(config: dict) -> None:
                          "step": done, "aim_run_hash": tracker.run_hash or ""}
             final = done == cfg.optim.num_steps
             in_sync = {"weights_in_sync": ranks_agree(net)} if final else {}   # every rank: a collective
+            tracker.checkpointed()
             _report({**metrics, **in_sync, "step": done, "aim_error": tracker.aim_error or ""}, state,
                     encoder_of=net if final and rank == 0 else None)
     if start >= cfg.optim.num_steps:  # a rerun of a finished run: report where it stands

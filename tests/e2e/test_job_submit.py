@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-from conftest import REPO, SHARED_DATA
+from conftest import REPO, SHARED_DATA, s3_keys, s3_text
 from ray_head import RAY, RayHead
 
 pytestmark = pytest.mark.e2e
@@ -75,42 +75,46 @@ def test_submitted_doctor_joins_the_head_and_runs_train_workers(ray_head, tmp_pa
     logs = ray_job(ray_head, "logs", job)
     assert logs.returncode == 0, logs.stderr[-2000:]
     summary = json.loads(logs.stdout.strip().splitlines()[-1])
-    assert summary["ok"] is True and summary["allreduce_sum"] == 3.0    # ranks 0, 1 add 1 + 2
+    assert summary["ok"] is True and summary["tasks"] == 2
+    assert summary["backend"] == "gloo" and summary["use_gpu"] is False
+    assert summary["allreduce_sum"] == 3.0                             # ranks 0, 1 add 1 + 2
+    assert summary["worker_system"] == "Linux"                         # stdlib platform on the worker
     assert summary["ray_address"] == ray_head.address                  # joined, did not start one
-    assert (tmp_path / "doctor" / "config.json").exists()
+    assert json.loads((tmp_path / "doctor" / "config.json").read_text())["run"]["num_workers"] == 2
+    assert [p for p in (tmp_path / "doctor").glob("checkpoint_*") if p.is_dir()]   # storage writable
 
 
-def submit_and_summarise(head: RayHead, job: str, *entrypoint: str) -> dict:
+def submit_and_summarise(head: RayHead, job: str, *entrypoint: str, runtime_env: dict | None = None) -> dict:
     """Submit, wait, and return the job's closing JSON line."""
+    env = json.dumps({**json.loads(RUNTIME_ENV), **(runtime_env or {})})
     submit = ray_job(head, "submit", "--submission-id", job, "--working-dir", ".",
-                     "--runtime-env-json", RUNTIME_ENV, "--", *entrypoint, timeout=240)
+                     "--runtime-env-json", env, "--", *entrypoint, timeout=240)
     assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-2000:]
     assert f"Job '{job}' succeeded" in ray_job(head, "status", job).stdout
     return json.loads(ray_job(head, "logs", job).stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.timeout(400)
-def test_submitted_preprocess_fills_the_cache_and_a_resubmission_does_no_work(ray_head, tmp_path):
-    entrypoint = ["python", "-m", "platform.preprocess", "--preset", "debug",
-                  "--set", f"data.phantom_dir={tmp_path / 'phantom'}",
-                  "--set", f"data.cache_dir={tmp_path / 'cache'}", "--set", f"run.storage={tmp_path}"]
-    first = submit_and_summarise(ray_head, "swinray-preprocess-1", *entrypoint)
-    assert (first["cases_written"], first["cases_rejected"]) == (4, 0)
-    assert len(list((tmp_path / "cache").glob("*/cases/*.npy"))) == 4
-    second = submit_and_summarise(ray_head, "swinray-preprocess-2", *entrypoint)
-    assert (second["cases_written"], second["cases_skipped"]) == (0, 4)
-
-
 @pytest.mark.timeout(600)
-def test_submitted_pretraining_on_real_ct_succeeds_and_exports_the_encoder(ray_head, tmp_path):
-    """A short debug run on the real head-and-neck CTs (the phantom when they are absent)."""
+def test_submitted_pretraining_on_real_ct_writes_everything_to_s3(ray_head, s3_bucket, tmp_path):
+    """A short debug run on the real head-and-neck CTs (the phantom when they are absent), its
+    storage an S3 bucket (moto's server on loopback): the job's runtime env carries the credentials."""
     openkbp = SHARED_DATA / "OpenKBP_HN_CT" / "imagesTr"
-    data = ["--data", str(openkbp), "--set", "data.max_cases=4"] if openkbp.exists() else \
-        ["--set", f"data.phantom_dir={tmp_path / 'phantom'}"]
+    data = ["--data", str(openkbp), "--set", "data.max_cases=4"] if openkbp.exists() else []
+    storage = f"s3://{s3_bucket['bucket']}/lab"
     summary = submit_and_summarise(
         ray_head, "swinray-pretrain", "python", "-m", "platform.pretrain", "--preset", "debug", *data,
-        "--set", f"data.cache_dir={tmp_path / 'cache'}", "--set", f"run.storage={tmp_path / 'runs'}",
-        "--set", "optim.num_steps=3")
+        "--set", "data.cache_dir=", "--set", "data.phantom_dir=", "--set", f"run.storage={storage}",
+        "--set", f"run.aim_repo={tmp_path / 'aim'}", "--set", "optim.num_steps=3",
+        "--set", "run.checkpoint_every_steps=2", runtime_env={"env_vars": s3_bucket["env"]})
     assert summary["ok"] is True and summary["steps"] == 3
     assert summary["encoder_keys_missing"] == 0
-    assert (tmp_path / "runs" / "pretrain-debug" / "encoder.pt").exists()
+    assert summary["encoder"] == f"{storage}/pretrain-debug/encoder.pt"
+    assert summary["checkpoint"].startswith(f"{storage}/pretrain-debug/checkpoint_")
+    keys = s3_keys(s3_bucket["bucket"], "lab/")
+    assert {"lab/pretrain-debug/encoder.pt", "lab/pretrain-debug/config.json"} <= set(keys)
+    cached = [k for k in keys if k.startswith("lab/cache/") and k.endswith(".npy")]
+    assert len(cached) == 4 and any(k.endswith("/manifest.json") for k in keys)   # preprocessed into S3
+    assert len({k.split("/")[2] for k in keys if k.startswith("lab/pretrain-debug/checkpoint_")
+                and k.endswith("/state.pt")}) == 2                                 # steps 2 and 3, in S3
+    log = s3_text(s3_bucket["bucket"], "lab/pretrain-debug/metrics.jsonl")
+    assert [json.loads(line)["step"] for line in log.splitlines()] == [1, 2, 3]

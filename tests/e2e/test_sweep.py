@@ -1,4 +1,5 @@
-"""A debug sweep on the phantom, interrupted with Ctrl-C and finished by running the same command again.
+"""A debug sweep on the phantom, interrupted with Ctrl-C and finished by running the same command again,
+on "another node": storage in S3 (moto's server on loopback), the second command with an empty mirror.
 
 Start points make the run deterministic where it matters: trial 1 (learning rate 1e6) diverges at
 step 2 and must end failed in Tune and in Optuna; trial 2 trains normally; trial 3 (learning rate
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from browser import aim_up, chromium, dismiss_popups, page_text
-from conftest import REPO, run_module
+from conftest import REPO, run_module, s3_keys, s3_text
 from swinray.config import FinetuneConfig, load_config
 from swinray.report.runs import read_experiment
 from swinray.tracking import aim_explorer_url
@@ -29,15 +30,31 @@ NAME = "s"
 ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", REPO / "test-artifacts"))
 
 
+BUCKET = "swinray-sweep-test"
+PREFIX = f"sweeps/{NAME}/"
+
+
 def sweep_command(tmp: Path) -> list[str]:
+    """The sweep and the fine-tuning runs' storage (phantom, cache) in S3; Aim in a local repo."""
     return [sys.executable, "-m", "platform.sweep", "--preset", "debug", "--name", NAME, "--trials", "4",
-            "--set", f"storage={tmp / 'sweeps'}", "--set", f"start_points={tmp / 'start.json'}",
-            "--set", f"finetune.data.phantom_dir={tmp / 'phantom'}", "--set", f"finetune.data.cache_dir={tmp / 'cache'}",
-            "--set", f"finetune.run.storage={tmp / 'runs'}", "--set", "trial_samples=3"]
+            "--set", f"storage=s3://{BUCKET}/sweeps", "--set", f"start_points={tmp / 'start.json'}",
+            "--set", "finetune.data.phantom_dir=", "--set", "finetune.data.cache_dir=",
+            "--set", f"finetune.run.storage=s3://{BUCKET}/runs", "--set", f"finetune.run.aim_repo={tmp / 'runs'}",
+            "--set", "trial_samples=3"]
 
 
-def env() -> dict:
-    return {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+def node(tmp: Path, name: str) -> Path:
+    """A node's mirror of the bucket: the second command runs on a "node" that has none of the first's files."""
+    return tmp / f"mirror-{name}"
+
+
+def sweep_dir(tmp: Path) -> Path:
+    """The sweep's folder in the second node's mirror, where the rerun wrote its tables."""
+    return node(tmp, "b") / "s3" / BUCKET / "sweeps" / NAME
+
+
+def env(tmp: Path, name: str) -> dict:
+    return {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "SWINRAY_STORAGE_MIRROR": str(node(tmp, name))}
 
 
 def metrics_steps(run_dir: Path) -> list[int]:
@@ -46,42 +63,62 @@ def metrics_steps(run_dir: Path) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
+def s3(s3_endpoint):
+    """Credentials and the endpoint in this process's environment (the commands inherit it), and the bucket."""
+    import boto3
+    saved = dict(os.environ)
+    os.environ.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": s3_endpoint})
+    boto3.client("s3").create_bucket(Bucket=BUCKET)
+    yield BUCKET
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, s3):
     tmp = tmp_path_factory.mktemp("sweep")
     (tmp / "start.json").write_text(json.dumps([{"optim.lr": 1e6}, {"optim.lr": 1e-3}, {"optim.lr": 2e6}, {"optim.lr": 5e-4}]))
-    trials = tmp / "sweeps" / NAME / "trials"                   # Tune names trial n "run_trial_<id>_<n>_..."
-    first = subprocess.Popen(sweep_command(tmp), cwd=REPO, env=env(), stdout=subprocess.PIPE,
+    trials = node(tmp, "a") / "s3" / BUCKET / "sweeps" / NAME / "trials"   # rank 0 logs here on node a
+    first = subprocess.Popen(sweep_command(tmp), cwd=REPO, env=env(tmp, "a"), stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 600
     interrupted_trial = None
     while time.monotonic() < deadline and first.poll() is None:   # Ctrl-C once trial 4 has a checkpoint
-        fourth = [p.name.split("_")[2] for p in (tmp / "sweeps" / NAME / "tune").glob("run_trial_*_4_*")]
-        if fourth and metrics_steps(trials / fourth[0]) and list((trials / fourth[0]).glob("checkpoint_*")):
-            interrupted_trial = fourth[0]
+        started = sorted((p for p in trials.glob("*") if p.is_dir()), key=lambda p: p.stat().st_ctime)
+        if len(started) == 4 and metrics_steps(started[3]) and \
+                s3_keys(BUCKET, f"{PREFIX}trials/{started[3].name}/checkpoint_"):   # one trial at a time
+            interrupted_trial = started[3].name
             first.send_signal(signal.SIGINT)                    # Ctrl-C to the sweep command
             break
         time.sleep(0.5)
     log_first = first.communicate(timeout=300)[0]
     assert interrupted_trial, "the sweep never reached trial 4:\n" + log_first[-3000:]
-    second = subprocess.run(sweep_command(tmp), cwd=REPO, env=env(), capture_output=True, text=True, timeout=900)
+    second = subprocess.run(sweep_command(tmp), cwd=REPO, env=env(tmp, "b"), capture_output=True, text=True,
+                            timeout=900)
     assert second.returncode in (0, 1), second.stderr[-3000:]
     result = json.loads(second.stdout.strip().splitlines()[-1])
     return tmp, result, interrupted_trial, second.stderr
 
 
-def test_the_rerun_restores_the_sweep_and_resumes_the_interrupted_trial(sweep):
+def test_the_rerun_on_another_node_restores_the_sweep_from_s3_and_resumes_the_interrupted_trial(sweep):
     tmp, result, interrupted, log = sweep
-    assert "restoring" in log
+    assert f"restoring s3://{BUCKET}/sweeps/{NAME}/tune" in log
+    assert "case(s) already cached, 0 to do" in log                 # the cache, too, came from S3
     (summary,) = result["sweeps"]
     assert summary["trials"] == 4                              # not 5: the finished trial 1 is not redone
-    assert len(list((tmp / "sweeps" / NAME / "trials").glob("*"))) == 4
-    steps = metrics_steps(tmp / "sweeps" / NAME / "trials" / interrupted)
-    assert steps.count(1) == 1 and max(steps) == 3              # continued from its checkpoint
+    keys = s3_keys(BUCKET, PREFIX)
+    assert len({k.split("/")[3] for k in keys if k.startswith(f"{PREFIX}trials/")}) == 4
+    assert any(k.startswith(f"{PREFIX}tune/") for k in keys)     # Tune's experiment state
+    log_lines = s3_text(BUCKET, f"{PREFIX}trials/{interrupted}/metrics.jsonl").splitlines()
+    steps = [json.loads(line)["step"] for line in log_lines]
+    assert steps.count(1) == 1 and max(steps) == 3              # continued from its checkpoint, first lines kept
+    assert summary["best_model"] == f"s3://{BUCKET}/{PREFIX}best_model.pt" and f"{PREFIX}best_model.pt" in keys
 
 
 def test_a_diverging_trial_fails_in_tune_and_in_optuna(sweep):
     tmp, result, _, _ = sweep
-    record = json.loads((tmp / "sweeps" / NAME / "trials.json").read_text())
+    record = json.loads((sweep_dir(tmp) / "trials.json").read_text())
     states = [t["state"] for t in record["optuna_study"]]
     assert len(states) == 4 and states[0] == "FAIL" and "RUNNING" not in states
     first = record["optuna_study"][0]
@@ -92,7 +129,7 @@ def test_a_diverging_trial_fails_in_tune_and_in_optuna(sweep):
 
 def test_asha_stops_the_collapsed_trial_at_its_first_rung(sweep):
     tmp, result, _, _ = sweep
-    trials = json.loads((tmp / "sweeps" / NAME / "trials.json").read_text())["trials"]
+    trials = json.loads((sweep_dir(tmp) / "trials.json").read_text())["trials"]
     collapsed = [t for t in trials if t["params"]["optim.lr"] == 2e6]
     assert [t["status"] for t in collapsed] == ["stopped early"] and collapsed[0]["steps"] == 1
     assert result["sweeps"][0]["early_stopped"] >= 1
@@ -121,13 +158,14 @@ def test_every_trial_is_one_aim_run_in_the_sweeps_experiment(sweep):
 def test_the_best_config_is_a_preset_that_finetune_accepts(sweep):
     tmp, result, _, _ = sweep
     summary = result["sweeps"][0]
-    cfg = load_config(FinetuneConfig, summary["best_config"])
-    trials = json.loads((tmp / "sweeps" / NAME / "trials.json").read_text())["trials"]
+    assert summary["best_config"] == f"s3://{BUCKET}/{PREFIX}best_config.json"
+    cfg = load_config(FinetuneConfig, sweep_dir(tmp) / "best_config.json")
+    trials = json.loads((sweep_dir(tmp) / "trials.json").read_text())["trials"]
     best = max((t for t in trials if t["best_val_dice"] is not None and t["status"] != "error"),
                key=lambda t: t["best_val_dice"])
     assert cfg.optim.lr == best["params"]["optim.lr"] and summary["best_val_dice"] == best["best_val_dice"]
-    assert Path(summary["best_model"]).exists()
-    table = (tmp / "sweeps" / NAME / "trials.md").read_text()
+    assert (sweep_dir(tmp) / "best_model.pt").exists()
+    table = (sweep_dir(tmp) / "trials.md").read_text()
     assert table.count("\n") == 6 and "(best)" in table
 
 
@@ -139,7 +177,7 @@ def shown(value: float, numbers: list[float]) -> bool:
 def test_the_aim_ui_lists_every_trial_with_its_hyperparameters_and_validation_dice(sweep):
     from selenium.webdriver.support.ui import WebDriverWait
     tmp, result, _, _ = sweep
-    trials = json.loads((tmp / "sweeps" / NAME / "trials.json").read_text())["trials"]
+    trials = json.loads((sweep_dir(tmp) / "trials.json").read_text())["trials"]
     runs = read_experiment(result["aim_repo"], NAME)                # what Aim holds, through its SDK
     assert sorted(r.name for r in runs) == sorted(t["trial_id"] for t in trials)   # Aim names runs after trials
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -170,7 +208,7 @@ def test_the_report_command_writes_markdown_and_plots_from_the_sweeps_aim_runs(s
                      "--out", str(tmp_path / "report"), timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads(out.stdout.strip().splitlines()[-1])
-    trials = json.loads((tmp / "sweeps" / NAME / "trials.json").read_text())["trials"]
+    trials = json.loads((sweep_dir(tmp) / "trials.json").read_text())["trials"]
     assert report["runs"] == 4 and report["active"] == 0
     assert "optim.lr" in report["hyperparameters"] and "run.name" not in report["hyperparameters"]
     best_in_aim = max((r for r in read_experiment(result["aim_repo"], NAME) if "val_dice" in r.curves),

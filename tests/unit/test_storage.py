@@ -98,13 +98,16 @@ def test_a_metrics_log_resumed_on_another_node_keeps_its_earlier_lines(s3_bucket
     first.log({"loss": 1.0}, 1)
     first.log({"loss": 0.9}, 2)                     # within the upload interval: not uploaded yet
     assert [json.loads(line)["step"] for line in read_remote_bytes(log).splitlines()] == [1]
+    first.checkpointed()                            # a checkpoint: the log in S3 reaches it
+    assert [json.loads(line)["step"] for line in read_remote_bytes(log).splitlines()] == [1, 2]
+    first.log({"loss": 0.85}, 3)
     first.close()
     as_another_node(monkeypatch, tmp_path)
     there = local_path(f"s3://{s3_bucket['bucket']}/runs") / "r" / "metrics.jsonl"
     second = Tracker(there, None, "r")
-    second.log({"loss": 0.8}, 3)
+    second.log({"loss": 0.8}, 4)
     second.close()
-    assert [json.loads(line)["step"] for line in read_remote_bytes(there).splitlines()] == [1, 2, 3]
+    assert [json.loads(line)["step"] for line in read_remote_bytes(there).splitlines()] == [1, 2, 3, 4]
 
 
 def test_a_dataset_is_read_from_a_path_not_a_bucket():
