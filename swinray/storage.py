@@ -103,10 +103,7 @@ def upload(path: str | Path) -> None:
 
 def remote_exists(path: str | Path) -> bool:
     """Whether the object behind a URI or a mirror path exists (False for other paths)."""
-    uri = str(path) if is_uri(path) else remote_of(path)
-    if uri is None:
-        return False
-    return remote_size(uri) is not None
+    return remote_size(path) is not None
 
 
 def remote_size(location: str | Path) -> int | None:
@@ -141,16 +138,21 @@ def fetch(path: str | Path, refresh: bool = False) -> bool:
     if info.type == pyarrow.fs.FileType.Directory:
         path.mkdir(parents=True, exist_ok=True)
         pyarrow.fs.copy_files(key, str(path), source_filesystem=fs)
-        return True
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.part")
-    try:
+    else:
+        _download(fs, key, path)
+    return True
+
+
+def _download(fs, key: str, destination: Path) -> None:
+    """One object to a local file, under a temporary name and then renamed: never half a file."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    tmp = destination.with_name(f".{destination.name}.{uuid.uuid4().hex}.part")
+    try:   # compression=None: pyarrow would otherwise gunzip whatever it reads from a name ending .gz
         with fs.open_input_stream(key, compression=None) as source, open(tmp, "wb") as target:
             shutil.copyfileobj(source, target, length=8 << 20)
-        os.replace(tmp, path)
+        os.replace(tmp, destination)
     finally:
         tmp.unlink(missing_ok=True)
-    return True
 
 
 def fetch_newer(path: str | Path) -> bool:
@@ -170,28 +172,26 @@ def local_file(location: str | Path) -> Path:
 def read_remote_bytes(path: str | Path, offset: int = 0) -> bytes | None:
     """The object behind a mirror path from ``offset`` on, without touching the local copy (None if
     absent or not mirrored; empty if it is no longer than ``offset``)."""
-    size = remote_size(path)
-    if size is None:
+    uri = remote_of(path)
+    if uri is None:
         return None
-    if size <= offset:
-        return b""
-    fs, key = _filesystem(remote_of(path))
+    fs, key = _filesystem(uri)
     try:
         with fs.open_input_file(key) as source:
+            if source.size() <= offset:
+                return b""
             source.seek(offset)
             return source.read()
-    except OSError:
+    except OSError:                     # FileNotFoundError included: not uploaded yet
         return None
 
 
 def copy_to_local(location: str, destination: Path) -> Path:
     """Copy a file named by a path or URI (a Ray checkpoint's, say) to ``destination``; then upload it."""
-    destination.parent.mkdir(parents=True, exist_ok=True)
     if is_uri(location):
-        fs, key = _filesystem(location)
-        with fs.open_input_stream(key, compression=None) as source, open(destination, "wb") as target:
-            shutil.copyfileobj(source, target, length=8 << 20)
+        _download(*_filesystem(location), destination)
     else:
+        destination.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(location, destination)
     upload(destination)
     return destination

@@ -37,13 +37,14 @@ def case_paths(cache: Path, case_id: str) -> tuple[Path, Path]:
 
 def source_stamp(case: Case) -> list[list]:
     """Size and mtime of every source file: a cached case is stale when its sources change. A file
-    mirrored from object storage is named by its URI and has no mtime: each node's download has its own."""
+    mirrored from object storage is named by its URI and has no mtime: each node's download has its own.
+    Such a file is downloaded here first, for the stamp and for the read that follows."""
     stamp = []
     for f in [*case.image, *([case.label] if case.label else [])]:
         try:
             uri = remote_of(f)
             if uri:
-                fetch(f)        # here for the stamp now, and for the worker's read later
+                fetch(f)
             info = os.stat(f)
             stamp.append([uri, info.st_size, None] if uri else [f, info.st_size, info.st_mtime_ns])
         except FileNotFoundError:
@@ -101,8 +102,13 @@ def read_case(path: str | Path, mmap: bool = True) -> tuple[np.ndarray, np.ndarr
 
 
 def write_json(path: Path, data) -> None:
+    write_text(path, json.dumps(data, indent=1) + "\n")
+
+
+def write_text(path: Path, text: str) -> None:
+    """Written whole (temporary name, then rename) and, in object storage, uploaded."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, lambda f: f.write((json.dumps(data, indent=1) + "\n").encode()))
+    _atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def fingerprint(rows: list[dict]) -> dict:

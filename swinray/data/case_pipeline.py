@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 
 from swinray.data.cache import case_paths, source_stamp, write_case
-from swinray.storage import fetch
 from swinray.data.datasets import Case
 from swinray.data.nifti import CaseError, check_channels, check_label, ras_spacing, read_verified
 from swinray.data.tasks import TaskSpec
@@ -70,9 +69,7 @@ def process_case(case: Case, task: TaskSpec, cache: Path) -> dict:
     base = {"case_id": case.case_id, "split": case.split, "image": list(case.image), "label": case.label,
             **({"collection": case.collection} if case.collection else {})}
     try:
-        for source in [*case.image, *([case.label] if case.label else [])]:
-            fetch(source)           # a dataset in object storage (the phantom), on a node without it yet
-        stamp = source_stamp(case)
+        stamp = source_stamp(case)     # downloads a source in object storage (the phantom) first
         image, label, affine, checksums = load_case(case, task)
         data = {"image": as_meta_tensor(image, affine)}
         if label is not None:

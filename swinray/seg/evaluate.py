@@ -19,10 +19,10 @@ import torch
 from models.segmenter import load_segmenter
 from swinray.config import EvaluateConfig
 from swinray.data.datasets import DatasetError, load_dataset
-from swinray.storage import local_file
 from swinray.data.nifti import CaseError
 from swinray.data.tasks import task_from_dict
 from swinray.progress import Progress
+from swinray.storage import local_file
 from swinray.seg.metrics import dice_per_case, hd95_per_case
 from swinray.seg.model_input import segment_case
 

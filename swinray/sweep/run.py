@@ -22,7 +22,7 @@ from ray.tune import Tuner
 from search_spaces import space_for
 from search_spaces.common import SpaceContext
 from swinray.config import ConfigError, FinetuneConfig, SweepConfig, save_config
-from swinray.data.cache import write_json
+from swinray.data.cache import write_json, write_text
 from swinray.data.tasks import TASKS
 from swinray.runtime import init_ray, use_gpu
 from swinray.sweep.budget import trial_budget
@@ -33,7 +33,7 @@ from swinray.sweep.searcher import export_study, make_scheduler, make_searcher
 from swinray.sweep.trial import run_trial, trial_config
 from swinray.tracking import aim_explorer_url, aim_repo_for, aim_ui_command
 from swinray.storage import (checkpoint_location, copy_to_local, exists, fetch, local_path, ray_storage_path,
-                             shown, upload)
+                             shown)
 from swinray.train.finetune import plan_finetune, with_pretrained_located, write_run_records
 from swinray.train.trainer import worker_resources
 
@@ -126,8 +126,7 @@ def sweep_task(cfg: SweepConfig, base: FinetuneConfig, sweep_name: str, log=prin
     study = export_study(searcher.study)
     summary = summarise(grid, base.optim.num_steps, base.optim.batch_size)
     write_json(sweep_dir / "trials.json", {"task": task, "trials": summary["rows"], "optuna_study": study})
-    (sweep_dir / "trials.md").write_text(summary["markdown"])
-    upload(sweep_dir / "trials.md")
+    write_text(sweep_dir / "trials.md", summary["markdown"])
     out = {"task": task, "sweep_dir": shown(sweep_dir), "trials": len(summary["rows"]),
            "early_stopped": summary["early_stopped"], "errored": summary["errored"],
            "trial_steps": summary["trial_steps"], "trial_samples": summary["trial_samples"],

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from swinray.data.cache import write_json
 from swinray.data.preprocess import run_preprocess
 from swinray.progress import follow_run
 from swinray.runtime import init_ray, use_gpu
-from swinray.storage import is_uri, local_file, local_path, shown, upload
+from swinray.storage import copy_to_local, is_uri, local_file, local_path, shown
 from swinray.tracking import aim_repo_for
 from swinray.train.finetune_loop import MODEL_FILE, train_fn_per_worker
 from swinray.train.seg_data import split_cases
@@ -40,7 +39,6 @@ def with_pretrained_located(cfg: FinetuneConfig) -> FinetuneConfig:
     if not cfg.seg.pretrained or is_uri(cfg.seg.pretrained):
         return cfg
     return replace(cfg, seg=replace(cfg.seg, pretrained=str(local_path(cfg.seg.pretrained))))
-
 
 
 def check_pretrained(path: str, kwargs: dict):
@@ -131,8 +129,7 @@ def run_finetune(cfg: FinetuneConfig, log=print) -> dict:
         result = trainer.fit()
     model_path = run_dir / MODEL_FILE
     with result.checkpoint.as_directory() as directory:
-        shutil.copyfile(Path(directory) / MODEL_FILE, model_path)
-    upload(model_path)
+        copy_to_local(str(Path(directory) / MODEL_FILE), model_path)
     metrics = result.metrics or {}
     saved = torch.load(model_path, map_location="cpu", weights_only=True)["metrics"]
     per_class = dict(zip(plan.task["label_names"][1:], saved.get("val_dice_per_class") or []))

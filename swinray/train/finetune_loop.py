@@ -24,10 +24,11 @@ from models.registry import build_swin_unetr, encoder_stage_parameters
 from models.segmenter import save_segmenter
 from models.weights import load_encoder
 from swinray.config import FinetuneConfig
+from swinray.data.cache import write_text
 from swinray.seg.inference import predict_probabilities
 from swinray.seg.metrics import DiceMean, dice_per_case
 from swinray.seg.overlay import legend, overlay_pair
-from swinray.storage import local_file, upload
+from swinray.storage import local_file
 from swinray.tracking import NullTracker, Tracker
 from swinray.train.seg_data import load_validation_case, train_transforms
 from swinray.train.trainer import start_worker
@@ -75,14 +76,11 @@ AIM_RUN_FILE = "aim_run.hash"
 def _record_for_cleanup(run_dir: Path, tracker) -> None:
     """Note the workers' placement group and the Aim run: if Tune stops this trial mid-run, the
     sweep frees the one and closes the other."""
-    run_dir.mkdir(parents=True, exist_ok=True)
     group = ray.util.get_current_placement_group()
     if group is not None:
-        (run_dir / PLACEMENT_GROUP_FILE).write_text(group.id.hex())
-        upload(run_dir / PLACEMENT_GROUP_FILE)
+        write_text(run_dir / PLACEMENT_GROUP_FILE, group.id.hex())
     if tracker.run_hash:
-        (run_dir / AIM_RUN_FILE).write_text(tracker.run_hash)
-        upload(run_dir / AIM_RUN_FILE)
+        write_text(run_dir / AIM_RUN_FILE, tracker.run_hash)
 
 
 def _stop_now(deadline_passed: bool, device) -> bool:

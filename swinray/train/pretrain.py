@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import ray
@@ -17,7 +16,7 @@ from swinray.config import PreprocessConfig, PretrainConfig, to_dict
 from swinray.data.preprocess import run_preprocess
 from swinray.progress import follow_run
 from swinray.runtime import init_ray, use_gpu
-from swinray.storage import checkpoint_location, local_path, ray_storage_path, shown, upload
+from swinray.storage import checkpoint_location, copy_to_local, local_path, ray_storage_path, shown
 from swinray.tracking import aim_repo_for
 from swinray.train.pretrain_loop import ENCODER_FILE, train_fn_per_worker
 from swinray.train.trainer import make_trainer, worker_resources
@@ -46,8 +45,7 @@ def run_pretrain(cfg: PretrainConfig, log=print) -> dict:
         result = trainer.fit()
     encoder_path = run_dir / ENCODER_FILE
     with result.checkpoint.as_directory() as directory:
-        shutil.copyfile(Path(directory) / ENCODER_FILE, encoder_path)
-    upload(encoder_path)
+        copy_to_local(str(Path(directory) / ENCODER_FILE), encoder_path)
     check = build_model("swin_unetr", in_channels=in_channels, out_channels=2,
                         feature_size=cfg.model.feature_size, window_size=cfg.model.window_size)
     report = load_encoder(check, encoder_path)
