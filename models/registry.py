@@ -1,6 +1,6 @@
 """Model registry: a plain dict from name to builder; an unknown name lists the valid ones.
 
-    from models.registry import build_model
+    from swinray.models.registry import build_model
     net = build_model("swin_unetr", in_channels=1, out_channels=14, feature_size=48)
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from monai.networks.nets import SwinUNETR
 from torch import nn
 
-from models.ssl import WINDOW_SIZE, SSLHead, check_feature_size
+from .ssl import WINDOW_SIZE, SSLHead, check_feature_size
 
 
 def build_swin_unetr(in_channels: int, out_channels: int, feature_size: int,

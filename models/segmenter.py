@@ -6,7 +6,7 @@ rebuild the network and the preprocessing from the file alone, so a checkpoint c
 dataset it never saw. Read with ``torch.load(..., weights_only=True)``: only tensors and plain
 containers, never pickled objects.
 
-    from models.segmenter import load_segmenter
+    from swinray.models.segmenter import load_segmenter
     model, meta = load_segmenter("outputs/finetune/model.pt")
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from models.registry import build_swin_unetr
+from .registry import build_swin_unetr
 
 FORMAT = "swinray-segmenter-v1"
 

@@ -12,7 +12,7 @@ Two file layouts load the same way:
 Files are read with ``torch.load(..., weights_only=True)``: a file that holds anything but tensors
 and plain containers is refused rather than unpickled.
 
-    from models.weights import load_encoder
+    from swinray.models.weights import load_encoder
     print(load_encoder(swin_unetr, "outputs/pretrain/encoder.pt").summary())
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Fine-tuning search spaces, one module per task; shared defaults in ``common``.
 
-    from search_spaces import space_for
+    from swinray.search_spaces import space_for
     space = space_for("Task04_Hippocampus")   # space(trial, ctx) -> {"optim.lr": ..., ...}
 """
 from __future__ import annotations
@@ -26,6 +26,6 @@ MODULES = {
 def space_for(task: str) -> Callable:
     """The task's define-by-run space; a task without its own module gets the shared defaults."""
     if task in MODULES:
-        return import_module(f"search_spaces.{MODULES[task]}").space
-    from search_spaces.common import space
+        return import_module(f"{__name__}.{MODULES[task]}").space
+    from .common import space
     return space

@@ -1,5 +1,5 @@
 """BTCV: 13 abdominal organs of very different sizes: crops lean towards foreground."""
-from search_spaces import common
+from . import common
 
 TASK = "BTCV"
 

@@ -1,5 +1,5 @@
 """Task01_BrainTumour: 4-channel MRI at a 128^3 ROI: one crop per step fits memory."""
-from search_spaces import common
+from . import common
 
 TASK = "Task01_BrainTumour"
 

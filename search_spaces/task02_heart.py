@@ -1,5 +1,5 @@
 """Task02_Heart: 20 training volumes: stronger stochastic depth against overfitting."""
-from search_spaces import common
+from . import common
 
 TASK = "Task02_Heart"
 

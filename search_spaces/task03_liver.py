@@ -1,5 +1,5 @@
 """Task03_Liver: Liver is large, tumours small: more foreground crops."""
-from search_spaces import common
+from . import common
 
 TASK = "Task03_Liver"
 

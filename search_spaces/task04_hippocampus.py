@@ -1,5 +1,5 @@
 """Task04_Hippocampus: Tiny volumes (about 35x50x35): more crops per step are cheap."""
-from search_spaces import common
+from . import common
 
 TASK = "Task04_Hippocampus"
 

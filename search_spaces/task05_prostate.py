@@ -1,5 +1,5 @@
 """Task05_Prostate: 32 two-channel cases: stronger stochastic depth, gentler learning rates."""
-from search_spaces import common
+from . import common
 
 TASK = "Task05_Prostate"
 

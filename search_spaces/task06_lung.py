@@ -1,5 +1,5 @@
 """Task06_Lung: One small tumour per scan: crops lean hard towards foreground."""
-from search_spaces import common
+from . import common
 
 TASK = "Task06_Lung"
 

@@ -1,5 +1,5 @@
 """Task07_Pancreas: Small organ and smaller tumours: foreground crops, more cross-entropy."""
-from search_spaces import common
+from . import common
 
 TASK = "Task07_Pancreas"
 

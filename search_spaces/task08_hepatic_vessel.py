@@ -1,5 +1,5 @@
 """Task08_HepaticVessel: Thin vessels: cross-entropy weight matters as much as Dice."""
-from search_spaces import common
+from . import common
 
 TASK = "Task08_HepaticVessel"
 

@@ -1,5 +1,5 @@
 """Task09_Spleen: One large organ: the shared defaults."""
-from search_spaces import common
+from . import common
 
 TASK = "Task09_Spleen"
 

@@ -1,5 +1,5 @@
 """Task10_Colon: Small primaries in a long scan: crops lean hard towards foreground."""
-from search_spaces import common
+from . import common
 
 TASK = "Task10_Colon"
 

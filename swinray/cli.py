@@ -9,6 +9,7 @@ Progress goes to stderr; the last line on stdout is one JSON summary for scripts
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import time
@@ -18,9 +19,18 @@ from pathlib import Path
 from typing import Any, Callable
 
 from swinray import config as C
-from swinray.storage import local_path, shown
+from swinray.errors import UserError
+from swinray.resolve import run_dir, save
+from swinray.storage import shown
 
 Shortcut = tuple[str, str, str]  # (flag, dotted config key, help)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Argument errors end like every other user error: one line and the JSON summary (``main``)."""
+
+    def error(self, message: str):
+        raise C.ConfigError(f"{message} (see python -m {self.prog.split()[-1]} --help)")
 
 
 def log(message: str) -> None:
@@ -37,7 +47,7 @@ def _parser(verb: str, cls: type, description: str, shortcuts: list[Shortcut],
             positional: str | None = None) -> argparse.ArgumentParser:
     defaults = C.flat_items(C.preset(cls, "default"))
     keys = "\n".join(f"  {k} = {json.dumps(v)}" for k, v in defaults.items())
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=f"python -m platform.{verb}", description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=f"presets: {', '.join(C.PRESETS[cls])}\nsettable keys (--set KEY=VALUE) and their defaults:\n{keys}")
@@ -59,7 +69,7 @@ def _parser(verb: str, cls: type, description: str, shortcuts: list[Shortcut],
     return parser
 
 
-def resolve(cls: type, args: argparse.Namespace, shortcuts: list[Shortcut], positional: str | None = None):
+def requested_config(cls: type, args: argparse.Namespace, shortcuts: list[Shortcut], positional: str | None = None):
     """Preset (or saved config) -> positional and shortcut flags -> --set overrides, validated."""
     cfg = C.load_config(cls, args.config) if args.config else C.preset(cls, args.preset)
     keys = [key for _, key, _ in shortcuts] + ([positional] if positional else [])
@@ -73,43 +83,54 @@ class Verb:
     cls: type                               # the command's config dataclass
     description: str
     shortcuts: list[Shortcut]
-    run: Callable[[Any], dict]              # config -> summary; "ok": False means failure
-    config_path: Callable[[Any], Path]      # where the resolved config is saved
+    run: str                                # "module:function": config (or Resolved) -> JSON summary
+    resolve: str = ""                       # "module:function": config -> Resolved, before any work; its
+                                            # config.json goes to the run's folder. "" = runs as requested
+    config_path: Callable[[Any], Path] | None = None   # where an unresolved command's config is saved
     positional: str | None = None           # config key set by an optional first argument
 
 
+def _function(name: str) -> Callable:
+    """Import a verb's function when it runs, so --help and config errors stay free of torch and Ray."""
+    module, _, attr = name.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
 def run_verb(verb: str, argv: list[str] | None = None) -> dict:
-    """Parse, resolve and save the config, run the verb; return its JSON summary."""
+    """Parse the config, resolve and save it, run the verb; return its JSON summary."""
     spec = VERBS[verb]
     parser = _parser(verb, spec.cls, spec.description, spec.shortcuts, spec.positional)
     args = parser.parse_args(argv)
-    try:
-        cfg = resolve(spec.cls, args, spec.shortcuts, spec.positional)
-    except C.ConfigError as e:
-        parser.error(str(e))
-    saved = C.save_config(cfg, spec.config_path(cfg))
-    log(f"{verb} config ({args.config or 'preset ' + args.preset}), saved to {saved}:\n"
+    cfg = requested_config(spec.cls, args, spec.shortcuts, spec.positional)
+    if spec.resolve:
+        resolved = _function(spec.resolve)(cfg, log)
+        saved, cfg, work = save(resolved), resolved.cfg, resolved
+    else:
+        saved = C.save_config(cfg, spec.config_path(cfg))
+        work = cfg
+    log(f"{verb} config ({args.config or 'preset ' + args.preset}), saved to {shown(saved)}:\n"
         + json.dumps(C.to_dict(cfg), indent=2))
     if args.print_config:
         return {"command": verb, "config_path": shown(saved), "config": C.to_dict(cfg)}
     start = time.perf_counter()
-    summary = spec.run(cfg)
+    summary = _function(spec.run)(work, log)
     return {**summary, "config_path": shown(saved), "seconds": round(time.perf_counter() - start, 2)}
 
 
 def main(verb: str, argv: list[str] | None = None) -> int:
-    """Run a verb; a problem with the user's data or settings is one clear line, not a traceback."""
+    """Run a verb; a problem the user can fix (settings, data, environment) is one clear line and
+    ``ok: false``, not a traceback."""
     try:
         summary = run_verb(verb, argv)
-    except Exception as e:
-        from swinray.data.datasets import DatasetError  # here, not at the top: --help stays free of MONAI
-        if not isinstance(e, (DatasetError, C.ConfigError)):
-            raise
+    except UserError as e:
         log(f"error: {e}")
         summary = {"command": verb, "ok": False, "error": str(e)}
+        code = 2 if isinstance(e, C.ConfigError) else 1     # 2: the command line itself, as argparse says
+    else:
+        code = 0 if summary.get("ok", True) else 1
     _disconnect_ray()
     emit(summary)
-    return 0 if summary.get("ok", True) else 1
+    return code
 
 
 def _disconnect_ray() -> None:
@@ -121,84 +142,7 @@ def _disconnect_ray() -> None:
 
 
 def _run_config_path(cfg) -> Path:
-    return local_path(cfg.run.storage) / cfg.run.name / "config.json"
-
-
-# --------------------------------------------------------------------------------------------
-# Verbs
-# --------------------------------------------------------------------------------------------
-
-def _phantom(cfg: C.PhantomConfig) -> dict:
-    from swinray.data.phantom import write_phantom_dataset
-    log(f"writing {cfg.num_cases} phantom CT case(s) of {cfg.shape} voxels to {cfg.out_dir}")
-    return {"command": "phantom", **write_phantom_dataset(cfg.out_dir, cfg.num_cases, cfg.seed, cfg.shape)}
-
-
-def _doctor(cfg: C.DoctorConfig) -> dict:
-    from swinray.doctor import run_doctor
-    return run_doctor(cfg, log)
-
-
-def _preprocess(cfg: C.PreprocessConfig) -> dict:
-    from swinray.data.preprocess import run_preprocess
-    return run_preprocess(cfg, log)
-
-
-def _pretrain(cfg: C.PretrainConfig) -> dict:
-    from swinray.train.pretrain import run_pretrain
-    return run_pretrain(cfg, log)
-
-
-def _finetune(cfg: C.FinetuneConfig) -> dict:
-    from swinray.train.finetune import run_finetune
-    return run_finetune(cfg, log)
-
-
-def _evaluate(cfg: C.EvaluateConfig) -> dict:
-    from swinray.seg.evaluate import run_evaluate
-    return run_evaluate(cfg, log)
-
-
-def _predict(cfg: C.PredictConfig) -> dict:
-    from swinray.seg.predict import run_predict
-    return run_predict(cfg, log)
-
-
-def _bench(cfg: C.BenchConfig) -> dict:
-    if cfg.target == "sweep":
-        from swinray.bench.sweep import bench_sweep
-        return bench_sweep(cfg, log)
-    if cfg.target == "label-efficiency":
-        from swinray.bench.label_efficiency import bench_label_efficiency
-        return bench_label_efficiency(cfg, log)
-    if cfg.target == "time-to-dice":
-        from swinray.bench.time_to_dice import bench_time_to_dice
-        return bench_time_to_dice(cfg, log)
-    if cfg.target == "train":
-        from swinray.bench.train import bench_train
-        return bench_train(cfg, log)
-    from swinray.bench.preprocess import bench_preprocess
-    return bench_preprocess(cfg, log)
-
-
-def _sweep(cfg: C.SweepConfig) -> dict:
-    from swinray.sweep.run import run_sweep
-    return run_sweep(cfg, log)
-
-
-def _download(cfg: C.DownloadConfig) -> dict:
-    from swinray.data.download import run_download
-    return run_download(cfg, log)
-
-
-def _convert(cfg: C.ConvertConfig) -> dict:
-    from swinray.data.convert import run_convert
-    return run_convert(cfg, log)
-
-
-def _report(cfg: C.ReportConfig) -> dict:
-    from swinray.report.write import run_report
-    return run_report(cfg, log)
+    return run_dir(cfg.run.storage, cfg.run.name) / "config.json"
 
 
 def _report_config_path(cfg: C.ReportConfig) -> Path:
@@ -206,10 +150,9 @@ def _report_config_path(cfg: C.ReportConfig) -> Path:
     return report_dir(cfg) / "config.json"
 
 
-def _quickstart(cfg: C.QuickstartConfig) -> dict:
-    from swinray.quickstart import run_quickstart
-    return run_quickstart(cfg, run_verb, log)
-
+# --------------------------------------------------------------------------------------------
+# Verbs
+# --------------------------------------------------------------------------------------------
 
 _DATA_FLAGS: list[Shortcut] = [
     ("--data", "data.source", "dataset folder or dataset file (default: the built-in phantom)"),
@@ -223,14 +166,16 @@ VERBS: dict[str, Verb] = {
                     "Write the built-in synthetic abdominal CT phantom as an MSD-layout dataset.",
                     [("--out", "out_dir", "output folder"), ("--cases", "num_cases", "number of cases"),
                      ("--seed", "seed", "random seed")],
-                    _phantom, lambda cfg: Path(cfg.out_dir) / "phantom_config.json"),
+                    "swinray.data.phantom:run_phantom",
+                    config_path=lambda cfg: Path(cfg.out_dir) / "phantom_config.json"),
     "preprocess": Verb(C.PreprocessConfig, "Preprocess a dataset into a reusable cache with Ray Data.",
-                       _DATA_FLAGS + [_UNLABELLED_FLAG], _preprocess, _run_config_path),
+                       _DATA_FLAGS + [_UNLABELLED_FLAG], "swinray.data.preprocess:preprocess",
+                       resolve="swinray.resolve:resolve_preprocess"),
     "pretrain": Verb(C.PretrainConfig,
                      "Self-supervised pretraining of the Swin UNETR encoder with Ray Train.",
                      _DATA_FLAGS + [_UNLABELLED_FLAG, ("--name", "run.name", "run name; the same name resumes"),
                                     ("--workers", "run.num_workers", "Ray Train workers")],
-                     _pretrain, _run_config_path),
+                     "swinray.train.pretrain:pretrain", resolve="swinray.resolve:resolve_pretrain"),
     "finetune": Verb(C.FinetuneConfig,
                      "Fine-tune Swin UNETR for segmentation with Ray Train; keeps the best model by validation Dice.",
                      _DATA_FLAGS + [("--pretrained", "seg.pretrained", "SSL encoder weights to start from"),
@@ -238,7 +183,7 @@ VERBS: dict[str, Verb] = {
                                     ("--fold", "split.fold", "cross-validation fold"),
                                     ("--name", "run.name", "run name; the same name resumes"),
                                     ("--workers", "run.num_workers", "Ray Train workers")],
-                     _finetune, _run_config_path),
+                     "swinray.train.finetune:finetune", resolve="swinray.resolve:resolve_finetune"),
     "sweep": Verb(C.SweepConfig,
                   "Sweep fine-tuning hyperparameters per task: Ray Tune trials, Optuna TPE, ASHA early stopping, Aim.",
                   [("--data", "finetune.data.source", "dataset folder (with --tasks: the folder holding task folders)"),
@@ -247,49 +192,53 @@ VERBS: dict[str, Verb] = {
                    ("--trials", "trials", "trials per task"),
                    ("--pretrained", "finetune.seg.pretrained", "SSL encoder weights trials may start from"),
                    ("--name", "name", "sweep name; the same name restores the sweep")],
-                  _sweep, lambda cfg: local_path(cfg.storage) / cfg.name / "config.json"),
+                  "swinray.sweep.run:sweep", resolve="swinray.resolve:resolve_sweep"),
     "evaluate": Verb(C.EvaluateConfig,
                      "Score a fine-tuned model on every labelled case of a dataset: Dice and HD95 per class.",
                      [("--checkpoint", "checkpoint", "model.pt written by finetune"),
                       ("--data", "data", "MSD-format folder or dataset file"),
                       ("--out", "out_dir", "where the per-case CSV goes")],
-                     _evaluate, lambda cfg: Path(cfg.out_dir) / "config.json"),
+                     "swinray.seg.evaluate:run_evaluate", config_path=lambda cfg: Path(cfg.out_dir) / "config.json"),
     "predict": Verb(C.PredictConfig,
                     "Segment NIfTI files; label maps keep each input's shape, spacing and affine.",
                     [("--checkpoint", "checkpoint", "model.pt written by finetune"),
                      ("--input", "input", "a NIfTI file or a folder of them"),
                      ("--output", "output", "output folder")],
-                    _predict, lambda cfg: Path(cfg.output) / "config.json"),
+                    "swinray.seg.predict:run_predict", config_path=lambda cfg: Path(cfg.output) / "config.json"),
     "download": Verb(C.DownloadConfig,
                      "Download an MSD task (or all ten) from its official distribution, MD5-checked and resumable, "
                      "then validate every case.",
                      [("--task", "task", "MSD task name, e.g. Task04_Hippocampus, or all"),
                       ("--root", "root", "folder the task folders go into")],
-                     _download, lambda cfg: Path(cfg.root) / "download_config.json"),
+                     "swinray.data.download:run_download",
+                     config_path=lambda cfg: Path(cfg.root) / "download_config.json"),
     "convert": Verb(C.ConvertConfig,
                     "Turn published data into a layout the platform reads: btcv = BTCV's RawData into the "
                     "reference dataset_0.json layout (validation on cases 35-40).",
                     [("--src", "src", "the downloaded data (btcv: the RawData folder)"),
                      ("--out", "out", "output folder")],
-                    _convert, lambda cfg: Path(cfg.out or "outputs") / "convert_config.json", positional="format"),
+                    "swinray.data.convert:run_convert",
+                    config_path=lambda cfg: Path(cfg.out or "outputs") / "convert_config.json", positional="format"),
     "report": Verb(C.ReportConfig,
                    "Write a shareable report of a sweep from Aim: Markdown, Dice curves, hyperparameters against "
                    "Dice, Dice per class of the best run.",
                    [("--aim-repo", "aim_repo", "Aim repo folder (holding .aim) or aim://host:port"),
                     ("--experiment", "experiment", "the sweep's name (its Aim experiment)"),
                     ("--out", "out_dir", "output folder")],
-                   _report, _report_config_path),
+                   "swinray.report.write:run_report", config_path=_report_config_path),
     "doctor": Verb(C.DoctorConfig,
                    "Check that Ray can run this project: library imports on workers, Train all-reduce.",
                    [("--workers", "run.num_workers", "Ray Train workers to start")],
-                   _doctor, _run_config_path),
+                   "swinray.doctor:run_doctor", config_path=_run_config_path),
     "bench": Verb(C.BenchConfig, "Measure ours against the baseline a user would write, in one run.",
-                  _DATA_FLAGS + [("--pretrained", "pretrained", "label-efficiency: SSL encoder file(s), comma-separated"),
+                  _DATA_FLAGS + [("--pretrained", "pretrained",
+                                  "label-efficiency: SSL encoder file(s), comma-separated"),
                                  ("--fractions", "fractions", "label-efficiency: label fractions, e.g. 0.1,0.25,1.0")],
-                  _bench, lambda cfg: Path(cfg.out_dir) / "config.json", positional="target"),
+                  "swinray.bench:run_bench", config_path=lambda cfg: Path(cfg.out_dir) / "config.json",
+                  positional="target"),
     "quickstart": Verb(C.QuickstartConfig,
                        "Run the whole platform on the built-in phantom, step by step.",
-                       [], _quickstart, _run_config_path),
+                       [], "swinray.quickstart:run_quickstart", config_path=_run_config_path),
 }
 
 

@@ -7,13 +7,50 @@ here, so ``from swinray.config import apply_overrides`` keeps working.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from swinray.config_codec import (  # noqa: F401
+    apply_overrides,
+    field_types,
+    flat_items,
+    from_dict,
+    load_config,
+    parse_assignments,
+    parse_value,
+    save_config,
+    to_dict,
+)
+from swinray.errors import ConfigError
 from swinray.storage import check_storage
-from swinray.config_codec import (ConfigError, apply_overrides, field_types, flat_items,  # noqa: F401
-                                  from_dict, load_config, parse_assignments, parse_value, save_config,
-                                  to_dict)
+
+
+def _require(ok: bool, name: str, value, rule: str) -> None:
+    """A pure check of one field; it fires at parse time and again on every worker (``from_dict``)."""
+    if not ok:
+        raise ConfigError(f"{name}={value!r}: {rule}")
+
+
+def _at_least(minimum: int, **values) -> None:
+    for name, value in values.items():
+        _require(value >= minimum, name, value, f"must be at least {minimum}")
+
+
+def _positive_finite(**values) -> None:
+    for name, value in values.items():
+        _require(math.isfinite(value) and value > 0, name, value, "must be a finite number above 0")
+
+
+def _non_negative_finite(**values) -> None:
+    for name, value in values.items():
+        _require(math.isfinite(value) and value >= 0, name, value, "must be a finite number, 0 or more")
+
+
+def _plain_name(name: str, value: str) -> None:
+    """A run or sweep name becomes a folder under storage: one plain path component."""
+    _require(bool(value.strip()) and value not in (".", "..") and not any(c in value for c in "/\\\0"),
+             name, value, "must be a plain name (not empty, no path separators), e.g. ssl-openkbp")
 
 
 # --------------------------------------------------------------------------------------------
@@ -33,6 +70,10 @@ class DataConfig:
     unlabelled: tuple[str, ...] = ()    # pretraining corpus: folders of unlabelled volumes (or .txt files
                                         # listing folders), one collection each; replaces source
 
+    def __post_init__(self) -> None:
+        _at_least(0, max_cases=self.max_cases)
+        _at_least(1, num_phantom_cases=self.num_phantom_cases)
+
 
 @dataclass(frozen=True)
 class PhantomConfig:
@@ -41,17 +82,33 @@ class PhantomConfig:
     seed: int = 0
     shape: tuple[int, int, int] = (128, 128, 64)  # voxels per case before any reorientation
 
+    def __post_init__(self) -> None:
+        _at_least(1, num_cases=self.num_cases)
+        _at_least(0, seed=self.seed)
+        _require(all(side >= 16 for side in self.shape), "shape", self.shape, "each side must be at least 16")
+
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = "swin_unetr"
     feature_size: int = 48              # 48 is the paper's Swin UNETR-B; must be divisible by 12
     roi_size: tuple[int, int, int] = (96, 96, 96)  # sides divisible by 32 (five 2x downsamplings);
-                                                   # (0, 0, 0) in fine-tuning = the task's ROI
+                                                   # (0, 0, 0) = the task's ROI (fine-tuning)
+    in_channels: int = 0                # image channels; 0 = from the data (resolved before the run)
+    out_channels: int = 0               # classes incl. background (fine-tuning); 0 = from the data's labels
     window_size: int = 7                # Swin attention window; 7 is the paper's, 4 is ~3.6x faster
                                         # at 64^3 on a CPU (attention cost grows with window volume)
     drop_path_rate: float = 0.0
     gradient_checkpointing: bool = False  # trades compute for memory on large ROIs
+
+    def __post_init__(self) -> None:
+        _require(self.feature_size > 0 and self.feature_size % 12 == 0, "feature_size", self.feature_size,
+                 "must be a positive multiple of 12 (attention heads split it 3, 6, 12 and 24 ways), e.g. 12 or 48")
+        _require(self.roi_size == (0, 0, 0) or all(side > 0 and side % 32 == 0 for side in self.roi_size),
+                 "roi_size", self.roi_size, "each side a positive multiple of 32 (five 2x downsamplings), "
+                 "or (0, 0, 0) for the task's ROI")
+        _at_least(0, in_channels=self.in_channels, out_channels=self.out_channels)
+        _at_least(1, window_size=self.window_size)
+        _require(0.0 <= self.drop_path_rate < 1.0, "drop_path_rate", self.drop_path_rate, "must be in [0, 1)")
 
 
 @dataclass(frozen=True)
@@ -64,6 +121,12 @@ class OptimConfig:
     grad_accum_steps: int = 1
     grad_clip_norm: float = 1.0
 
+    def __post_init__(self) -> None:
+        _positive_finite(lr=self.lr, grad_clip_norm=self.grad_clip_norm)
+        _non_negative_finite(weight_decay=self.weight_decay)
+        _at_least(0, warmup_steps=self.warmup_steps)
+        _at_least(1, num_steps=self.num_steps, batch_size=self.batch_size, grad_accum_steps=self.grad_accum_steps)
+
 
 @dataclass(frozen=True)
 class PretextConfig:
@@ -72,6 +135,13 @@ class PretextConfig:
     reconstruction_weight: float = 1.0
     temperature: float = 0.5            # NT-Xent temperature
     cutout_max_fraction: float = 0.3    # the paper masks up to 30% of the volume
+
+    def __post_init__(self) -> None:
+        _non_negative_finite(rotation_weight=self.rotation_weight, contrastive_weight=self.contrastive_weight,
+                             reconstruction_weight=self.reconstruction_weight)
+        _positive_finite(temperature=self.temperature)
+        _require(0.0 <= self.cutout_max_fraction <= 1.0, "cutout_max_fraction", self.cutout_max_fraction,
+                 "must be in [0, 1]")
 
 
 @dataclass(frozen=True)
@@ -82,6 +152,12 @@ class SplitConfig:
     seed: int = 0                       # shuffles cases into folds and draws the label fraction
     label_fraction: float = 1.0         # train on this seeded fraction of the training cases
     use_listed_validation: bool = True  # a dataset file's own "validation" list (BTCV) is the split
+
+    def __post_init__(self) -> None:
+        _at_least(2, num_folds=self.num_folds)
+        _require(0 <= self.fold < self.num_folds, "fold", self.fold, f"must be in 0..{self.num_folds - 1} "
+                 f"(num_folds={self.num_folds})")
+        _require(0.0 < self.label_fraction <= 1.0, "label_fraction", self.label_fraction, "must be in (0, 1]")
 
 
 @dataclass(frozen=True)
@@ -101,6 +177,16 @@ class SegConfig:
     freeze_encoder_stages: int = 0      # freeze the patch embedding and the first k-1 Swin stages (0-5)...
     freeze_encoder_steps: int = 0       # ...for this many steps (pretrained features first, then everything)
     num_overlay_cases: int = 2          # validation cases drawn as ground truth / prediction overlays
+
+    def __post_init__(self) -> None:
+        _at_least(1, val_every_steps=self.val_every_steps, sw_batch_size=self.sw_batch_size)
+        _at_least(0, freeze_encoder_steps=self.freeze_encoder_steps, num_overlay_cases=self.num_overlay_cases)
+        _require(0 <= self.freeze_encoder_stages <= 5, "freeze_encoder_stages", self.freeze_encoder_stages,
+                 "must be 0 (none) to 5 (the patch embedding and all four Swin stages)")
+        _require(0.0 <= self.sw_overlap < 1.0, "sw_overlap", self.sw_overlap, "must be in [0, 1)")
+        _non_negative_finite(pos_neg_ratio=self.pos_neg_ratio, rotate_degrees=self.rotate_degrees,
+                             intensity_jitter=self.intensity_jitter, dice_weight=self.dice_weight,
+                             ce_weight=self.ce_weight, max_minutes=self.max_minutes)
 
 
 @dataclass(frozen=True)
@@ -122,7 +208,11 @@ class RunConfig:
                                         # State API that Ray Train's placement-group cleaner polls
 
     def __post_init__(self) -> None:
+        _plain_name("name", self.name)
         check_storage(self.storage, "run.storage")
+        _at_least(1, num_workers=self.num_workers, checkpoint_every_steps=self.checkpoint_every_steps,
+                  num_checkpoints_kept=self.num_checkpoints_kept)
+        _at_least(0, max_failures=self.max_failures)
 
 
 # --------------------------------------------------------------------------------------------
@@ -148,7 +238,7 @@ class PretrainConfig:
 class FinetuneConfig:
     data: DataConfig = field(default_factory=DataConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
-    model: ModelConfig = field(default_factory=lambda: ModelConfig(roi_size=(0, 0, 0)))
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(roi_size=(0, 0, 0)))   # the task's ROI
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, warmup_steps=50, num_steps=2000))
     seg: SegConfig = field(default_factory=SegConfig)
     run: RunConfig = field(default_factory=lambda: RunConfig(name="finetune"))
@@ -164,6 +254,11 @@ class EvaluateConfig:
     sw_overlap: float = 0.25
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
+    def __post_init__(self) -> None:
+        _at_least(0, max_cases=self.max_cases)
+        _at_least(1, sw_batch_size=self.sw_batch_size)
+        _require(0.0 <= self.sw_overlap < 1.0, "sw_overlap", self.sw_overlap, "must be in [0, 1)")
+
 
 @dataclass(frozen=True)
 class PredictConfig:
@@ -173,6 +268,10 @@ class PredictConfig:
     sw_batch_size: int = 4
     sw_overlap: float = 0.25
     device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    def __post_init__(self) -> None:
+        _at_least(1, sw_batch_size=self.sw_batch_size)
+        _require(0.0 <= self.sw_overlap < 1.0, "sw_overlap", self.sw_overlap, "must be in [0, 1)")
 
 
 @dataclass(frozen=True)
@@ -195,7 +294,12 @@ class SweepConfig:
     storage: str = "outputs/sweeps"
 
     def __post_init__(self) -> None:
+        _plain_name("name", self.name)
         check_storage(self.storage, "storage")
+        _at_least(1, trials=self.trials)
+        _at_least(2, reduction_factor=self.reduction_factor)
+        _at_least(0, rungs=self.rungs, trial_samples=self.trial_samples,
+                  max_concurrent_trials=self.max_concurrent_trials)
 
 
 @dataclass(frozen=True)
@@ -230,7 +334,7 @@ class DoctorConfig:
 
 @dataclass(frozen=True)
 class BenchConfig:
-    target: Literal["preprocess", "train", "time-to-dice", "label-efficiency", "sweep"] = "preprocess"  # what to measure
+    target: Literal["preprocess", "train", "time-to-dice", "label-efficiency", "sweep"] = "preprocess"
     budget_minutes: float = 22.0        # time-to-dice: the baseline's wall-time budget (ours gets half)
     baseline_log: str = ""              # time-to-dice: reuse the printed log of an earlier baseline run
                                         # on this machine instead of running it again
@@ -244,6 +348,13 @@ class BenchConfig:
     data: DataConfig = field(default_factory=DataConfig)
     out_dir: str = "outputs/bench"      # benchmark results (JSON) are written here
     run: RunConfig = field(default_factory=lambda: RunConfig(name="bench"))
+
+    def __post_init__(self) -> None:
+        _positive_finite(budget_minutes=self.budget_minutes)
+        _at_least(0, budget_steps=self.budget_steps)
+        _at_least(1, sweep_trials=self.sweep_trials, rounds=self.rounds)
+        _require(all(0.0 < f <= 1.0 for f in self.fractions) and bool(self.fractions), "fractions",
+                 self.fractions, "one or more label fractions in (0, 1]")
 
 
 @dataclass(frozen=True)
@@ -281,7 +392,6 @@ PRESETS: dict[type, dict[str, Any]] = {
     },
     PretrainConfig: {
         "default": PretrainConfig(),
-        "base": PretrainConfig(model=ModelConfig(feature_size=48, roi_size=(96, 96, 96))),
         "debug": PretrainConfig(
             data=_DEBUG_DATA,
             model=_DEBUG_MODEL,

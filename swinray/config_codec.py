@@ -13,12 +13,8 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
-from swinray.storage import upload
-
-
-class ConfigError(ValueError):
-    """A configuration value or key is invalid; the message names the field and what is valid."""
-
+from swinray.errors import ConfigError
+from swinray.storage import write_text
 
 # --------------------------------------------------------------------------------------------
 # dict <-> dataclass, with strict checks
@@ -40,7 +36,11 @@ def from_dict(cls: type, data: dict[str, Any], path: str = ""):
         where = f"in {path!r}" if path else f"for {cls.__name__}"
         raise ConfigError(f"unknown key(s) {', '.join(repr(_join(path, k)) for k in unknown)} "
                           f"{where}; valid keys: {', '.join(_join(path, n) for n in names)}")
-    return cls(**{k: _coerce(hints[k], v, _join(path, k)) for k, v in data.items()})
+    values = {k: _coerce(hints[k], v, _join(path, k)) for k, v in data.items()}
+    try:
+        return cls(**values)
+    except ConfigError as e:            # a section's own check names its field: give it its path
+        raise ConfigError(_join(path, str(e))) from None
 
 
 def _join(path: str, key: str) -> str:
@@ -168,11 +168,7 @@ def flat_items(cfg, prefix: str = "") -> dict[str, Any]:
 
 def save_config(cfg, path: str | Path) -> Path:
     """Write the resolved config as JSON next to a run's outputs."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
-    upload(path)                        # to its object store, for a path in one's mirror
-    return path
+    return write_text(path, json.dumps(to_dict(cfg), indent=2) + "\n")
 
 
 def load_config(cls: type, path: str | Path):

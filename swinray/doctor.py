@@ -9,7 +9,6 @@ Ray Train workers form a process group (gloo on CPU, NCCL on GPU) and all-reduce
 from __future__ import annotations
 
 import json
-import platform
 import socket
 import tempfile
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 import torch.distributed as dist
 from ray.train.torch import TorchTrainer
 
+import platform
 from swinray.config import DoctorConfig
 from swinray.runtime import init_ray, use_gpu
 from swinray.storage import ray_storage_path

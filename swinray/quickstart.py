@@ -29,7 +29,8 @@ def quickstart_steps(preset: str) -> list[tuple[str, Callable[[dict], list[str]]
     ]
 
 
-def run_quickstart(cfg: QuickstartConfig, run_verb: Callable[[str, list[str]], dict], log) -> dict:
+def run_quickstart(cfg: QuickstartConfig, log=print) -> dict:
+    from swinray.cli import run_verb
     results = {}
     for i, (verb, make_argv) in enumerate(quickstart_steps(cfg.preset), start=1):
         argv = make_argv(results)

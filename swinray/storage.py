@@ -14,10 +14,17 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
+import math
 import os
 import shutil
+import time
 import uuid
+import warnings
 from pathlib import Path
+from typing import Callable, Iterator
+
+from swinray.errors import ConfigError
 
 MIRROR_ENV = "SWINRAY_STORAGE_MIRROR"   # the node-local mirror of object storage (same on every node)
 URI_SCHEMES = ("s3", "gs")              # what pyarrow.fs (and so Ray Train and Tune) can write to
@@ -29,7 +36,6 @@ def is_uri(location: str | Path) -> bool:
 
 def check_storage(location: str, key: str) -> None:
     """A local path, or a URI of an object store we can write to; anything else is a ConfigError."""
-    from swinray.config_codec import ConfigError
     scheme = str(location).split("://", 1)[0] if is_uri(location) else ""
     if scheme and (scheme not in URI_SCHEMES or not str(location).split("://", 1)[1].strip("/")
                    or "?" in str(location)):       # options go in the environment (AWS_ENDPOINT_URL)
@@ -99,6 +105,38 @@ def upload(path: str | Path) -> None:
         with contextlib.suppress(Exception):
             fs.delete_file(key)
         raise
+
+
+def atomic_write(path: str | Path, write: Callable) -> Path:
+    """Write a file whole: ``write(f)`` into a temporary name, renamed into place (a reader or a crash
+    never sees half a file), then, in object storage, uploaded."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    upload(path)
+    return path
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    return atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def write_json(path: str | Path, data, indent: int = 1) -> Path:
+    return write_text(path, json.dumps(data, indent=indent) + "\n")
+
+
+@contextlib.contextmanager
+def publishing(folder: str | Path) -> Iterator[Path]:
+    """A folder written by the block (a generated dataset), uploaded whole when the block ends."""
+    folder = Path(folder)
+    yield folder
+    upload(folder)
 
 
 def remote_exists(path: str | Path) -> bool:
@@ -218,3 +256,34 @@ def checkpoint_location(checkpoint_path: str, storage_path: str) -> str:
     if is_uri(storage_path) and not is_uri(checkpoint_path):
         return f"{storage_path.split('://', 1)[0]}://{checkpoint_path.lstrip('/')}"
     return checkpoint_path
+
+
+class SyncedLog:
+    """An append-only text log: written here line by line and, in object storage, uploaded whole at
+    least every ``every_s`` seconds and at every ``sync()``. A run resumed on another node first
+    fetches the lines written before. An upload failure warns once; appending goes on."""
+
+    def __init__(self, path: str | Path, every_s: float = 10.0):
+        self.path, self.every_s = Path(path), every_s
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.mirrored = remote_of(self.path) is not None
+        self.synced_at = time.monotonic() if self.mirrored and fetch_newer(self.path) else -math.inf
+        self.error: str | None = None
+
+    def append(self, line: str) -> None:
+        with self.path.open("a") as f:
+            f.write(line.rstrip("\n") + "\n")
+        if self.mirrored and time.monotonic() - self.synced_at >= self.every_s:
+            self.sync()
+
+    def sync(self) -> None:
+        if not self.mirrored:
+            return
+        self.synced_at = time.monotonic()
+        try:
+            upload(self.path)
+        except Exception as e:
+            if self.error is None:
+                warnings.warn(f"could not upload {self.path} to {remote_of(self.path)} ({type(e).__name__}: {e}); "
+                              "it stays on this node", RuntimeWarning, stacklevel=2)
+            self.error = f"{type(e).__name__}: {e}"

@@ -11,32 +11,16 @@ from __future__ import annotations
 import base64
 import json
 import math
-import os
 import time
 import urllib.parse
 import warnings
 from pathlib import Path
 from typing import Any
 
-from swinray.storage import fetch_newer, is_uri, remote_of, upload
-
+from swinray.storage import SyncedLog
 
 AIM_UI = "http://127.0.0.1:43800"    # `aim up` as cluster/*.yaml runs it on the head, reached by `ray attach -p 43800`
-AIM_REPO_ENV = "SWINRAY_AIM_REPO"     # set on a cluster's head (cluster/*.yaml): its tracking server
 UPLOAD_EVERY_S = 10.0                 # a metrics log in object storage is re-uploaded this often (and at the end)
-
-
-def aim_repo_for(aim_repo: str, storage: str) -> str:
-    """``run.aim_repo`` if set (a path or aim://HOST:PORT), else ``$SWINRAY_AIM_REPO`` (the cluster's
-    tracking server, so jobs need no flag), else ``<storage>/.aim``. Aim cannot write to object
-    storage, and a repo per node's mirror would scatter the runs: there it must be named."""
-    repo = aim_repo or os.environ.get(AIM_REPO_ENV, "")
-    if not repo and is_uri(storage):
-        from swinray.config import ConfigError
-        raise ConfigError(f"run.storage={storage}: Aim cannot write to object storage; set run.aim_repo "
-                          f"(--aim-repo) to aim://HOST:PORT (cluster/gpu.yaml runs one on the head and sets "
-                          f"${AIM_REPO_ENV} there) or to a path on this machine")
-    return repo or str(Path(storage).resolve())
 
 
 def aim_ui_command(repo: str) -> str:
@@ -66,12 +50,7 @@ class Tracker:
 
     def __init__(self, jsonl_path: str | Path, aim_repo: str | None, experiment: str,
                  params: dict | None = None, run_hash: str | None = None, name: str = ""):
-        self.jsonl_path = Path(jsonl_path)
-        self.jsonl_path.parent.mkdir(parents=True, exist_ok=True)
-        # In object storage: a resumed run's earlier lines may have been written on another node
-        self.mirrored = remote_of(self.jsonl_path) is not None
-        self.uploaded_at = time.monotonic() if self.mirrored and fetch_newer(self.jsonl_path) else -math.inf
-        self.upload_error: str | None = None
+        self.jsonl = SyncedLog(jsonl_path, UPLOAD_EVERY_S)
         self.aim_run = None
         self.aim_error: str | None = None
         if aim_repo:
@@ -93,7 +72,7 @@ class Tracker:
         except Exception as e:  # Aim may fail in many ways; training must not
             self.aim_error = f"{type(e).__name__}: {e}"
             warnings.warn(f"Aim tracking is off for the rest of this run ({self.aim_error}); "
-                          f"metrics still go to {self.jsonl_path}", RuntimeWarning, stacklevel=3)
+                          f"metrics still go to {self.jsonl.path}", RuntimeWarning, stacklevel=3)
             self.aim_run = None
 
     @property
@@ -102,10 +81,7 @@ class Tracker:
 
     def log(self, metrics: dict[str, Any], step: int, context: dict | None = None) -> None:
         """One JSON line per call, stamped with wall time (benchmarks time whole steps from it)."""
-        with self.jsonl_path.open("a") as f:
-            f.write(json.dumps({"step": step, "time": time.time(), **metrics}) + "\n")
-        if self.mirrored and time.monotonic() - self.uploaded_at >= UPLOAD_EVERY_S:
-            self.upload_log()
+        self.jsonl.append(json.dumps({"step": step, "time": time.time(), **metrics}))
         if self.aim_run is not None:
             def track():
                 for name, value in metrics.items():
@@ -124,23 +100,10 @@ class Tracker:
     def checkpointed(self) -> None:
         """At a checkpoint: the log in object storage reaches at least as far as the checkpoint, so a
         run resumed from it on another node loses no line."""
-        if self.mirrored:
-            self.upload_log()
-
-    def upload_log(self) -> None:
-        """The metrics log to its object store; failing only warns (once): training goes on."""
-        self.uploaded_at = time.monotonic()
-        try:
-            upload(self.jsonl_path)
-        except Exception as e:
-            if self.upload_error is None:
-                warnings.warn(f"could not upload {self.jsonl_path} to {remote_of(self.jsonl_path)} "
-                              f"({type(e).__name__}: {e}); it stays on this node", RuntimeWarning, stacklevel=2)
-            self.upload_error = f"{type(e).__name__}: {e}"
+        self.jsonl.sync()
 
     def close(self) -> None:
-        if self.mirrored:
-            self.upload_log()
+        self.jsonl.sync()
         if self.aim_run is not None:
             run_hash, repo = self.aim_run.hash, self.aim_run.repo
             self._guard(self.aim_run.close)

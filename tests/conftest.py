@@ -67,6 +67,14 @@ def write_dicom_series(folder, hu, spacing, origin_ras, series_uid=None, skip=()
     return folder
 
 
+def aim_hparams(aim_repo) -> dict[str, dict]:
+    """Per run (by name), the hyperparameters it logged, read back through Aim's SDK."""
+    from aim import Repo, Run
+    repo = Repo.from_path(str(aim_repo))
+    runs = [Run(h, repo=str(aim_repo), read_only=True) for h in repo.list_all_runs()]
+    return {run.name: run["hparams"] for run in runs}
+
+
 def aim_images(aim_repo, name: str) -> dict[str, dict[int, tuple]]:
     """Per run (by name), the images it logged as ``name``: step -> (width, height, caption),
     read back through Aim's query SDK."""

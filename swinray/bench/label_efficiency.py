@@ -16,8 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from swinray.config import BenchConfig, ConfigError, FinetuneConfig, apply_overrides, preset
-from swinray.data.cache import write_json
-from swinray.storage import is_uri, local_file
+from swinray.storage import is_uri, local_file, write_json
 from swinray.train.finetune import run_finetune
 
 SCRATCH = "scratch"

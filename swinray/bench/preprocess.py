@@ -26,14 +26,15 @@ import torch
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 
 from swinray.config import BenchConfig, ConfigError
-from swinray.data.cache import write_case, write_json
+from swinray.data.cache import write_case
 from swinray.data.datasets import Case
 from swinray.data.preprocess import run_cases
-from swinray.data.source import load_source, under_storage
 from swinray.data.tasks import TaskSpec
 from swinray.data.transforms import preprocess_transforms
 from swinray.progress import Progress
+from swinray.resolve import resolve_data
 from swinray.runtime import init_ray
+from swinray.storage import write_json
 
 
 def baseline_loop(cases: list[Case], task: TaskSpec, out: Path) -> None:
@@ -80,7 +81,7 @@ def _baseline(cases: list[Case], task: TaskSpec, threads: int):
 def bench_preprocess(cfg: BenchConfig, log=print) -> dict:
     if cfg.rounds < 1:
         raise ConfigError(f"rounds={cfg.rounds}: need at least one round")
-    dataset = load_source(under_storage(cfg.data, cfg.run.storage), log)
+    _, dataset, _ = resolve_data(cfg.data, cfg.run.storage, log)
     cases = list(dataset.cases[: cfg.data.max_cases or None])
     _warm_page_cache(cases)
     cluster = init_ray(cfg.run)

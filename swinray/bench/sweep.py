@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from swinray.config import BenchConfig, FinetuneConfig, SweepConfig, preset
-from swinray.data.cache import write_json
+from swinray.storage import write_json
 from swinray.sweep.run import run_sweep
 
 
@@ -25,7 +25,8 @@ def arm_config(cfg: BenchConfig, search: str, scheduler: str) -> SweepConfig:
     base = preset(FinetuneConfig, cfg.finetune_preset)
     base = replace(base, data=cfg.data, run=replace(base.run, ray_address=cfg.run.ray_address))
     samples = (cfg.budget_steps or base.optim.num_steps) * base.optim.batch_size
-    return SweepConfig(finetune=base, trials=cfg.sweep_trials, trial_samples=samples, search=search, scheduler=scheduler,
+    return SweepConfig(finetune=base, trials=cfg.sweep_trials, trial_samples=samples, search=search,
+                       scheduler=scheduler,
                        seed=cfg.run.seed, name=f"bench-{search}-{scheduler}", storage=str(Path(cfg.out_dir) / "sweeps"))
 
 
@@ -34,7 +35,8 @@ def bench_sweep(cfg: BenchConfig, log=print) -> dict:
     for search, scheduler in (("tpe", "asha"), ("random", "none")):
         log(f"bench sweep: {search} + {scheduler}, {cfg.sweep_trials} trials of {cfg.finetune_preset}")
         (summary,) = run_sweep(arm_config(cfg, search, scheduler), log)["sweeps"]
-        arms[f"{search}+{scheduler}"] = {"best_val_dice": summary["best_val_dice"], "trial_steps": summary["trial_steps"],
+        arms[f"{search}+{scheduler}"] = {"best_val_dice": summary["best_val_dice"],
+                                         "trial_steps": summary["trial_steps"],
                                          "trial_samples": summary["trial_samples"],
                                          "early_stopped": summary["early_stopped"], "errored": summary["errored"],
                                          "table": summary["table"]}

@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from swinray.config import BenchConfig, ConfigError, FinetuneConfig, apply_overrides, preset
-from swinray.data.cache import write_json
+from swinray.storage import write_json
 from swinray.train.finetune import run_finetune
 
 BASELINE = Path(__file__).resolve().parents[2].parent / "shared" / "baselines" / "hippo_monai_baseline.py"
@@ -80,7 +80,8 @@ def bench_time_to_dice(cfg: BenchConfig, log=print) -> dict:
         raise ConfigError("the baseline log has no FINAL line: it did not finish")
     ours_cfg = preset(FinetuneConfig, "cpu-hippocampus")
     ours_cfg = replace(ours_cfg, data=replace(cfg.data, max_cases=0), run=replace(
-        ours_cfg.run, name=f"bench-time-to-dice-{time.strftime('%Y%m%d-%H%M%S')}", storage=str(Path(cfg.out_dir) / "time_to_dice"),
+        ours_cfg.run, name=f"bench-time-to-dice-{time.strftime('%Y%m%d-%H%M%S')}",
+        storage=str(Path(cfg.out_dir) / "time_to_dice"),
         ray_address=cfg.run.ray_address))
     ours_cfg = apply_overrides(ours_cfg, {"split.shuffle": False, "split.num_folds": 5, "split.fold": 0,
                                           "seg.max_minutes": cfg.budget_minutes / 2})

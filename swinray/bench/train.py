@@ -22,32 +22,31 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from monai.optimizers import WarmupCosineSchedule
 
-from models.registry import build_ssl_head
-from swinray.config import BenchConfig, ConfigError, PreprocessConfig, PretrainConfig, preset
-from swinray.data.cache import write_json
-from swinray.data.preprocess import run_preprocess
+from swinray.config import BenchConfig, ConfigError, PretrainConfig, preset
+from swinray.data.preprocess import preprocess_dataset
+from swinray.models.registry import build_ssl_head
 from swinray.pretext.losses import ssl_loss
 from swinray.pretext.views import make_ssl_batch
+from swinray.resolve import resolve_pretrain
 from swinray.runtime import init_ray, shutdown_local_ray
-from swinray.storage import local_path
+from swinray.storage import local_path, write_json
 from swinray.train.crops import crop_batch, step_generator
 from swinray.train.pretrain import run_pretrain
+from swinray.train.state import make_optimizer
 from swinray.train.trainer import worker_resources
 
 _WARMUP_STEPS = 3
 _DEFAULT_STEPS = 30         # per run; steps of both loops take about 0.7 s here
 
 
-def plain_loop(cfg: PretrainConfig, paths: list[str], in_channels: int, threads: int) -> list[float]:
+def plain_loop(cfg: PretrainConfig, paths: list[str], threads: int) -> list[float]:
     """What a user writes: the same step in a for loop, crops read inline. Seconds per step."""
     torch.set_num_threads(threads)
     torch.manual_seed(cfg.run.seed)
-    model = build_ssl_head(in_channels=in_channels, feature_size=cfg.model.feature_size,
+    model = build_ssl_head(in_channels=cfg.model.in_channels, feature_size=cfg.model.feature_size,
                            roi_size=cfg.model.roi_size, window_size=cfg.model.window_size)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    scheduler = WarmupCosineSchedule(optimizer, cfg.optim.warmup_steps, cfg.optim.num_steps)
+    optimizer, scheduler = make_optimizer(model, cfg.optim)
     weights = (cfg.pretext.rotation_weight, cfg.pretext.contrastive_weight, cfg.pretext.reconstruction_weight)
     times = []
     for step in range(cfg.optim.num_steps):
@@ -85,7 +84,9 @@ def bench_train(cfg: BenchConfig, log=print) -> dict:
     pre = replace(pre, data=cfg.data, optim=replace(pre.optim, num_steps=steps),
                   run=replace(cfg.run, num_workers=1, checkpoint_every_steps=every,
                               storage=str(Path(cfg.out_dir) / "train")))
-    cache = run_preprocess(PreprocessConfig(data=pre.data, run=pre.run), log)
+    resolved = resolve_pretrain(pre, log)
+    pre = resolved.cfg
+    cache = preprocess_dataset(resolved.dataset, Path(resolved.paths.cache), pre.data.max_cases, pre.run, log)
     cases = json.loads(local_path(cache["manifest"]).read_text())["cases"]
     _, threads = worker_resources(init_ray(pre.run)["cpus"], 1, gpu=False)
     shutdown_local_ray()
@@ -93,7 +94,7 @@ def bench_train(cfg: BenchConfig, log=print) -> dict:
     rounds, waits, plain_all, ours_all = [], [], [], []
     for r in range(cfg.rounds):
         log(f"round {r + 1}/{cfg.rounds}: plain PyTorch loop, {steps} steps, {threads} thread(s)")
-        plain = plain_loop(pre, [c["path"] for c in cases], cases[0]["shape"][0], threads)[_WARMUP_STEPS:]
+        plain = plain_loop(pre, [c["path"] for c in cases], threads)[_WARMUP_STEPS:]
         log(f"round {r + 1}/{cfg.rounds}: ours, Ray Train, 1 worker, {steps} steps, a checkpoint every {every}")
         ours, rows = _ours(replace(pre, run=replace(pre.run, name=f"bench-train-{stamp}-{r + 1}")), log)
         shutdown_local_ray()

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from swinray.data.datasets import Case, Dataset
-from swinray.storage import exists, fetch, local_path, remote_of, shown, upload
+from swinray.storage import atomic_write, exists, fetch, local_path, remote_of, shown
 
 PIPELINE_VERSION = 1  # bump when the transforms change meaning, so old caches are not reused
 
@@ -65,17 +65,6 @@ def cached_row(cache: Path, case: Case) -> dict | None:
     return {**row, "path": str(data_path)}     # this node's mirror may sit elsewhere than the writer's
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    upload(path)
-
-
 def write_case(cache: Path, case_id: str, image: np.ndarray, label: np.ndarray | None, row: dict) -> None:
     data_path, meta_path = case_paths(cache, case_id)
     data_path.parent.mkdir(parents=True, exist_ok=True)
@@ -88,8 +77,8 @@ def write_case(cache: Path, case_id: str, image: np.ndarray, label: np.ndarray |
         for a in arrays.values():
             np.ascontiguousarray(a).tofile(f)
 
-    _atomic_write(data_path, write)
-    _atomic_write(meta_path, lambda f: f.write(json.dumps(row).encode()))
+    atomic_write(data_path, write)
+    atomic_write(meta_path, lambda f: f.write(json.dumps(row).encode()))
 
 
 def read_case(path: str | Path, mmap: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
@@ -99,16 +88,6 @@ def read_case(path: str | Path, mmap: bool = True) -> tuple[np.ndarray, np.ndarr
     record = np.load(path, mmap_mode="r" if mmap else None)
     label = record["label"][0] if "label" in record.dtype.names else None
     return record["image"][0], label
-
-
-def write_json(path: Path, data) -> None:
-    write_text(path, json.dumps(data, indent=1) + "\n")
-
-
-def write_text(path: Path, text: str) -> None:
-    """Written whole (temporary name, then rename) and, in object storage, uploaded."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def fingerprint(rows: list[dict]) -> dict:

@@ -4,7 +4,7 @@ Accepted sources: a folder with an MSD ``dataset.json`` (or BTCV's ``dataset_0.j
 ``training``/``validation`` lists), a dataset file itself, or a plain folder of unlabelled NIfTI
 volumes (pretraining corpora). Paths listed in a dataset file must stay inside the dataset root.
 
-    python -c "from swinray.data.datasets import load_dataset; print(load_dataset('../shared/data/Task04_Hippocampus').task)"
+    python -c "from swinray.data.datasets import load_dataset; print(load_dataset('data/msd/Task04_Hippocampus').task)"
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from monai.data import load_decathlon_datalist
 
 from swinray.data.nifti import ras_spacing
 from swinray.data.tasks import TASKS, TaskSpec
+from swinray.errors import DatasetError
 
 DATASET_FILES = ("dataset.json", "dataset_0.json")
 SPLITS = ("training", "validation", "test")
@@ -29,10 +30,6 @@ _CT_FALLBACK_WINDOW = (-175.0, 250.0)  # the reference BTCV window, for CT witho
 # Tang et al. 2022 pretrain on CT resampled to 1.5 x 1.5 x 2.0 mm with HU clipped to [-1000, 1000].
 PRETRAIN_CT_SPACING_MM = (1.5, 1.5, 2.0)
 PRETRAIN_CT_WINDOW_HU = (-1000.0, 1000.0)
-
-
-class DatasetError(ValueError):
-    """A dataset file or folder is unusable; the message names the file and the problem."""
 
 
 @dataclass(frozen=True)
@@ -141,13 +138,16 @@ def _folder_cases(folder: Path) -> list[Case]:
     return cases
 
 
-def registry_task(task: str) -> TaskSpec | None:
-    """The registry's task of that name, None for ``auto``; an unknown name is an error."""
-    if task == "auto":
-        return None
-    if task not in TASKS:
-        raise DatasetError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)} or auto")
-    return TASKS[task]
+def registry_task(task: str, inferred_name: str) -> TaskSpec | None:
+    """The registry's task of that name; None for ``auto`` or for ``inferred_name``, the name a task
+    inferred from this data gets (what a resolved config.json holds); any other name is an error,
+    before any volume is read."""
+    if task in TASKS:
+        return TASKS[task]
+    if task not in ("auto", inferred_name):
+        raise DatasetError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}, auto, or {inferred_name!r} "
+                           "(this data's own settings, inferred from it)")
+    return None
 
 
 def load_dataset(source: str | Path, task: str = "auto") -> Dataset:
@@ -161,8 +161,8 @@ def load_dataset(source: str | Path, task: str = "auto") -> Dataset:
         (cases, rejected), root = _listed_cases(dataset_file, meta), dataset_file.parent
     if not cases:
         raise DatasetError(f"{dataset_file}: no usable case; " + "; ".join(rejected))
-    spec = (registry_task(task) or TASKS.get(root.resolve().name)
-            or infer_task(root.resolve().name, meta, cases, dataset_file or root))
+    name = root.resolve().name
+    spec = registry_task(task, name) or TASKS.get(name) or infer_task(name, meta, cases, dataset_file or root)
     return Dataset(root.resolve(), dataset_file, spec, tuple(cases), tuple(rejected))
 
 
@@ -201,14 +201,14 @@ def collection_name(folder: Path, taken: set[str]) -> str:
 def load_corpus(entries: tuple[str, ...], task: str = "auto") -> Dataset:
     """Several collections of unlabelled volumes as one pretraining dataset; case ids are
     ``<collection>-<file>``, so files named alike in two collections stay apart."""
-    folders, taken, cases = corpus_folders(entries), set(), []
-    for folder in folders:
-        collection = collection_name(folder, taken)
-        cases += [Case(f"{collection}-{c.case_id}", c.image, None, "training", collection)
-                  for c in _folder_cases(folder)]
-    root = Path(os.path.commonpath(folders))
+    folders, taken = corpus_folders(entries), set()
+    collections = [(folder, collection_name(folder, taken)) for folder in folders]
     name = "corpus-" + "+".join(sorted(taken)) if len(taken) <= 3 else f"corpus-{len(taken)}-collections"
-    spec = registry_task(task) or infer_task(name, {}, cases, root)
+    registered = registry_task(task, name)
+    cases = [Case(f"{collection}-{c.case_id}", c.image, None, "training", collection)
+             for folder, collection in collections for c in _folder_cases(folder)]
+    root = Path(os.path.commonpath(folders))
+    spec = registered or infer_task(name, {}, cases, root)
     return Dataset(root, None, spec, tuple(cases), (), tuple(str(f) for f in folders))
 
 

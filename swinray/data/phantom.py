@@ -302,3 +302,9 @@ def write_phantom_dataset(out_dir: str | Path, num_cases: int, seed: int = 0,
     dataset_file.write_text(json.dumps(manifest, indent=2) + "\n")
     return {"out_dir": str(out), "num_cases": num_cases, "dataset_file": str(dataset_file),
             "seconds": round(time.perf_counter() - start, 3)}
+
+
+def run_phantom(cfg, log=print) -> dict:
+    """``python -m platform.phantom``: the dataset of a ``PhantomConfig``."""
+    log(f"writing {cfg.num_cases} phantom CT case(s) of {cfg.shape} voxels to {cfg.out_dir}")
+    return {"command": "phantom", **write_phantom_dataset(cfg.out_dir, cfg.num_cases, cfg.seed, cfg.shape)}

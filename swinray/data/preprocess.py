@@ -15,15 +15,15 @@ from pathlib import Path
 
 import ray
 
-from swinray.config import PreprocessConfig
+from swinray.config import PreprocessConfig, RunConfig
+from swinray.data.cache import cached_row, fingerprint
 from swinray.data.case_pipeline import process_case
-from swinray.data.cache import cache_dir_for, cached_row, fingerprint, write_json
-from swinray.data.datasets import Case
-from swinray.data.source import load_source, under_storage
+from swinray.data.datasets import Case, Dataset
 from swinray.data.tasks import TaskSpec
 from swinray.progress import Progress
+from swinray.resolve import Resolved, resolve_preprocess, save
 from swinray.runtime import init_ray, keep_freed_memory
-from swinray.storage import shown
+from swinray.storage import shown, write_json
 
 # Several cases per Ray task amortise Ray Data's per-task scheduling gap (0.04-0.15 s measured on
 # 2 cores, against 0.15-0.3 s of work per CT); at least 4 tasks per CPU keep the tail balanced.
@@ -55,13 +55,10 @@ def run_cases(todo: list[Case], task: TaskSpec, cache: Path, progress: Progress 
         yield row
 
 
-def run_preprocess(cfg: PreprocessConfig, log=print) -> dict:
-    """Preprocess the configured dataset into its cache; returns the JSON summary."""
-    data = under_storage(cfg.data, cfg.run.storage)
-    dataset = load_source(data, log)
-    cache = cache_dir_for(dataset, data.cache_dir)
+def preprocess_dataset(dataset: Dataset, cache: Path, max_cases: int, run: RunConfig, log=print) -> dict:
+    """Preprocess ``dataset`` into ``cache`` (finished cases are skipped); returns the JSON summary."""
     log(f"dataset {shown(dataset.root)} (task {dataset.task.name}, {len(dataset.cases)} cases) -> cache {shown(cache)}")
-    cases = dataset.cases[: data.max_cases or None]
+    cases = dataset.cases[: max_cases or None]
     rows, todo = {}, []
     for case in cases:
         row = cached_row(cache, case)
@@ -73,7 +70,7 @@ def run_preprocess(cfg: PreprocessConfig, log=print) -> dict:
     log(f"{len(rows)} case(s) already cached, {len(todo)} to do")
     written = 0
     if todo:
-        cluster = init_ray(cfg.run)
+        cluster = init_ray(run)
         log(f"ray: {cluster['nodes']} node(s), {cluster['cpus']:g} CPU")
         progress = Progress(len(todo), "case", "preprocess")
         for row in run_cases(todo, dataset.task, cache, progress):
@@ -96,3 +93,15 @@ def run_preprocess(cfg: PreprocessConfig, log=print) -> dict:
             "cache_dir": shown(cache), "manifest": shown(cache / "manifest.json"),
             "rejected_report": shown(cache / "rejected.json"), "worker_peak_rss_mb": peak,
             "ok": bool(ordered)}
+
+
+def preprocess(resolved: Resolved, log=print) -> dict:
+    cfg: PreprocessConfig = resolved.cfg
+    return preprocess_dataset(resolved.dataset, Path(resolved.paths.cache), cfg.data.max_cases, cfg.run, log)
+
+
+def run_preprocess(cfg: PreprocessConfig, log=print) -> dict:
+    """Resolve, save and run: what ``python -m platform.preprocess`` does."""
+    resolved = resolve_preprocess(cfg, log)
+    save(resolved)
+    return preprocess(resolved, log)

@@ -1,36 +1,28 @@
 """Which dataset a command reads: the one the user named, or the built-in phantom."""
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
-from swinray.config import ConfigError, DataConfig
-from swinray.storage import fetch, is_uri, local_path, remote_exists, shown, upload
-
-
-def under_storage(data: DataConfig, storage: str) -> DataConfig:
-    """``data`` with its unset folders (cache, phantom) under ``run.storage``. On a cluster that is
-    the shared filesystem every node mounts, so every node reads the cases any node wrote."""
-    root = local_path(storage)          # an object store's node-local mirror (swinray.storage)
-    return replace(data, cache_dir=data.cache_dir or str(root / "cache"),
-                   phantom_dir=data.phantom_dir or str(root / "phantom"))
+from swinray.config import DataConfig
+from swinray.errors import ConfigError
+from swinray.storage import fetch, is_uri, local_path, publishing, remote_exists, shown
 
 
 def resolve_source(data: DataConfig, log=print) -> Path:
-    """``data.source`` if set; otherwise the phantom in ``data.phantom_dir`` (see ``under_storage``),
-    written if missing."""
+    """``data.source`` if set; otherwise the phantom in ``data.phantom_dir`` (placed by
+    ``swinray.resolve``), written if missing."""
     if data.source:
         return Path(data.source)
     if not data.phantom_dir:
-        raise ConfigError("data.phantom_dir is unset: place it with under_storage(data, run.storage) first")
+        raise ConfigError("data.phantom_dir is unset: resolve the config first (swinray.resolve.place_folders)")
     phantom = local_path(data.phantom_dir)
     if not (phantom / "dataset.json").exists() and remote_exists(phantom / "dataset.json"):
         fetch(phantom, refresh=True)    # written by another node to object storage: all of it (small)
     if not (phantom / "dataset.json").exists():
         from swinray.data.phantom import write_phantom_dataset
         log(f"no --data given: writing the built-in CT phantom ({data.num_phantom_cases} cases) to {shown(phantom)}")
-        write_phantom_dataset(phantom, data.num_phantom_cases)
-        upload(phantom)
+        with publishing(phantom):
+            write_phantom_dataset(phantom, data.num_phantom_cases)
     return phantom
 
 

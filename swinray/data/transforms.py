@@ -17,12 +17,19 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import (CastToTyped, Compose, CropForegroundd, MapTransform,
-                              NormalizeIntensityd, Orientationd, ScaleIntensityRanged, Zoom)
+from monai.transforms import (
+    CastToTyped,
+    Compose,
+    CropForegroundd,
+    MapTransform,
+    NormalizeIntensityd,
+    Orientationd,
+    ScaleIntensityRanged,
+    Zoom,
+)
 
 from swinray.data.nifti import ras_spacing
 from swinray.data.tasks import TaskSpec
-
 
 CT_BODY_HU = -500.0  # between air (-1000) and fat (-100): the body, not just what the window shows
 

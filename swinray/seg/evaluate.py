@@ -16,21 +16,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.segmenter import load_segmenter
 from swinray.config import EvaluateConfig
-from swinray.data.datasets import DatasetError, load_dataset
+from swinray.data.datasets import load_dataset
 from swinray.data.nifti import CaseError
 from swinray.data.tasks import task_from_dict
+from swinray.errors import ConfigError, DatasetError
+from swinray.models.segmenter import load_segmenter
 from swinray.progress import Progress
-from swinray.storage import local_file
 from swinray.seg.metrics import dice_per_case, hd95_per_case
 from swinray.seg.model_input import segment_case
+from swinray.storage import local_file
 
 
 def pick_device(choice: str) -> torch.device:
     """cuda when asked, or when "auto" and torch sees a GPU; the CPU otherwise."""
     if choice == "cuda" and not torch.cuda.is_available():
-        raise DatasetError("device=cuda but torch sees no GPU; use device=cpu or auto")
+        raise ConfigError("device=cuda but torch sees no GPU; use device=cpu or auto")
     return torch.device("cuda" if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()) else "cpu")
 
 

@@ -1,7 +1,7 @@
 """The sweep driver: plan once per task, run the Tune experiment (or restore it), write the outputs.
 
     python -m platform.sweep --preset debug
-    python -m platform.sweep --preset cpu-hippocampus --data ../shared/data/Task04_Hippocampus --trials 12
+    python -m platform.sweep --preset cpu-hippocampus --data data/msd/Task04_Hippocampus --trials 12
     python -m platform.sweep --tasks all --data /data/msd      # one sweep per task folder found
 
 Per task, under ``<storage>/<name>`` (``<name>-<task>`` with several tasks): ``tune/`` (Tune's
@@ -19,22 +19,31 @@ from pathlib import Path
 import ray.tune
 from ray.tune import Tuner
 
-from search_spaces import space_for
-from search_spaces.common import SpaceContext
-from swinray.config import ConfigError, FinetuneConfig, SweepConfig, save_config
-from swinray.data.cache import write_json, write_text
+from swinray.config import FinetuneConfig, SweepConfig, save_config
 from swinray.data.tasks import TASKS
+from swinray.errors import ConfigError, UserError
+from swinray.resolve import Resolved, resolve_finetune, resolve_sweep, save, sweep_dir
 from swinray.runtime import init_ray, use_gpu
+from swinray.search_spaces import space_for
+from swinray.search_spaces.common import SpaceContext
+from swinray.storage import (
+    checkpoint_location,
+    copy_to_local,
+    exists,
+    fetch,
+    ray_storage_path,
+    shown,
+    write_json,
+    write_text,
+)
 from swinray.sweep.budget import trial_budget
 from swinray.sweep.cleanup import FreeTrialWorkers, close_trial_runs
 from swinray.sweep.progress import SweepProgress
 from swinray.sweep.report import summarise
 from swinray.sweep.searcher import export_study, make_scheduler, make_searcher
 from swinray.sweep.trial import run_trial, trial_config
-from swinray.tracking import aim_explorer_url, aim_repo_for, aim_ui_command
-from swinray.storage import (checkpoint_location, copy_to_local, exists, fetch, local_path, ray_storage_path,
-                             shown)
-from swinray.train.finetune import plan_finetune, with_pretrained_located, write_run_records
+from swinray.tracking import aim_explorer_url, aim_ui_command
+from swinray.train.finetune import plan_finetune
 from swinray.train.trainer import worker_resources
 
 TRIAL_ACTOR_CPU = 0.01  # the Tune function only waits on its trainer; Train workers hold the real CPUs
@@ -76,26 +85,23 @@ def concurrency(cfg: SweepConfig, cluster: dict, gpu: bool) -> int:
     return int(max(1, min(cfg.trials, fits)))
 
 
-def sweep_task(cfg: SweepConfig, base: FinetuneConfig, sweep_name: str, log=print) -> dict:
-    aim_repo = aim_repo_for(base.run.aim_repo, base.run.storage)      # a bad setting fails before any work
-    base = with_pretrained_located(base)     # trials and best_config.json name it so any node finds it
-    plan, report = plan_finetune(base, log)
-    task = plan.task["name"]
-    sweep_dir = local_path(cfg.storage) / sweep_name
-    trials_dir = sweep_dir / "trials"
-    write_run_records(plan, report, sweep_dir)
+def sweep_task(cfg: SweepConfig, resolved: Resolved, sweep_name: str, log=print) -> dict:
+    """One task's sweep; ``resolved``: its fine-tuning base, resolved, with its split in the sweep folder."""
+    plan = plan_finetune(resolved, log)
+    base, task = plan.cfg, plan.cfg.data.task
+    folder = sweep_dir(cfg, sweep_name)
+    trials_dir = folder / "trials"
     cluster = init_ray(base.run)
     gpu = use_gpu(base.run)
     concurrent = concurrency(cfg, cluster, gpu)
     resources, threads = worker_resources(cluster["cpus"] / concurrent, base.run.num_workers, gpu)
     trainable = ray.tune.with_resources(
         ray.tune.with_parameters(run_trial, plan=plan, trials_dir=str(trials_dir), experiment=sweep_name,
-                                 aim_repo=aim_repo, gpu=gpu,
-                                 resources=resources, threads=threads),
+                                 gpu=gpu, resources=resources, threads=threads),
         {"CPU": TRIAL_ACTOR_CPU})
     # Checkpoint-only reports carry no val_dice: ASHA and our searcher skip them (Tune would abort)
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
-    experiment = sweep_dir / TUNE_DIR
+    experiment = folder / TUNE_DIR
     budget = trial_budget(cfg.trial_samples or base.optim.num_steps * base.optim.batch_size,
                           cfg.reduction_factor, cfg.rungs)
     if Tuner.can_restore(ray_storage_path(experiment)):
@@ -103,19 +109,20 @@ def sweep_task(cfg: SweepConfig, base: FinetuneConfig, sweep_name: str, log=prin
         tuner = Tuner.restore(ray_storage_path(experiment), trainable, resume_unfinished=True, resume_errored=False)
     else:
         log(f"sweep {sweep_name} on {task}: {cfg.trials} trial(s) of {budget.samples} training samples, "
-            f"{budget.validations} validations each, {cfg.search} + {cfg.scheduler}, {concurrent} at a time, {base.run.num_workers} worker(s) each ({resources}) -> {shown(sweep_dir)}")
+            f"{budget.validations} validations each, {cfg.search} + {cfg.scheduler}, {concurrent} at a time, "
+            f"{base.run.num_workers} worker(s) each ({resources}) -> {shown(folder)}")
         space = TaskSpace(task, SpaceContext(budget, pretrained=base.seg.pretrained))
         points = json.loads(Path(cfg.start_points).read_text()) if cfg.start_points else None
         tuner = Tuner(trainable, tune_config=ray.tune.TuneConfig(
             search_alg=make_searcher(space, cfg.search, cfg.seed, cfg.trials, points),
             scheduler=make_scheduler(cfg.scheduler, budget, cfg.reduction_factor),
             num_samples=cfg.trials, max_concurrent_trials=concurrent),
-            run_config=ray.tune.RunConfig(name=TUNE_DIR, storage_path=ray_storage_path(sweep_dir),
+            run_config=ray.tune.RunConfig(name=TUNE_DIR, storage_path=ray_storage_path(folder),
                                           failure_config=ray.tune.FailureConfig(max_failures=0), verbose=0,
                                           callbacks=[FreeTrialWorkers(str(trials_dir)),
                                                      SweepProgress(sweep_name, cfg.trials)]))
     grid = tuner.fit()
-    still_open = close_trial_runs(trials_dir, aim_repo)
+    still_open = close_trial_runs(trials_dir, base.run.aim_repo)
     if still_open:
         log(f"sweep {sweep_name}: warning: Aim runs {', '.join(still_open)} of stopped trials are still "
             "locked by their workers; they will show as active in Aim")
@@ -125,46 +132,60 @@ def sweep_task(cfg: SweepConfig, base: FinetuneConfig, sweep_name: str, log=prin
     searcher.restore_from_dir(str(experiment))
     study = export_study(searcher.study)
     summary = summarise(grid, base.optim.num_steps, base.optim.batch_size)
-    write_json(sweep_dir / "trials.json", {"task": task, "trials": summary["rows"], "optuna_study": study})
-    write_text(sweep_dir / "trials.md", summary["markdown"])
-    out = {"task": task, "sweep_dir": shown(sweep_dir), "trials": len(summary["rows"]),
+    write_json(folder / "trials.json", {"task": task, "trials": summary["rows"], "optuna_study": study})
+    write_text(folder / "trials.md", summary["markdown"])
+    out = {"task": task, "sweep_dir": shown(folder), "trials": len(summary["rows"]),
            "early_stopped": summary["early_stopped"], "errored": summary["errored"],
            "trial_steps": summary["trial_steps"], "trial_samples": summary["trial_samples"],
-           "best_val_dice": None, "aim_experiment": sweep_name, "table": shown(sweep_dir / "trials.md"),
+           "best_val_dice": None, "aim_experiment": sweep_name, "table": shown(folder / "trials.md"),
            "aim_link": aim_explorer_url(f'metric.name == "val_dice" and run.experiment == "{sweep_name}"'),
-           "report_command": f"python -m platform.report --aim-repo {aim_repo} --experiment {sweep_name}"}
+           "report_command": f"python -m platform.report --aim-repo {base.run.aim_repo} --experiment {sweep_name}"}
     best = summary["best"]
     if best:
-        best_cfg = trial_config(plan, best["params"], f"{sweep_name}-best", base.run.storage, "")
+        name = f"{sweep_name}-best"
+        best_cfg = trial_config(base, best["params"], name, base.run.storage, name)
         out.update(best_val_dice=best["best_val_dice"], best_trial=best["trial_id"],
-                   best_config=shown(save_config(best_cfg, sweep_dir / "best_config.json")))
+                   best_config=shown(save_config(best_cfg, folder / "best_config.json")))
         model = checkpoint_location(best["model"], ray_storage_path(trials_dir)) if best.get("model") else ""
         if model and exists(model):
-            out["best_model"] = shown(copy_to_local(model, sweep_dir / "best_model.pt"))
+            out["best_model"] = shown(copy_to_local(model, folder / "best_model.pt"))
         log(f"sweep {sweep_name}: best trial {best['trial_id']} Dice {best['best_val_dice']:.4f}; "
             f"fine-tune with it: python -m platform.finetune --config {out['best_config']}")
     log(f"sweep {sweep_name}:\n{summary['markdown']}")
-    log(f"sweep {sweep_name}: compare the trials in Aim (after `{aim_ui_command(aim_repo)}`): "
+    log(f"sweep {sweep_name}: compare the trials in Aim (after `{aim_ui_command(base.run.aim_repo)}`): "
         f"{out['aim_link']}\n  or write a report: {out['report_command']}")
     return out
 
 
-def run_sweep(cfg: SweepConfig, log=print) -> dict:
-    if cfg.trials < 1 or cfg.reduction_factor < 2 or cfg.rungs < 0:
-        raise ConfigError(f"trials={cfg.trials}, reduction_factor={cfg.reduction_factor}, rungs={cfg.rungs}: need at "
-                          "least 1 trial, a reduction factor of at least 2 and no negative number of rungs")
-    targets = sweep_targets(cfg)
-    sweeps = []
-    for base in targets:
-        name = cfg.name if len(targets) == 1 else f"{cfg.name}-{base.data.task}"
-        try:
-            sweeps.append(sweep_task(cfg, base, name, log))
-        except (ConfigError, ValueError, RuntimeError) as e:  # one task's failure never stops the others
-            if len(targets) == 1:
-                raise
-            log(f"sweep {name}: failed: {e}")
-            sweeps.append({"task": base.data.task, "error": str(e)})
-    repo = aim_repo_for(cfg.finetune.run.aim_repo, cfg.finetune.run.storage)  # the repo fine-tuning uses
-    return {"command": "sweep", "sweeps": sweeps, "aim_repo": repo,
-            "aim_command": aim_ui_command(repo),
+def sweep(resolved: Resolved, log=print) -> dict:
+    cfg: SweepConfig = resolved.cfg
+    if not cfg.tasks:
+        sweeps = [sweep_task(cfg, resolved_base(resolved), cfg.name, log)]
+    else:
+        sweeps = []
+        for target in sweep_targets(cfg):
+            name = f"{cfg.name}-{target.data.task}"
+            try:  # one task's failure never stops the others
+                base = resolve_finetune(target, log, split_file=str(sweep_dir(cfg, name) / "split.json"))
+                save(Resolved(replace(cfg, finetune=base.cfg, tasks=()), replace(cfg, finetune=target, tasks=()),
+                              base.paths), sweep_dir(cfg, name))
+                sweeps.append(sweep_task(cfg, base, name, log))
+            except (UserError, ValueError, RuntimeError) as e:
+                log(f"sweep {name}: failed: {e}")
+                sweeps.append({"task": target.data.task, "error": str(e)})
+    repo = cfg.finetune.run.aim_repo
+    return {"command": "sweep", "sweeps": sweeps, "aim_repo": repo, "aim_command": aim_ui_command(repo),
             "ok": all("error" not in s for s in sweeps)}
+
+
+def resolved_base(resolved: Resolved) -> Resolved:
+    """A one-task sweep's resolved fine-tuning base: its section of the resolved sweep config."""
+    cfg: SweepConfig = resolved.cfg
+    return Resolved(cfg.finetune, resolved.requested.finetune, resolved.paths, resolved.dataset)
+
+
+def run_sweep(cfg: SweepConfig, log=print) -> dict:
+    """Resolve, save and run: what ``python -m platform.sweep`` does."""
+    resolved = resolve_sweep(cfg, log)
+    save(resolved)
+    return sweep(resolved, log)

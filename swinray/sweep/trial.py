@@ -6,33 +6,34 @@ trainer picks up its own latest checkpoint instead of starting again.
 """
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import replace
 
 import ray.tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from swinray.config import FinetuneConfig, apply_overrides, field_types
+from swinray.resolve import RunPaths, run_dir
 from swinray.train.finetune import FinetunePlan
 from swinray.train.finetune_loop import train_fn_per_worker
-from swinray.train.trainer import make_trainer
+from swinray.train.trainer import loop_config, make_trainer
 
 SETTABLE = set(field_types(FinetuneConfig))
 
 
-def trial_config(plan: FinetunePlan, params: dict, name: str, storage: str, experiment: str,
-                 aim_repo: str = "") -> FinetuneConfig:
-    """The plan's config with the sampled overrides; helper parameters (not config keys) are ignored."""
+def trial_config(base: FinetuneConfig, params: dict, name: str, storage: str, experiment: str) -> FinetuneConfig:
+    """The resolved base config with the sampled overrides, as its own run (still resolved: a trial
+    samples hyperparameters, never the data); helper parameters (not config keys) are ignored."""
     overrides = {k: v for k, v in params.items() if k in SETTABLE}
-    return apply_overrides(plan.cfg, {**overrides, "run.name": name, "run.storage": storage,
-                                      "run.experiment": experiment, "run.aim_repo": aim_repo or plan.cfg.run.aim_repo})
+    return apply_overrides(base, {**overrides, "run.name": name, "run.storage": storage,
+                                  "run.experiment": experiment})
 
 
-def run_trial(params: dict, plan: FinetunePlan, trials_dir: str, experiment: str, aim_repo: str, gpu: bool,
+def run_trial(params: dict, plan: FinetunePlan, trials_dir: str, experiment: str, gpu: bool,
               resources: dict, threads: int) -> None:
     trial_id = ray.tune.get_context().get_trial_id()
-    cfg = trial_config(plan, params, trial_id, trials_dir, experiment, aim_repo)
-    run_dir = Path(trials_dir) / trial_id
-    trainer = make_trainer(train_fn_per_worker, plan.loop_config(cfg, run_dir, threads), cfg.run, gpu, resources,
+    cfg = trial_config(plan.cfg, params, trial_id, trials_dir, experiment)
+    paths: RunPaths = replace(plan.resolved.paths, run_dir=str(run_dir(trials_dir, trial_id)))
+    trainer = make_trainer(train_fn_per_worker, loop_config(cfg, paths, threads), cfg.run, gpu, resources,
                            callbacks=[TuneReportCallback()])
     metrics = trainer.fit().metrics or {}
     if metrics.get("diverged_step"):  # an error: Tune marks the trial ERROR, Optuna FAIL

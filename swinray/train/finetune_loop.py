@@ -8,9 +8,10 @@ checkpoints (whole training state plus the best model file) that a restart or a 
 """
 from __future__ import annotations
 
+import json
 import math
-import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import ray.train
@@ -18,48 +19,67 @@ import torch
 import torch.distributed as dist
 from monai.data import CacheDataset, DataLoader
 from monai.losses import DiceCELoss
-from monai.optimizers import WarmupCosineSchedule
 
-from models.registry import build_swin_unetr, encoder_stage_parameters
-from models.segmenter import save_segmenter
-from models.weights import load_encoder
-from swinray.config import FinetuneConfig
-from swinray.data.cache import write_text
+from swinray.config import FinetuneConfig, ModelConfig
+from swinray.data.cache import case_paths
+from swinray.models.registry import build_swin_unetr, encoder_stage_parameters
+from swinray.models.segmenter import save_segmenter
+from swinray.models.weights import load_encoder
+from swinray.resolve import RunPaths
 from swinray.seg.inference import predict_probabilities
 from swinray.seg.metrics import DiceMean, dice_per_case
 from swinray.seg.overlay import legend, overlay_pair
-from swinray.storage import local_file
+from swinray.storage import fetch, local_file, write_text
 from swinray.tracking import NullTracker, Tracker
 from swinray.train.seg_data import load_validation_case, train_transforms
+from swinray.train.state import MODEL_FILE, make_optimizer, report, restore, training_state
 from swinray.train.trainer import start_worker
 
-STATE_FILE = "state.pt"
-MODEL_FILE = "model.pt"
+PLACEMENT_GROUP_FILE = "placement_group.id"
+AIM_RUN_FILE = "aim_run.hash"
 
 
-def _restore(model, optimizer, scheduler) -> dict:
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
-        return {"step": 0, "best_dice": -1.0, "best_step": 0, "elapsed_s": 0.0, "aim_run_hash": ""}
-    with checkpoint.as_directory() as directory:
-        state = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
-        best = torch.load(Path(directory) / MODEL_FILE, map_location="cpu", weights_only=True)["state_dict"]
-    model.load_state_dict(state.pop("model"))
-    optimizer.load_state_dict(state.pop("optimizer"))
-    scheduler.load_state_dict(state.pop("scheduler"))
-    torch.set_rng_state(state.pop("torch_rng"))
-    return {**state, "best_state": best}
+def model_kwargs(model: ModelConfig) -> dict:
+    """What ``build_swin_unetr`` needs, from a resolved model section; saved in the model file so
+    evaluation can rebuild the network."""
+    return {"in_channels": model.in_channels, "out_channels": model.out_channels,
+            "feature_size": model.feature_size, "window_size": model.window_size}
 
 
-def _validate(model, paths: list[str], cfg: FinetuneConfig, roi, num_classes: int, device, use_amp: bool,
+def split_paths(paths: RunPaths) -> tuple[list[str], list[str], dict]:
+    """(training case files, validation case files, task) of a run: its split.json and the cache."""
+    cache = Path(paths.cache)
+    for name in (paths.split, cache / "task.json"):
+        fetch(name)
+    split = json.loads(Path(paths.split).read_text())
+    task = json.loads((cache / "task.json").read_text())
+    files = {part: [str(case_paths(cache, case_id)[0]) for case_id in split[part]]
+             for part in ("training", "validation")}
+    return files["training"], files["validation"], task
+
+
+@dataclass
+class Progress:
+    """The loop's own part of the training state (with the model, optimizer and schedule in state.pt)."""
+    step: int = 0
+    elapsed_s: float = 0.0
+    best_dice: float = -1.0
+    best_step: int = 0
+    best_per_class: list = field(default_factory=list)
+    diverged_step: int = 0
+    aim_run_hash: str = ""
+
+
+def _validate(model, paths: list[str], cfg: FinetuneConfig, device, use_amp: bool,
               overlays: int) -> tuple[DiceMean, list]:
     """This rank's validation cases -> Dice sums (all-reduced) and a few (image, truth, pred) slices."""
     model.eval()
+    num_classes = cfg.model.out_channels
     dice, pictures = DiceMean(num_classes - 1), []
     for path in paths:
         image, label = load_validation_case(path)
-        probs = predict_probabilities(model, image.to(device), roi, cfg.seg.sw_batch_size, cfg.seg.sw_overlap,
-                                      use_amp)
+        probs = predict_probabilities(model, image.to(device), cfg.model.roi_size, cfg.seg.sw_batch_size,
+                                      cfg.seg.sw_overlap, use_amp)
         pred = probs.argmax(1, keepdim=True).cpu()
         dice.add(dice_per_case(pred, label, num_classes))
         if len(pictures) < overlays:
@@ -67,10 +87,6 @@ def _validate(model, paths: list[str], cfg: FinetuneConfig, roi, num_classes: in
     model.train()
     dice.all_reduce(device)
     return dice, pictures
-
-
-PLACEMENT_GROUP_FILE = "placement_group.id"
-AIM_RUN_FILE = "aim_run.hash"
 
 
 def _record_for_cleanup(run_dir: Path, tracker) -> None:
@@ -92,26 +108,27 @@ def _stop_now(deadline_passed: bool, device) -> bool:
 
 
 def train_fn_per_worker(config: dict) -> None:
-    cfg, rank, world, device = start_worker(config, FinetuneConfig)
-    roi, num_classes, task = config["roi_size"], config["model"]["out_channels"], config["task"]
+    cfg, paths, rank, world, device = start_worker(config, FinetuneConfig)
+    train_paths, val_paths, task = split_paths(paths)
+    kwargs = model_kwargs(cfg.model)
 
-    net = build_swin_unetr(**config["model"], drop_path_rate=cfg.model.drop_path_rate,
+    net = build_swin_unetr(**kwargs, drop_path_rate=cfg.model.drop_path_rate,
                            use_checkpoint=cfg.model.gradient_checkpointing)
     if cfg.seg.pretrained:
-        report = load_encoder(net, local_file(cfg.seg.pretrained), adapt_channels=True)  # a URI: downloaded
+        loaded = load_encoder(net, local_file(cfg.seg.pretrained), adapt_channels=True)  # a URI: downloaded
         if rank == 0:
-            print(f"[swinray] pretrained encoder {cfg.seg.pretrained}: {report.summary()}", flush=True)
+            print(f"[swinray] pretrained encoder {cfg.seg.pretrained}: {loaded.summary()}", flush=True)
     frozen = encoder_stage_parameters(net, cfg.seg.freeze_encoder_stages) if cfg.seg.freeze_encoder_steps else []
     model = ray.train.torch.prepare_model(net)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    scheduler = WarmupCosineSchedule(optimizer, warmup_steps=cfg.optim.warmup_steps, t_total=cfg.optim.num_steps)
-    state = _restore(net, optimizer, scheduler)
-    best_state = state.pop("best_state", None)
-    step, elapsed_before = state["step"], state["elapsed_s"]
+    optimizer, scheduler = make_optimizer(model, cfg.optim)
+    restored = restore(net, optimizer, scheduler, files=(MODEL_FILE,)) or {}
+    best_state = restored.pop(MODEL_FILE)["state_dict"] if restored else None
+    progress = Progress(**restored)
+    step, elapsed_before = progress.step, progress.elapsed_s
 
     # Paths, not Ray Data shards: streaming_split(equal=True) would drop the remainder cases.
-    train_paths, val_paths = config["train_paths"][rank::world], config["val_paths"][rank::world]
-    transform = train_transforms(roi, cfg.seg)
+    train_paths, val_paths = train_paths[rank::world], val_paths[rank::world]
+    transform = train_transforms(cfg.model.roi_size, cfg.seg)
     transform.set_random_state(seed=(cfg.run.seed * 1009 + rank) * 100_003 + step)
     dataset = CacheDataset([{"path": p} for p in train_paths], transform, progress=False, copy_cache=False)
     # In-process loading: a random crop of a cached case takes ~15 ms, and a prefetch thread or
@@ -121,13 +138,31 @@ def train_fn_per_worker(config: dict) -> None:
                          lambda_ce=cfg.seg.ce_weight)
     tracker = NullTracker()
     if rank == 0:
-        tracker = Tracker(Path(config["run_dir"]) / "metrics.jsonl", config["aim_repo"], cfg.run.experiment or cfg.run.name,
-                          params=config["cfg"], run_hash=state["aim_run_hash"] or None, name=cfg.run.name)
-        _record_for_cleanup(Path(config["run_dir"]), tracker)
+        tracker = Tracker(Path(paths.run_dir) / "metrics.jsonl", cfg.run.aim_repo, cfg.run.experiment,
+                          params=config["cfg"], run_hash=progress.aim_run_hash or None, name=cfg.run.name)
+        _record_for_cleanup(Path(paths.run_dir), tracker)
     use_amp = cfg.run.amp_bf16 and device.type == "cuda"
     started = time.perf_counter()
     deadline = cfg.seg.max_minutes * 60 if cfg.seg.max_minutes > 0 else float("inf")
-    metrics, stop = {}, step >= cfg.optim.num_steps or elapsed_before >= deadline or bool(state.get("diverged_step"))
+    metrics, stop = {}, step >= cfg.optim.num_steps or elapsed_before >= deadline or bool(progress.diverged_step)
+
+    def checkpoint() -> None:
+        """Report metrics on every rank; rank 0 attaches the training state and the best model so far."""
+        state, files = None, {}
+        if rank == 0:
+            progress.aim_run_hash = tracker.run_hash or ""
+            state = training_state(net, optimizer, scheduler, **vars(progress))
+            best = build_swin_unetr(**kwargs)
+            best.load_state_dict(best_state if best_state is not None else net.state_dict())
+            best_metrics = {"val_dice": progress.best_dice, "step": progress.best_step,
+                            "val_dice_per_class": progress.best_per_class}
+            files = {MODEL_FILE: lambda path: save_segmenter(best, path, kwargs, cfg.model.roi_size, task,
+                                                             best_metrics)}
+        tracker.checkpointed()
+        summary = {k: metrics[k] for k in ("loss", "val_dice", "elapsed_s") if k in metrics}  # the rest: Aim, jsonl
+        report({**summary, "step": step, "samples": step * cfg.optim.batch_size,  # per worker
+                "best_val_dice": progress.best_dice, "best_step": progress.best_step,
+                "aim_error": tracker.aim_error or "", "diverged_step": progress.diverged_step}, state, files)
 
     while not stop:
         for batch in loader:
@@ -154,56 +189,29 @@ def train_fn_per_worker(config: dict) -> None:
             metrics = {"loss": loss.item(), "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
                        "samples_per_s": world * cfg.optim.batch_size / seconds, "elapsed_s": elapsed}
             if diverged:
-                state["diverged_step"] = step
+                progress.diverged_step = step
                 if rank == 0:
                     print(f"[swinray] {cfg.run.name}: the gradients became {float(grad_norm)} at step {step} "
                           f"(loss {metrics['loss']}, optim.lr={cfg.optim.lr}); the run stops as diverged", flush=True)
             elif stop or step % cfg.seg.val_every_steps == 0:
-                dice, pictures = _validate(net, val_paths, cfg, roi, num_classes, device, use_amp,
+                dice, pictures = _validate(net, val_paths, cfg, device, use_amp,
                                            cfg.seg.num_overlay_cases if rank == 0 else 0)
                 metrics.update(val_dice=dice.mean(), elapsed_s=elapsed_before + time.perf_counter() - started,
                                **{f"val_dice_{name}": d for name, d in zip(task["label_names"][1:], dice.per_class())})
-                if rank == 0 and dice.mean() > state["best_dice"]:
-                    state.update(best_dice=dice.mean(), best_step=step,
-                                 best_per_class=dice.per_class())
+                if rank == 0 and dice.mean() > progress.best_dice:
+                    progress.best_dice, progress.best_step = dice.mean(), step
+                    progress.best_per_class = dice.per_class()
                     best_state = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
                 for i, (img, truth, pred) in enumerate(pictures):
                     tracker.log_image(f"val_overlay_{i}", overlay_pair(img, truth, pred), step,
                                       caption="ground truth | prediction; " + legend(task["label_names"]))
             tracker.log(metrics, step)
             if stop or step % cfg.run.checkpoint_every_steps == 0 or "val_dice" in metrics:
-                _checkpoint(config, cfg, net, optimizer, scheduler, state, best_state, step,
-                            metrics["elapsed_s"], tracker, metrics, rank)
+                progress.step, progress.elapsed_s = step, metrics["elapsed_s"]
+                checkpoint()
             if stop:
                 break
     if not metrics:  # a rerun of a finished run: report where it stands
-        ray.train.report({"step": step, "samples": step * cfg.optim.batch_size, "best_val_dice": state["best_dice"],
-                          "aim_error": "",
-                          "diverged_step": state.get("diverged_step", 0)}, checkpoint=None)
+        report({"step": step, "samples": step * cfg.optim.batch_size, "best_val_dice": progress.best_dice,
+                "aim_error": "", "diverged_step": progress.diverged_step})
     tracker.close()
-
-
-def _checkpoint(config, cfg, net, optimizer, scheduler, state, best_state, step, elapsed, tracker, metrics,
-                rank) -> None:
-    """Report metrics on every rank; rank 0 attaches the training state and the best model so far."""
-    with tempfile.TemporaryDirectory() as directory:
-        checkpoint = None
-        if rank == 0:
-            torch.save({"model": net.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
-                        "step": step, "elapsed_s": elapsed, "aim_run_hash": tracker.run_hash or "",
-                        **{k: v for k, v in state.items() if k not in ("step", "elapsed_s", "aim_run_hash")}},
-                       Path(directory) / STATE_FILE)
-            best = build_swin_unetr(**config["model"])
-            best.load_state_dict(best_state if best_state is not None else net.state_dict())
-            save_segmenter(best, Path(directory) / MODEL_FILE, config["model"], config["roi_size"],
-                           config["task"], {"val_dice": state["best_dice"], "step": state["best_step"],
-                                            "val_dice_per_class": state.get("best_per_class", [])})
-            checkpoint = ray.train.Checkpoint.from_directory(directory)
-        summary = {k: metrics[k] for k in ("loss", "val_dice", "elapsed_s") if k in metrics}  # the rest: Aim, jsonl
-        tracker.checkpointed()
-        ray.train.report({**summary, "step": step, "samples": step * cfg.optim.batch_size,  # per worker
-                          "best_val_dice": state["best_dice"],
-                          "best_step": state["best_step"], "aim_error": tracker.aim_error or "",
-                          "diverged_step": state.get("diverged_step", 0)},
-                         checkpoint=checkpoint)

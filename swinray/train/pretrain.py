@@ -10,44 +10,43 @@ from pathlib import Path
 
 import ray
 
-from models.registry import build_model
-from models.weights import load_encoder
-from swinray.config import PreprocessConfig, PretrainConfig, to_dict
-from swinray.data.preprocess import run_preprocess
+from swinray.config import PretrainConfig
+from swinray.data.preprocess import preprocess_dataset
+from swinray.errors import DatasetError
+from swinray.models.registry import build_swin_unetr
+from swinray.models.weights import load_encoder
 from swinray.progress import follow_run
+from swinray.resolve import Resolved, resolve_pretrain, save
 from swinray.runtime import init_ray, use_gpu
 from swinray.storage import checkpoint_location, copy_to_local, local_path, ray_storage_path, shown
-from swinray.tracking import aim_repo_for
-from swinray.train.pretrain_loop import ENCODER_FILE, train_fn_per_worker
-from swinray.train.trainer import make_trainer, worker_resources
+from swinray.train.pretrain_loop import train_fn_per_worker
+from swinray.train.state import ENCODER_FILE
+from swinray.train.trainer import loop_config, make_trainer, worker_resources
 
 
-def run_pretrain(cfg: PretrainConfig, log=print) -> dict:
-    aim_repo = aim_repo_for(cfg.run.aim_repo, cfg.run.storage)     # a bad setting fails before any work
-    cache = run_preprocess(PreprocessConfig(data=cfg.data, run=cfg.run), log)
+def pretrain(resolved: Resolved, log=print) -> dict:
+    cfg: PretrainConfig = resolved.cfg
+    cache = preprocess_dataset(resolved.dataset, Path(resolved.paths.cache), cfg.data.max_cases, cfg.run, log)
     cases = json.loads(local_path(cache["manifest"]).read_text())["cases"]
     if len(cases) < cfg.run.num_workers:
-        raise ValueError(f"{cache['manifest']}: {len(cases)} cached case(s) for "
-                         f"run.num_workers={cfg.run.num_workers}; every worker needs at least one")
-    in_channels = cases[0]["shape"][0]
+        raise DatasetError(f"{cache['manifest']}: {len(cases)} cached case(s) for run.num_workers="
+                           f"{cfg.run.num_workers}; every worker needs at least one (add cases or lower --workers)")
     cluster = init_ray(cfg.run)
     gpu = use_gpu(cfg.run)
     resources, threads = worker_resources(cluster["cpus"], cfg.run.num_workers, gpu)
-    run_dir = local_path(cfg.run.storage) / cfg.run.name
+    run_dir = Path(resolved.paths.run_dir)
     log(f"pretraining {cfg.run.name}: {cfg.run.num_workers} worker(s) on {'GPU' if gpu else 'CPU'} "
         f"({resources}), {len(cases)} case(s), {cfg.optim.num_steps} steps -> {shown(run_dir)}")
 
-    loop_config = {"cfg": to_dict(cfg), "in_channels": in_channels, "run_dir": str(run_dir),
-                   "aim_repo": aim_repo, "threads_per_worker": threads}
-    trainer = make_trainer(train_fn_per_worker, loop_config, cfg.run, gpu, resources,
+    trainer = make_trainer(train_fn_per_worker, loop_config(cfg, resolved.paths, threads), cfg.run, gpu, resources,
                            datasets={"train": ray.data.from_items([{"path": c["path"]} for c in cases])})
     with follow_run(run_dir / "metrics.jsonl", cfg.optim.num_steps, f"pretrain {cfg.run.name}"):
         result = trainer.fit()
     encoder_path = run_dir / ENCODER_FILE
     with result.checkpoint.as_directory() as directory:
         copy_to_local(str(Path(directory) / ENCODER_FILE), encoder_path)
-    check = build_model("swin_unetr", in_channels=in_channels, out_channels=2,
-                        feature_size=cfg.model.feature_size, window_size=cfg.model.window_size)
+    check = build_swin_unetr(in_channels=cfg.model.in_channels, out_channels=2,
+                             feature_size=cfg.model.feature_size, window_size=cfg.model.window_size)
     report = load_encoder(check, encoder_path)
     log(f"encoder exported to {shown(encoder_path)}; into a fresh SwinUNETR: {report.summary()}")
     metrics = result.metrics or {}
@@ -60,7 +59,14 @@ def run_pretrain(cfg: PretrainConfig, log=print) -> dict:
     return {"command": "pretrain", "run_dir": shown(run_dir), "steps": metrics.get("step"),
             "loss": metrics.get("loss"), "encoder": shown(encoder_path),
             "encoder_keys_loaded": len(report.loaded), "encoder_keys_missing": len(report.missing),
-            "checkpoint": checkpoint_location(result.checkpoint.path, ray_storage_path(cfg.run.storage)), "metrics_log": shown(run_dir / "metrics.jsonl"),
-            "aim_repo": aim_repo,
+            "checkpoint": checkpoint_location(result.checkpoint.path, ray_storage_path(cfg.run.storage)),
+            "metrics_log": shown(run_dir / "metrics.jsonl"), "aim_repo": cfg.run.aim_repo,
             "aim_error": metrics.get("aim_error") or None, "weights_in_sync": in_sync,
             "ok": not report.missing and in_sync}
+
+
+def run_pretrain(cfg: PretrainConfig, log=print) -> dict:
+    """Resolve, save and run: what ``python -m platform.pretrain`` does."""
+    resolved = resolve_pretrain(cfg, log)
+    save(resolved)
+    return pretrain(resolved, log)

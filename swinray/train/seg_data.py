@@ -10,10 +10,20 @@ import random
 
 import numpy as np
 import torch
-from monai.transforms import (Compose, FgBgToIndicesd, MapTransform, RandCropByPosNegLabeld, RandFlipd,
-                              RandRotated, RandScaleIntensityd, RandShiftIntensityd, SelectItemsd, SpatialPadd)
+from monai.transforms import (
+    Compose,
+    FgBgToIndicesd,
+    MapTransform,
+    RandCropByPosNegLabeld,
+    RandFlipd,
+    RandRotated,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+    SelectItemsd,
+    SpatialPadd,
+)
 
-from swinray.config import ConfigError, SegConfig, SplitConfig
+from swinray.config import SegConfig, SplitConfig
 from swinray.data.cache import read_case
 
 
@@ -26,11 +36,6 @@ def split_cases(rows: list[dict], split: SplitConfig) -> tuple[list[dict], list[
     ``label_fraction`` then keeps a seeded subset of the training cases, nested across fractions
     (a label-efficiency curve adds cases, it never swaps them).
     """
-    if split.num_folds < 2 or not 0 <= split.fold < split.num_folds:
-        raise ConfigError(f"split.fold={split.fold}, split.num_folds={split.num_folds}: need num_folds >= 2 "
-                          "and 0 <= fold < num_folds")
-    if not 0.0 < split.label_fraction <= 1.0:
-        raise ConfigError(f"split.label_fraction={split.label_fraction}: must be in (0, 1]")
     labelled = [r for r in rows if r.get("label")]
     listed = [r for r in labelled if r["split"] == "validation"]
     if split.use_listed_validation and listed:

@@ -7,9 +7,10 @@ and failure handling cannot drift apart. Rebuilding it with the same ``run.name`
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, NamedTuple
 
 import ray
 import ray.train
@@ -18,7 +19,8 @@ import torch
 import torch.distributed as dist
 from ray.train.torch import TorchTrainer
 
-from swinray.config import RunConfig, from_dict
+from swinray.config import RunConfig, from_dict, to_dict
+from swinray.resolve import RunPaths
 from swinray.storage import ray_storage_path
 
 DATA_CPU_RESERVE = 0.5  # CPU left free for Ray Data's feeding tasks, or Train + Data deadlock on 2 CPUs
@@ -40,15 +42,29 @@ def quiet_train_reports() -> None:
         pass
 
 
-def start_worker(config: dict, cls: type):
+def loop_config(cfg, paths: RunPaths, threads_per_worker: int) -> dict:
+    """``train_loop_config``: the resolved config and one small environment part, as plain dicts."""
+    return {"cfg": to_dict(cfg), "env": {**dataclasses.asdict(paths), "threads_per_worker": threads_per_worker}}
+
+
+class Worker(NamedTuple):
+    cfg: Any                            # the resolved config, rebuilt and checked by ``from_dict``
+    paths: RunPaths
+    rank: int
+    world: int
+    device: torch.device
+
+
+def start_worker(config: dict, cls: type) -> Worker:
     """A Train worker's first lines: its config back as a ``cls`` dataclass, its CPU threads and the
-    run's seed (identical initial weights on every rank); returns (cfg, rank, world size, device)."""
+    run's seed (identical initial weights on every rank)."""
     cfg = from_dict(cls, config["cfg"])
+    env = dict(config["env"])
     quiet_train_reports()
     ctx = ray.train.get_context()
-    torch.set_num_threads(config["threads_per_worker"])
+    torch.set_num_threads(env.pop("threads_per_worker"))
     torch.manual_seed(cfg.run.seed)
-    return cfg, ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device()
+    return Worker(cfg, RunPaths(**env), ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device())
 
 
 def ranks_agree(module: torch.nn.Module) -> bool:

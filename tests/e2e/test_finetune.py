@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import aim_images, run_module, shared_dataset, write_two_channel_mri
-from models.registry import build_ssl_head
-from models.weights import save_encoder
+from conftest import aim_hparams, aim_images, run_module, shared_dataset, write_two_channel_mri
 from swinray.bench.label_efficiency import bench_label_efficiency
 from swinray.config import BenchConfig, DataConfig, FinetuneConfig, apply_overrides, preset
+from swinray.models.registry import build_ssl_head
+from swinray.models.weights import save_encoder
 from swinray.train.finetune import run_finetune
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
@@ -78,6 +78,12 @@ def test_phantom_fine_tuning_resumes_keeps_the_best_model_and_reports_the_weight
     assert saved["format"] == "swinray-segmenter-v1" and saved["model"]["out_channels"] == 14
     overlays = aim_images(tmp / "runs", "val_overlay_0")[cfg.run.name]      # the resumed run kept its Aim run
     assert sorted(overlays) == [3, 6]                       # at each validation
+    # The saved and tracked config is the one that ran: the task's ROI, channels and name, no sentinels
+    saved = json.loads((Path(summary["run_dir"]) / "config.json").read_text())
+    assert saved["model"]["roi_size"] == summary["roi_size"] == [64, 64, 64]       # the debug preset's
+    assert (saved["model"]["in_channels"], saved["model"]["out_channels"]) == (1, 14)
+    assert saved["data"]["task"] == summary["task"] == "phantom" and saved["run"]["experiment"] == cfg.run.name
+    assert aim_hparams(tmp / "runs")[cfg.run.name] == saved
     assert "liver=#" in overlays[6][2]                      # the caption is the legend, by class name
     again = run_finetune(cfg, quiet)                        # same name: resumes at the end
     assert again["steps"] == cfg.optim.num_steps and again["best_val_dice"] == summary["best_val_dice"]
@@ -137,7 +143,7 @@ def test_label_efficiency_bench_compares_arms_on_one_split_and_reports_failed_ru
     assert (runs / f"{tmp.name}-f1" / "pretrained_report.json").exists()
     assert not (runs / "scratch-f1" / "pretrained_report.json").exists()
     assert all(r["steps"] == 2 for r in rows if r["fraction"] == 1.0)
-    assert "failed: ConfigError" in Path(result["table"]).read_text()
+    assert "failed: DatasetError" in Path(result["table"]).read_text()
     assert Path(result["plot"]).read_bytes()[:4] == b"\x89PNG"
 
 
@@ -161,9 +167,13 @@ def test_real_hippocampus_fine_tunes_and_evaluates(local_ray, tmp_path):
     data = shared_dataset("Task04_Hippocampus")
     cfg = debug_config(tmp_path / "runs", DataConfig(source=str(data), cache_dir=str(tmp_path / "cache"),
                                                      max_cases=10),
-                       **{"optim.num_steps": 2, "seg.val_every_steps": 2, "run.name": "ft-hippo"})
+                       **{"optim.num_steps": 2, "seg.val_every_steps": 2, "run.name": "ft-hippo",
+                          "model.roi_size": [0, 0, 0]})
     summary = run_finetune(cfg, quiet)
     assert summary["ok"] and summary["task"] == "Task04_Hippocampus"
+    saved = json.loads((Path(summary["run_dir"]) / "config.json").read_text())
+    assert saved["model"]["roi_size"] == summary["roi_size"] == [64, 64, 64]        # the task's, resolved
+    assert (saved["model"]["in_channels"], saved["model"]["out_channels"]) == (1, 3)
     assert list(summary["val_dice_per_class"]) == ["anterior", "posterior"]
     assert (summary["num_training_cases"], summary["num_validation_cases"]) == (8, 2)
     out = run_module("platform.evaluate", "--checkpoint", summary["model"], "--data", str(data),

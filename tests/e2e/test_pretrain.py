@@ -9,7 +9,7 @@ from dataclasses import replace
 import psutil
 import pytest
 
-from conftest import aim_images
+from conftest import aim_hparams, aim_images, run_module
 from swinray.config import DataConfig, PretrainConfig, apply_overrides, preset
 from swinray.pretext.pictures import CAPTION
 from swinray.train.pretrain import run_pretrain
@@ -58,6 +58,23 @@ def test_debug_run_learns_checkpoints_exports_and_a_rerun_resumes(local_ray, tmp
     again = run_pretrain(cfg, quiet)                       # same name: resumes at the end
     assert again["steps"] == cfg.optim.num_steps
     assert len(read_metrics(again)) == cfg.optim.num_steps
+    # What ran is what was saved and tracked: the data's channels and task, the experiment, not sentinels
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert saved["model"]["in_channels"] == 1 and saved["data"]["task"] == "phantom"
+    assert saved["run"]["experiment"] == cfg.run.name and saved["run"]["aim_repo"] == str(tmp_path / "runs")
+    assert aim_hparams(tmp_path / "runs")[cfg.run.name] == saved
+    assert json.loads((run_dir / "config.requested.json").read_text())["model"]["in_channels"] == 0
+
+
+def test_too_few_cases_for_the_workers_is_one_line_and_ok_false(tmp_path):
+    """A cached dataset with fewer cases than workers: refused before Ray starts, no traceback."""
+    cfg = debug_config(tmp_path / "runs")
+    out = run_module("platform.pretrain", "--preset", "debug", "--workers", "9", "--set", f"run.storage={tmp_path}",
+                     "--set", f"data.phantom_dir={cfg.data.phantom_dir}",
+                     "--set", f"data.cache_dir={cfg.data.cache_dir}")
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert summary["ok"] is False and "4 cached case(s) for run.num_workers=9" in summary["error"]
 
 
 def our_train_workers(ray_tmpdir):

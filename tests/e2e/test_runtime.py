@@ -10,7 +10,6 @@ import sys
 
 import pytest
 import ray
-
 from ray.cluster_utils import Cluster
 
 from swinray.config import ConfigError, RunConfig

@@ -54,7 +54,8 @@ def sweep_dir(tmp: Path) -> Path:
 
 
 def env(tmp: Path, name: str) -> dict:
-    return {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "SWINRAY_STORAGE_MIRROR": str(node(tmp, name))}
+    return {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+            "SWINRAY_STORAGE_MIRROR": str(node(tmp, name))}
 
 
 def metrics_steps(run_dir: Path) -> list[int]:
@@ -78,7 +79,8 @@ def s3(s3_endpoint):
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory, s3):
     tmp = tmp_path_factory.mktemp("sweep")
-    (tmp / "start.json").write_text(json.dumps([{"optim.lr": 1e6}, {"optim.lr": 1e-3}, {"optim.lr": 2e6}, {"optim.lr": 5e-4}]))
+    start = [{"optim.lr": 1e6}, {"optim.lr": 1e-3}, {"optim.lr": 2e6}, {"optim.lr": 5e-4}]
+    (tmp / "start.json").write_text(json.dumps(start))
     trials = node(tmp, "a") / "s3" / BUCKET / "sweeps" / NAME / "trials"   # rank 0 logs here on node a
     first = subprocess.Popen(sweep_command(tmp), cwd=REPO, env=env(tmp, "a"), stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
@@ -146,8 +148,13 @@ def test_every_trial_is_one_aim_run_in_the_sweeps_experiment(sweep):
     assert result["aim_repo"] == str(tmp / "runs")                 # where fine-tuning runs of this config go
     repo = Repo.from_path(result["aim_repo"])
     hashes = repo.list_all_runs()
-    experiments = [Run(h, repo=result["aim_repo"], read_only=True).experiment for h in hashes]
-    assert experiments == [NAME] * 4                                # the resumed trial kept its run
+    runs = [Run(h, repo=result["aim_repo"], read_only=True) for h in hashes]
+    assert [run.experiment for run in runs] == [NAME] * 4           # the resumed trial kept its run
+    for run in runs:                                                # each trial's resolved config, as it ran
+        hparams = run["hparams"]
+        assert hparams["data"]["task"] == "phantom" and hparams["model"]["roi_size"] == [64, 64, 64]
+        assert (hparams["model"]["in_channels"], hparams["model"]["out_channels"]) == (1, 14)
+        assert hparams["run"]["name"] == run.name and hparams["run"]["experiment"] == NAME
     # Closed runs are indexed, so Aim's query SDK (and `aim up`) sees them and their metrics
     assert sorted(run.hash for run in repo.iter_runs()) == sorted(hashes)
     assert all(run.active is False for run in repo.iter_runs())

@@ -18,20 +18,38 @@ def test_a_missing_dataset_is_one_clear_error_and_a_json_line(tmp_path):
     assert summary["ok"] is False and "no such dataset folder" in summary["error"]
 
 
-def test_bad_settings_are_refused_before_anything_runs(tmp_path):
-    out = run_module("platform.pretrain", "--set", "optim.lrr=1", "--set", f"run.storage={tmp_path}")
-    assert out.returncode == 2 and "optim.lrr" in out.stderr and "optim.lr" in out.stderr
+def test_bad_settings_are_refused_before_anything_runs_with_one_line_and_a_json_line(tmp_path):
+    for args, message in [(["--set", "optim.lrr=1"], "unknown key 'optim.lrr'; valid keys: "),
+                          (["--set", "optim.num_steps=-5"], "optim.num_steps=-5: must be at least 1"),
+                          (["--set", "optim.lr=NaN"], "optim.lr=nan: must be a finite number above 0"),
+                          (["--bogus-flag"], "unrecognized arguments: --bogus-flag")]:
+        out = run_module("platform.pretrain", *args, "--set", f"run.storage={tmp_path}")
+        assert out.returncode == 2 and "Traceback" not in out.stderr
+        assert out.stderr.strip().splitlines()[-1].startswith(f"[swinray] error: {message}")
+        assert last_json(out.stdout) == {"command": "pretrain", "ok": False, "error": last_json(out.stdout)["error"]}
+        assert message in last_json(out.stdout)["error"]
     assert not (tmp_path / "pretrain").exists()
+
+
+def test_cuda_without_a_gpu_is_one_clear_error(tmp_path):
+    out = run_module("platform.evaluate", "--checkpoint", str(tmp_path / "model.pt"), "--data", str(tmp_path),
+                     "--set", "device=cuda", "--out", str(tmp_path / "eval"))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "device=cuda but torch sees no GPU" in last_json(out.stdout)["error"]
 
 
 def test_print_config_saves_the_resolved_config_and_runs_nothing(tmp_path):
     out = run_module("platform.pretrain", "--preset", "debug", "--set", "optim.lr=3e-4",
-                     "--set", f"run.storage={tmp_path}", "--print-config")
+                     "--set", f"run.storage={tmp_path}", "--set", f"data.phantom_dir={tmp_path / 'ph'}",
+                     "--set", f"data.cache_dir={tmp_path / 'cache'}", "--print-config")
     assert out.returncode == 0, out.stderr
     summary = last_json(out.stdout)
     saved = json.loads((tmp_path / "pretrain-debug" / "config.json").read_text())
     assert summary["config"] == saved and saved["optim"]["lr"] == 3e-4
     assert saved["model"]["feature_size"] == 12                         # from the debug preset
+    assert saved["model"]["in_channels"] == 1 and saved["data"]["task"] == "ph"   # resolved from the data
+    requested = json.loads((tmp_path / "pretrain-debug" / "config.requested.json").read_text())
+    assert requested["model"]["in_channels"] == 0 and requested["data"]["task"] == "auto"
     assert not list((tmp_path / "pretrain-debug").glob("checkpoint_*"))
 
 

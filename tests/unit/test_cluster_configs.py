@@ -10,7 +10,7 @@ import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
 from conftest import REPO
-from swinray.tracking import AIM_REPO_ENV, aim_repo_for
+from swinray.resolve import AIM_REPO_ENV, aim_repo_for
 
 CONFIGS = sorted((REPO / "cluster").glob("*.yaml"))
 

@@ -64,7 +64,7 @@ def test_unknown_key_in_dict_names_its_path():
     ("optim.num_steps", True, r"optim\.num_steps: expected int, got bool"),
     ("run.device", "tpu", r"run\.device: 'tpu' is not one of 'auto', 'cpu', 'cuda'"),
     ("model.roi_size", [96, 96], r"model\.roi_size: expected 3 values"),
-    ("model.name", 3, r"model\.name: expected str"),
+    ("run.name", 3, r"run\.name: expected str"),
 ])
 def test_wrong_type_names_field_and_expected_type(key, value, message):
     with pytest.raises(C.ConfigError, match=message):
@@ -87,7 +87,7 @@ def test_cli_values_that_do_not_parse_are_errors():
 
 
 def test_unknown_preset_lists_valid_presets():
-    with pytest.raises(C.ConfigError, match=r"unknown preset 'huge'.*default, base, debug"):
+    with pytest.raises(C.ConfigError, match=r"unknown preset 'huge'.*default, debug"):
         C.preset(C.PretrainConfig, "huge")
 
 
@@ -119,3 +119,29 @@ def test_storage_is_a_path_or_an_object_store_uri_and_nothing_else(cls, key):
             C.apply_overrides(cls(), {key: unusable})
     for usable in ("/mnt/shared/runs", "s3://bucket/runs", "gs://bucket"):
         assert C.flat_items(C.apply_overrides(cls(), {key: usable}))[key] == usable
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("optim.lr", float("nan"), r"optim\.lr=nan: must be a finite number above 0"),
+    ("optim.lr", 0.0, r"optim\.lr=0\.0: must be a finite number above 0"),
+    ("optim.num_steps", -5, r"optim\.num_steps=-5: must be at least 1"),
+    ("optim.batch_size", 0, r"optim\.batch_size=0: must be at least 1"),
+    ("seg.val_every_steps", 0, r"seg\.val_every_steps=0: must be at least 1"),
+    ("run.checkpoint_every_steps", 0, r"run\.checkpoint_every_steps=0: must be at least 1"),
+    ("split.label_fraction", 1.5, r"split\.label_fraction=1\.5: must be in \(0, 1\]"),
+    ("model.roi_size", [48, 64, 64], r"model\.roi_size=\(48, 64, 64\): each side a positive multiple of 32"),
+    ("model.feature_size", 10, r"model\.feature_size=10: must be a positive multiple of 12"),
+    ("run.name", "runs/a", r"run\.name='runs/a': must be a plain name"),
+    ("run.name", "", r"run\.name='': must be a plain name"),
+    ("run.name", "..", r"run\.name='\.\.': must be a plain name"),
+])
+def test_impossible_values_are_refused_when_the_config_is_read_naming_the_field(key, value, message):
+    with pytest.raises(C.ConfigError, match=message):
+        C.apply_overrides(C.FinetuneConfig(), {key: value})
+
+
+def test_a_worker_rebuilding_a_config_runs_the_same_checks_and_names_the_nested_field():
+    data = C.to_dict(C.SweepConfig())
+    data["finetune"]["optim"]["num_steps"] = 0            # as a tampered or hand-edited config.json would carry
+    with pytest.raises(C.ConfigError, match=r"^finetune\.optim\.num_steps=0: must be at least 1"):
+        C.from_dict(C.SweepConfig, data)

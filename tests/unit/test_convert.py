@@ -21,8 +21,9 @@ def raw_data(tmp_path_factory):
     for sub in ("Training/img", "Training/label", "Testing/img"):
         (raw / sub).mkdir(parents=True)
     for i, number in enumerate(NUMBERS):
-        shutil.copy(tmp / "phantom" / "imagesTr" / f"phantom_{i:03d}.nii.gz", raw / "Training/img" / f"img{number}.nii.gz")
-        shutil.copy(tmp / "phantom" / "labelsTr" / f"phantom_{i:03d}.nii.gz", raw / "Training/label" / f"label{number}.nii.gz")
+        name = f"phantom_{i:03d}.nii.gz"
+        shutil.copy(tmp / "phantom" / "imagesTr" / name, raw / "Training/img" / f"img{number}.nii.gz")
+        shutil.copy(tmp / "phantom" / "labelsTr" / name, raw / "Training/label" / f"label{number}.nii.gz")
     shutil.copy(raw / "Training/img/img0001.nii.gz", raw / "Training/img/img0003.nii.gz")      # no label
     shutil.copy(raw / "Training/img/img0001.nii.gz", raw / "Testing/img/img0061.nii.gz")
     return raw

@@ -1,5 +1,6 @@
 """Dataset manifests: MSD and BTCV files, plain folders, paths kept inside the root, auto tasks."""
 import json
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -8,7 +9,7 @@ import pytest
 from conftest import shared_dataset
 from swinray.config import DataConfig
 from swinray.data.datasets import DatasetError, check_inside, load_dataset
-from swinray.data.source import under_storage
+from swinray.resolve import place_folders
 
 
 def write_case(folder, name, shape=(32, 32, 16), zooms=(0.8, 0.8, 3.0), hu=40, label=True):
@@ -135,7 +136,7 @@ def test_real_hippocampus_dataset_is_recognised():
 
 
 def test_unset_cache_and_phantom_folders_follow_the_run_storage_and_set_ones_stay():
-    placed = under_storage(DataConfig(), "/mnt/shared/runs")
+    placed = place_folders(DataConfig(), "/mnt/shared/runs")
     assert (placed.cache_dir, placed.phantom_dir) == ("/mnt/shared/runs/cache", "/mnt/shared/runs/phantom")
-    kept = under_storage(DataConfig(cache_dir="/fast/cache", phantom_dir="p"), "/mnt/shared/runs")
-    assert (kept.cache_dir, kept.phantom_dir) == ("/fast/cache", "p")
+    kept = place_folders(DataConfig(cache_dir="/fast/cache", phantom_dir="p"), "/mnt/shared/runs")
+    assert (kept.cache_dir, kept.phantom_dir) == ("/fast/cache", str(Path("p").resolve()))   # as workers find it

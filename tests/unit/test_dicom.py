@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from conftest import write_dicom_series
-from swinray.data.case_pipeline import process_case
 from swinray.data.cache import read_case
+from swinray.data.case_pipeline import process_case
 from swinray.data.datasets import load_corpus, load_dataset
 from swinray.data.nifti import CaseError, read_verified
 from swinray.data.phantom import generate_case
@@ -77,7 +77,8 @@ def test_a_broken_series_is_refused_naming_the_folder_and_the_problem(ct, tmp_pa
 
 def test_a_dataset_file_may_list_a_series_folder_as_an_image(ct):
     tmp, hu, _, _, _ = ct
-    (tmp / "dataset.json").write_text('{"modality": {"0": "CT"}, "training": [{"image": "LIDC/patient1/study1/series1"}]}')
+    (tmp / "dataset.json").write_text(
+        '{"modality": {"0": "CT"}, "training": [{"image": "LIDC/patient1/study1/series1"}]}')
     dataset = load_dataset(tmp)
     (case,) = dataset.cases
     assert case.case_id == "series1" and np.array_equal(read_verified(case.image[0]).array, hu)

@@ -34,7 +34,8 @@ def write_msd_tar(tmp: Path, cases: int = 3) -> Path:
         nib.save(nib.Nifti1Image(label, np.eye(4)), task / "labelsTr" / name)
         training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
     (task / "dataset.json").write_text(json.dumps({
-        "name": "Hippocampus", "modality": {"0": "MRI"}, "labels": {"0": "background", "1": "Anterior", "2": "Posterior"},
+        "name": "Hippocampus", "modality": {"0": "MRI"},
+        "labels": {"0": "background", "1": "Anterior", "2": "Posterior"},
         "numTraining": cases, "training": training, "test": []}))
     archive = tmp / f"{TASK}.tar"
     with tarfile.open(archive, "w") as tar:

@@ -1,7 +1,7 @@
 """Which encoder parameters `seg.freeze_encoder_stages` freezes: the patch embedding, then Swin stages in order."""
 import pytest
 
-from models.registry import build_swin_unetr, encoder_stage_parameters
+from swinray.models.registry import build_swin_unetr, encoder_stage_parameters
 
 
 @pytest.fixture(scope="module")

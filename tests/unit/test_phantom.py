@@ -6,8 +6,15 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from swinray.data.phantom import (AIR_HU, FAT_HU, ORGAN_HU, ORIENTATIONS, PhantomCase,
-                                  generate_case, write_phantom_dataset)
+from swinray.data.phantom import (
+    AIR_HU,
+    FAT_HU,
+    ORGAN_HU,
+    ORIENTATIONS,
+    PhantomCase,
+    generate_case,
+    write_phantom_dataset,
+)
 from swinray.data.tasks import BTCV_LABELS
 
 ORGANS = set(range(1, 14))

@@ -2,10 +2,10 @@
 import optuna
 import pytest
 
-from search_spaces import MODULES, space_for
-from search_spaces.common import SpaceContext
 from swinray.config import FinetuneConfig, apply_overrides, field_types
 from swinray.data.tasks import TASKS
+from swinray.search_spaces import MODULES, space_for
+from swinray.search_spaces.common import SpaceContext
 from swinray.sweep.budget import trial_budget
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -1,7 +1,7 @@
 """Fine-tuning splits: reproducible, disjoint, the baseline's every-5th split, listed validation kept."""
 import pytest
 
-from swinray.config import ConfigError, SplitConfig
+from swinray.config import ConfigError, FinetuneConfig, SplitConfig, apply_overrides
 from swinray.train.seg_data import split_cases
 
 
@@ -56,11 +56,11 @@ def test_smaller_label_fractions_are_subsets_of_larger_ones():
     assert subsets[0] < subsets[1] < subsets[2] < subsets[3]
 
 
-@pytest.mark.parametrize("split, message", [
-    (SplitConfig(fold=5), "0 <= fold < num_folds"),
-    (SplitConfig(num_folds=1), "num_folds >= 2"),
-    (SplitConfig(label_fraction=0.0), "label_fraction=0.0"),
+@pytest.mark.parametrize("overrides, message", [
+    ({"split.fold": 5}, r"split\.fold=5: must be in 0\.\.4"),
+    ({"split.num_folds": 1}, r"split\.num_folds=1: must be at least 2"),
+    ({"split.label_fraction": 0.0}, r"split\.label_fraction=0\.0: must be in \(0, 1\]"),
 ])
-def test_bad_split_settings_are_errors_naming_the_field(split, message):
+def test_bad_split_settings_are_refused_when_the_config_is_read_naming_the_field(overrides, message):
     with pytest.raises(ConfigError, match=message):
-        split_cases(rows(10), split)
+        apply_overrides(FinetuneConfig(), overrides)

@@ -5,9 +5,9 @@ import torch
 import torch.nn.functional as F
 from monai.networks.nets import SwinUNETR
 
-from models.registry import MODELS, build_model, build_ssl_head
-from models.ssl import SSLHead
-from models.weights import FORMAT, adapt_patch_embedding, encoder_state_dict, load_encoder, save_encoder
+from swinray.models.registry import MODELS, build_model, build_ssl_head
+from swinray.models.ssl import SSLHead
+from swinray.models.weights import FORMAT, adapt_patch_embedding, encoder_state_dict, load_encoder, save_encoder
 from swinray.pretext.losses import ssl_loss
 from swinray.pretext.views import make_ssl_batch
 

@@ -9,12 +9,23 @@ import pytest
 
 from conftest import s3_keys
 from swinray.config import ConfigError, DataConfig
-from swinray.data.source import load_source
 from swinray.data.cache import cached_row, read_case, source_stamp, write_case
 from swinray.data.datasets import Case
-from swinray.storage import (checkpoint_location, exists, fetch, fetch_named, local_path, ray_storage_path,
-                             read_remote_bytes, remote_of, shown, upload)
-from swinray.tracking import Tracker, aim_repo_for
+from swinray.data.source import load_source
+from swinray.resolve import aim_repo_for
+from swinray.storage import (
+    checkpoint_location,
+    exists,
+    fetch,
+    fetch_named,
+    local_path,
+    ray_storage_path,
+    read_remote_bytes,
+    remote_of,
+    shown,
+    upload,
+)
+from swinray.tracking import Tracker
 
 
 def as_another_node(monkeypatch, tmp_path):

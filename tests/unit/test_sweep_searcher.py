@@ -3,7 +3,7 @@ a small TPE sweep models its results after a few random trials instead of stayin
 import optuna
 import pytest
 
-from search_spaces.common import SpaceContext
+from swinray.search_spaces.common import SpaceContext
 from swinray.sweep.budget import trial_budget
 from swinray.sweep.run import TaskSpace
 from swinray.sweep.searcher import export_study, make_searcher, startup_trials
@@ -56,7 +56,8 @@ def test_the_same_seed_proposes_the_same_first_trial():
 
 def proposals(search: str, trials: int) -> list[dict]:
     """The learning rates a sweep proposes first, each trial scoring 0.1 more Dice than the last."""
-    searcher = make_searcher(TaskSpace("Task04_Hippocampus", SpaceContext(trial_budget(100, 3, 2))), search, seed=0, trials=trials)
+    space = TaskSpace("Task04_Hippocampus", SpaceContext(trial_budget(100, 3, 2)))
+    searcher = make_searcher(space, search, seed=0, trials=trials)
     configs = []
     for n in range(4):
         configs.append(searcher.suggest(f"t{n}"))

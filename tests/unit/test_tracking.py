@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-
 from aim import Repo
 
 from conftest import REPO

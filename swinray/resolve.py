@@ -1,0 +1,167 @@
+"""Resolve once: the config as requested becomes the config that runs, before any work.
+
+A command's settings left to the data or the storage (``data.task="auto"``, ``model.roi_size=(0, 0,
+0)``, ``model.in_channels=0``, an empty ``data.cache_dir``, ``run.aim_repo`` or ``run.experiment``, a
+relative ``seg.pretrained``) are settled here and only here, the way nnU-Net writes its plans once.
+The resolved config is what is saved as ``config.json`` (the request beside it as
+``config.requested.json``), logged to Aim as hparams, and sent to workers with one small
+``RunPaths``; resolving it again changes nothing.
+
+    python -m platform.finetune --preset debug --print-config    # the resolved config
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from swinray.config import (
+    ConfigError,
+    DataConfig,
+    FinetuneConfig,
+    ModelConfig,
+    PreprocessConfig,
+    PretrainConfig,
+    RunConfig,
+    SweepConfig,
+    save_config,
+)
+from swinray.storage import is_uri, local_path
+
+AIM_REPO_ENV = "SWINRAY_AIM_REPO"     # set on a cluster's head (cluster/*.yaml): its tracking server
+CONFIG_FILE = "config.json"             # the resolved config: what ran
+REQUESTED_FILE = "config.requested.json"  # the config as the user asked for it
+
+
+def run_dir(storage: str, name: str) -> Path:
+    """A run's folder, ``<storage>/<name>``: local, or this node's mirror of an object store."""
+    return local_path(storage) / name
+
+
+def aim_repo_for(aim_repo: str, storage: str) -> str:
+    """``run.aim_repo`` if set (a path or aim://HOST:PORT), else ``$SWINRAY_AIM_REPO`` (the cluster's
+    tracking server, so jobs need no flag), else ``<storage>`` (its ``.aim``). Aim cannot write to
+    object storage, and a repo per node's mirror would scatter the runs: there it must be named."""
+    repo = aim_repo or os.environ.get(AIM_REPO_ENV, "")
+    if not repo and is_uri(storage):
+        raise ConfigError(f"run.storage={storage}: Aim cannot write to object storage; set run.aim_repo "
+                          f"(--set run.aim_repo=...) to aim://HOST:PORT (cluster/gpu.yaml runs one on the head and "
+                          f"sets ${AIM_REPO_ENV} there) or to a path on this machine")
+    if repo and "://" not in repo:
+        return str(Path(repo).resolve())
+    return repo or str(Path(storage).resolve())
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where a run's files are, computed once; the one part workers get beside the resolved config."""
+    run_dir: str                        # <run.storage>/<run.name>: records, metrics log, exported weights
+    cache: str = ""                     # the dataset's preprocessed cache, <data.cache_dir>/<task>-<hash>
+    split: str = ""                     # fine-tuning: the split.json that lists training and validation cases
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A command's resolved config, the request it came from, and where its files go."""
+    cfg: Any
+    requested: Any
+    paths: RunPaths
+    dataset: Any = None                 # swinray.data.datasets.Dataset, read once; stays in the driver
+
+
+def save(resolved: Resolved, folder: str | Path | None = None) -> Path:
+    """``config.json`` (resolved) and ``config.requested.json`` into the run's folder; the first's path."""
+    folder = Path(folder or resolved.paths.run_dir)
+    save_config(resolved.requested, folder / REQUESTED_FILE)
+    return save_config(resolved.cfg, folder / CONFIG_FILE)
+
+
+def resolve_run(run: RunConfig) -> RunConfig:
+    """Storage as an absolute path (a URI stays), the Aim repo and the experiment filled in."""
+    storage = run.storage if is_uri(run.storage) else str(Path(run.storage).resolve())
+    return replace(run, storage=storage, aim_repo=aim_repo_for(run.aim_repo, run.storage),
+                   experiment=run.experiment or run.name)
+
+
+def resolve_data(data: DataConfig, storage: str, log=print):
+    """(data with its folders placed and its task named, the dataset, its cache folder).
+
+    Unset folders go under ``run.storage``: on a cluster that is the shared storage every node
+    mounts, so every node reads the cases any node wrote. The built-in phantom is written if missing."""
+    from swinray.data.cache import cache_dir_for
+    from swinray.data.source import load_source
+    data = place_folders(data, storage)
+    dataset = load_source(data, log)
+    cache = cache_dir_for(dataset, data.cache_dir)
+    return replace(data, task=dataset.task.name), dataset, cache
+
+
+def place_folders(data: DataConfig, storage: str) -> DataConfig:
+    """``data`` with its unset folders (cache, phantom) under ``storage`` and its paths absolute."""
+    root = local_path(storage)          # an object store's node-local mirror (swinray.storage)
+    def absolute(path: str) -> str:
+        return path if not path or is_uri(path) else str(Path(path).resolve())
+    return replace(data, source=absolute(data.source), unlabelled=tuple(absolute(u) for u in data.unlabelled),
+                   cache_dir=absolute(data.cache_dir) or str(root / "cache"),
+                   phantom_dir=absolute(data.phantom_dir) or str(root / "phantom"))
+
+
+def resolve_model(model: ModelConfig, task, roi_from_task: bool) -> ModelConfig:
+    """Channels from the task; the ROI too when it is left to the task (0, 0, 0)."""
+    roi = tuple(task.roi_size) if roi_from_task and not any(model.roi_size) else model.roi_size
+    return replace(model, roi_size=roi, in_channels=model.in_channels or task.num_channels,
+                   out_channels=model.out_channels or task.num_classes)
+
+
+def resolve_preprocess(cfg: PreprocessConfig, log=print) -> Resolved:
+    run = resolve_run(cfg.run)
+    data, dataset, cache = resolve_data(cfg.data, run.storage, log)
+    resolved = replace(cfg, data=data, run=run)
+    return Resolved(resolved, cfg, RunPaths(str(run_dir(run.storage, run.name)), str(cache)), dataset)
+
+
+def resolve_pretrain(cfg: PretrainConfig, log=print) -> Resolved:
+    run = resolve_run(cfg.run)
+    data, dataset, cache = resolve_data(cfg.data, run.storage, log)
+    model = resolve_model(cfg.model, dataset.task, roi_from_task=False)
+    # the reconstruction head rebuilds the input: as many output channels as input channels
+    model = replace(model, out_channels=cfg.model.out_channels or model.in_channels)
+    resolved = replace(cfg, data=data, model=model, run=run)
+    return Resolved(resolved, cfg, RunPaths(str(run_dir(run.storage, run.name)), str(cache)), dataset)
+
+
+def locate_pretrained(pretrained: str) -> str:
+    """A pretrained file as workers on any node find it: an absolute (shared) path, or an object-store
+    URI kept as such (each node downloads it to its mirror)."""
+    return pretrained if not pretrained or is_uri(pretrained) else str(Path(pretrained).resolve())
+
+
+def resolve_finetune(cfg: FinetuneConfig, log=print, split_file: str = "") -> Resolved:
+    """``split_file``: where the run's split is recorded (default ``<run dir>/split.json``)."""
+    run = resolve_run(cfg.run)
+    data, dataset, cache = resolve_data(cfg.data, run.storage, log)
+    model = resolve_model(cfg.model, dataset.task, roi_from_task=True)
+    seg = replace(cfg.seg, pretrained=locate_pretrained(cfg.seg.pretrained))
+    resolved = replace(cfg, data=data, model=model, seg=seg, run=run)
+    folder = run_dir(run.storage, run.name)
+    return Resolved(resolved, cfg, RunPaths(str(folder), str(cache), split_file or str(folder / "split.json")),
+                    dataset)
+
+
+def sweep_dir(cfg: SweepConfig, name: str | None = None) -> Path:
+    return run_dir(cfg.storage, name or cfg.name)
+
+
+def resolve_sweep(cfg: SweepConfig, log=print) -> Resolved:
+    """One task: its fine-tuning base resolved whole (a sweep over several tasks resolves each when
+    it gets to it, into that task's sweep folder)."""
+    storage = cfg.storage if is_uri(cfg.storage) else str(Path(cfg.storage).resolve())
+    folder = sweep_dir(cfg)
+    if cfg.tasks:
+        run = replace(cfg.finetune.run, aim_repo=aim_repo_for(cfg.finetune.run.aim_repo, cfg.finetune.run.storage))
+        resolved = replace(cfg, storage=storage, finetune=replace(cfg.finetune, run=run))
+        return Resolved(resolved, cfg, RunPaths(str(folder)))
+    base = resolve_finetune(cfg.finetune, log, split_file=str(folder / "split.json"))
+    return Resolved(replace(cfg, storage=storage, finetune=base.cfg), cfg,
+                    replace(base.paths, run_dir=str(folder)), base.dataset)

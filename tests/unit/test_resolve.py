@@ -1,0 +1,76 @@
+"""Resolve once: what the data and the storage decide is written into the config before any work."""
+import json
+
+import pytest
+
+from swinray.config import FinetuneConfig, PretrainConfig, SweepConfig, apply_overrides, load_config, preset, to_dict
+from swinray.data.phantom import write_phantom_dataset
+from swinray.errors import DatasetError
+from swinray.resolve import resolve_finetune, resolve_pretrain, resolve_sweep, save
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data") / "HeadCT"
+    write_phantom_dataset(root, num_cases=2, shape=(64, 64, 32))
+    return root
+
+
+def finetune_config(dataset, tmp_path, **overrides) -> FinetuneConfig:
+    return apply_overrides(preset(FinetuneConfig, "default"),
+                           {"data.source": str(dataset), "run.storage": str(tmp_path / "runs"), **overrides})
+
+
+def test_the_task_roi_channels_and_places_are_settled_from_the_data_and_the_storage(dataset, tmp_path, monkeypatch):
+    monkeypatch.delenv("SWINRAY_AIM_REPO", raising=False)
+    requested = finetune_config(dataset, tmp_path)
+    assert (requested.data.task, requested.model.roi_size, requested.model.in_channels) == ("auto", (0, 0, 0), 0)
+    resolved = resolve_finetune(requested, print)
+    cfg = resolved.cfg
+    assert cfg.data.task == "HeadCT" == resolved.dataset.task.name        # inferred: the folder's name
+    assert cfg.model.roi_size == resolved.dataset.task.roi_size and all(cfg.model.roi_size)
+    assert (cfg.model.in_channels, cfg.model.out_channels) == (1, 14)      # one CT channel; BTCV's 13 organs + 0
+    runs = (tmp_path / "runs").resolve()
+    assert cfg.data.cache_dir == str(runs / "cache") and cfg.data.phantom_dir == str(runs / "phantom")
+    assert cfg.run.aim_repo == str(runs) and cfg.run.experiment == cfg.run.name
+    assert resolved.paths.run_dir == str(runs / cfg.run.name)
+    assert resolved.paths.cache.startswith(str(runs / "cache" / "HeadCT-"))
+    assert resolved.requested == requested
+
+
+def test_resolving_a_resolved_config_changes_nothing_and_the_saved_one_reruns_as_it_ran(dataset, tmp_path):
+    resolved = resolve_finetune(finetune_config(dataset, tmp_path, **{"seg.pretrained": "enc.pt"}), print)
+    again = resolve_finetune(resolved.cfg, print)
+    assert again.cfg == resolved.cfg and again.paths == resolved.paths
+    saved = save(resolved)
+    assert json.loads(saved.read_text()) == to_dict(resolved.cfg)
+    assert json.loads((saved.parent / "config.requested.json").read_text())["model"]["roi_size"] == [0, 0, 0]
+    assert resolve_finetune(load_config(FinetuneConfig, saved), print).cfg == resolved.cfg   # --config config.json
+    assert resolved.cfg.seg.pretrained == str((tmp_path.cwd() / "enc.pt").resolve())      # as workers find it
+
+
+def test_an_explicit_roi_and_channels_win_over_the_data(dataset, tmp_path):
+    cfg = resolve_finetune(finetune_config(dataset, tmp_path, **{"model.roi_size": [64, 64, 32],
+                                                                "model.out_channels": 14}), print).cfg
+    assert cfg.model.roi_size == (64, 64, 32) and cfg.model.out_channels == 14
+
+
+def test_a_task_name_that_is_neither_registered_nor_this_datas_own_is_refused(dataset, tmp_path):
+    with pytest.raises(DatasetError, match=r"unknown task 'HeadCTT'.*'HeadCT'"):
+        resolve_finetune(finetune_config(dataset, tmp_path, **{"data.task": "HeadCTT"}), print)
+
+
+def test_pretraining_takes_its_channels_from_the_data_and_its_experiment_from_its_name(dataset, tmp_path):
+    cfg = resolve_pretrain(apply_overrides(preset(PretrainConfig, "debug"), {
+        "data.source": str(dataset), "run.storage": str(tmp_path), "run.name": "ssl-1"}), print).cfg
+    assert (cfg.model.in_channels, cfg.model.out_channels, cfg.run.experiment) == (1, 1, "ssl-1")
+    assert cfg.model.roi_size == (64, 64, 64)                            # the preset's crop, not the task's
+
+
+def test_a_sweep_resolves_its_fine_tuning_base_and_records_the_split_in_the_sweep_folder(dataset, tmp_path):
+    sweep = apply_overrides(preset(SweepConfig, "debug"), {"finetune.data.source": str(dataset),
+                                                           "storage": str(tmp_path / "sweeps")})
+    resolved = resolve_sweep(sweep, print)
+    assert resolved.cfg.finetune.data.task == "HeadCT" and all(resolved.cfg.finetune.model.roi_size)
+    assert resolved.paths.run_dir == str((tmp_path / "sweeps" / "sweep-debug").resolve())
+    assert resolved.paths.split == str((tmp_path / "sweeps" / "sweep-debug" / "split.json").resolve())
