@@ -9,8 +9,10 @@ Progress goes to stderr; the last line on stdout is one JSON summary for scripts
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
+import os
 import sys
 import time
 import typing
@@ -20,7 +22,7 @@ from typing import Any, Callable
 
 from swinray import config as C
 from swinray.errors import UserError
-from swinray.resolve import run_dir, save
+from swinray.resolve import CONFIG_FILE, evaluation_dir, output_root_note, run_dir, save
 from swinray.storage import shown
 
 Shortcut = tuple[str, str, str]  # (flag, dotted config key, help)
@@ -60,7 +62,10 @@ def _parser(verb: str, cls: type, description: str, shortcuts: list[Shortcut],
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one field, e.g. --set optim.lr=3e-4 (repeatable)")
     parser.add_argument("--print-config", action="store_true",
-                        help="print and save the resolved config, then exit without running")
+                        help="print the resolved config, then exit without running (nothing is saved)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also show Ray's worker logs and INFO lines (quiet by default; they stay in "
+                             "Ray's session logs)")
     types = C.field_types(cls)
     for flag, key, help_text in shortcuts:
         many = typing.get_origin(types[key]) is tuple      # --unlabelled A B C as well as A,B,C
@@ -101,17 +106,23 @@ def run_verb(verb: str, argv: list[str] | None = None) -> dict:
     spec = VERBS[verb]
     parser = _parser(verb, spec.cls, spec.description, spec.shortcuts, spec.positional)
     args = parser.parse_args(argv)
+    if args.verbose:
+        from swinray.runtime import VERBOSE_ENV  # not at the top: --help stays free of Ray
+        os.environ[VERBOSE_ENV] = "1"
     cfg = requested_config(spec.cls, args, spec.shortcuts, spec.positional)
-    if spec.resolve:
-        resolved = _function(spec.resolve)(cfg, log)
-        saved, cfg, work = save(resolved), resolved.cfg, resolved
+    if output_root_note():
+        log(output_root_note())
+    work = resolved = _function(spec.resolve)(cfg, log) if spec.resolve else None
+    if resolved:
+        cfg, path = resolved.cfg, Path(resolved.paths.run_dir) / CONFIG_FILE
     else:
-        saved = C.save_config(cfg, spec.config_path(cfg))
-        work = cfg
+        work, path = cfg, spec.config_path(cfg)
+    if args.print_config:             # prints only: a finished run's files stay as they are
+        log(f"{verb} config ({args.config or 'preset ' + args.preset}):\n" + json.dumps(C.to_dict(cfg), indent=2))
+        return {"command": verb, "config_path": shown(path), "config": C.to_dict(cfg)}
+    saved = save(resolved) if resolved else C.save_config(cfg, path)
     log(f"{verb} config ({args.config or 'preset ' + args.preset}), saved to {shown(saved)}:\n"
         + json.dumps(C.to_dict(cfg), indent=2))
-    if args.print_config:
-        return {"command": verb, "config_path": shown(saved), "config": C.to_dict(cfg)}
     start = time.perf_counter()
     summary = _function(spec.run)(work, log)
     return {**summary, "config_path": shown(saved), "seconds": round(time.perf_counter() - start, 2)}
@@ -119,18 +130,34 @@ def run_verb(verb: str, argv: list[str] | None = None) -> dict:
 
 def main(verb: str, argv: list[str] | None = None) -> int:
     """Run a verb; a problem the user can fix (settings, data, environment) is one clear line and
-    ``ok: false``, not a traceback."""
-    try:
-        summary = run_verb(verb, argv)
-    except UserError as e:
-        log(f"error: {e}")
-        summary = {"command": verb, "ok": False, "error": str(e)}
-        code = 2 if isinstance(e, C.ConfigError) else 1     # 2: the command line itself, as argparse says
-    else:
-        code = 0 if summary.get("ok", True) else 1
-    _disconnect_ray()
+    ``ok: false``, not a traceback. Stdout is the JSON line only."""
+    with _stdout_to_stderr():
+        try:
+            summary = run_verb(verb, argv)
+        except UserError as e:
+            log(f"error: {e}")
+            summary = {"command": verb, "ok": False, "error": str(e)}
+            code = 2 if isinstance(e, C.ConfigError) else 1     # 2: the command line itself, as argparse says
+        else:
+            code = 0 if summary.get("ok", True) else 1
+        _disconnect_ray()
     emit(summary)
     return code
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr():
+    """While a command runs, whatever is written to stdout (Ray's and Tune's banners, a library's
+    print, even from C) goes to stderr, so the summary is the only line on stdout."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _disconnect_ray() -> None:
@@ -197,8 +224,8 @@ VERBS: dict[str, Verb] = {
                      "Score a fine-tuned model on every labelled case of a dataset: Dice and HD95 per class.",
                      [("--checkpoint", "checkpoint", "model.pt written by finetune"),
                       ("--data", "data", "MSD-format folder or dataset file"),
-                      ("--out", "out_dir", "where the per-case CSV goes")],
-                     "swinray.seg.evaluate:run_evaluate", config_path=lambda cfg: Path(cfg.out_dir) / "config.json"),
+                      ("--out", "out_dir", "the folder that holds each evaluation's own folder")],
+                     "swinray.seg.evaluate:run_evaluate", config_path=lambda cfg: evaluation_dir(cfg) / "config.json"),
     "predict": Verb(C.PredictConfig,
                     "Segment NIfTI files; label maps keep each input's shape, spacing and affine.",
                     [("--checkpoint", "checkpoint", "model.pt written by finetune"),

@@ -248,7 +248,7 @@ class FinetuneConfig:
 class EvaluateConfig:
     checkpoint: str = ""                # model.pt written by finetune
     data: str = ""                      # MSD-format folder (or dataset file) with labelled cases
-    out_dir: str = "outputs/evaluate"   # per-case CSV and the JSON summary
+    out_dir: str = "outputs/evaluate"   # each evaluation gets its own <model's run>-on-<dataset>[-N] folder here
     max_cases: int = 0                  # 0 = every labelled case
     sw_batch_size: int = 4
     sw_overlap: float = 0.25
@@ -364,7 +364,7 @@ class QuickstartConfig:
 
 
 _DEBUG_DATA = DataConfig(num_phantom_cases=4, phantom_dir="outputs/phantom-debug",
-                         cache_dir="outputs/cache-debug")
+                         cache_dir="outputs/cache")      # the default preset's: one cache per data
 _DEBUG_MODEL = ModelConfig(feature_size=12, roi_size=(64, 64, 64), window_size=4)
 _DEBUG_RUN = dict(num_workers=2, checkpoint_every_steps=4, storage="outputs/debug")
 

@@ -21,6 +21,7 @@ from ray.train.torch import TorchTrainer
 
 import platform
 from swinray.config import DoctorConfig
+from swinray.resolve import output_path
 from swinray.runtime import init_ray, use_gpu
 from swinray.storage import ray_storage_path
 
@@ -69,8 +70,7 @@ def run_doctor(cfg: DoctorConfig, log=print) -> dict:
         allreduce_per_worker,
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.run.num_workers, use_gpu=gpu,
                                                resources_per_worker={"CPU": cpus_per_worker}),
-        run_config=ray.train.RunConfig(name=cfg.run.name,
-                                       storage_path=ray_storage_path(cfg.run.storage)),
+        run_config=ray.train.RunConfig(name=cfg.run.name, storage_path=ray_storage_path(output_path(cfg.run.storage))),
     )
     result = trainer.fit()
     metrics = result.metrics

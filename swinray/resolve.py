@@ -19,24 +19,59 @@ from typing import Any
 from swinray.config import (
     ConfigError,
     DataConfig,
+    EvaluateConfig,
     FinetuneConfig,
     ModelConfig,
     PreprocessConfig,
     PretrainConfig,
     RunConfig,
     SweepConfig,
+    flat_items,
+    load_config,
     save_config,
 )
 from swinray.storage import is_uri, local_path
 
 AIM_REPO_ENV = "SWINRAY_AIM_REPO"     # set on a cluster's head (cluster/*.yaml): its tracking server
+STORAGE_ENV = "SWINRAY_STORAGE"         # where relative output paths (run.storage=outputs, ...) are rooted
+JOB_OUTPUTS = Path("~/swinray")         # their root under `ray job submit` without $SWINRAY_STORAGE
 CONFIG_FILE = "config.json"             # the resolved config: what ran
 REQUESTED_FILE = "config.requested.json"  # the config as the user asked for it
 
 
+def in_ray_job_package(folder: Path) -> bool:
+    """Whether ``folder`` is a Ray job's unpacked ``--working-dir``, which Ray deletes with the job."""
+    return folder.name.startswith("_ray_pkg_") or "runtime_resources" in folder.parts
+
+
+def output_root() -> str:
+    """Where relative output paths are rooted: ``$SWINRAY_STORAGE`` when set (a path or an object-store
+    URI); else the working directory, unless it is a Ray job's unpacked working dir: then ``~/swinray``."""
+    if os.environ.get(STORAGE_ENV):
+        return os.environ[STORAGE_ENV]
+    cwd = Path.cwd()
+    return str(JOB_OUTPUTS.expanduser()) if in_ray_job_package(cwd) else str(cwd)
+
+
+def output_root_note() -> str:
+    """Why outputs go elsewhere than the working directory, for the log ("" when they do not)."""
+    if os.environ.get(STORAGE_ENV) or not in_ray_job_package(Path.cwd()):
+        return ""
+    return (f"this is a Ray job's working directory, which Ray deletes: relative output paths go under "
+            f"{JOB_OUTPUTS.expanduser()} (set ${STORAGE_ENV} or run.storage to choose)")
+
+
+def output_path(path: str) -> str:
+    """An output location (``run.storage``, a cache or phantom folder) as an absolute path or a URI."""
+    if not path or is_uri(path) or Path(path).is_absolute():
+        return path if not path or is_uri(path) else str(Path(path).resolve())
+    root = output_root()
+    return f"{root.rstrip('/')}/{path}" if is_uri(root) else str((Path(root) / path).resolve())
+
+
 def run_dir(storage: str, name: str) -> Path:
     """A run's folder, ``<storage>/<name>``: local, or this node's mirror of an object store."""
-    return local_path(storage) / name
+    return local_path(output_path(storage)) / name
 
 
 def aim_repo_for(aim_repo: str, storage: str) -> str:
@@ -48,9 +83,7 @@ def aim_repo_for(aim_repo: str, storage: str) -> str:
         raise ConfigError(f"run.storage={storage}: Aim cannot write to object storage; set run.aim_repo "
                           f"(--set run.aim_repo=...) to aim://HOST:PORT (cluster/gpu.yaml runs one on the head and "
                           f"sets ${AIM_REPO_ENV} there) or to a path on this machine")
-    if repo and "://" not in repo:
-        return str(Path(repo).resolve())
-    return repo or str(Path(storage).resolve())
+    return output_path(repo or storage)
 
 
 @dataclass(frozen=True)
@@ -70,17 +103,44 @@ class Resolved:
     dataset: Any = None                 # swinray.data.datasets.Dataset, read once; stays in the driver
 
 
+# A rerun of a training run or a sweep under the same name resumes it, so it must be the same run:
+# it may only go on for longer or run elsewhere. Keys (their last part) a rerun may change:
+RESUMABLE_CHANGES = ("num_steps", "max_minutes", "trials", "ray_address", "dashboard", "max_failures",
+                     "num_checkpoints_kept", "max_concurrent_trials")
+
+
 def save(resolved: Resolved, folder: str | Path | None = None) -> Path:
-    """``config.json`` (resolved) and ``config.requested.json`` into the run's folder; the first's path."""
+    """``config.json`` (resolved) and ``config.requested.json`` into the run's folder; the first's path.
+    A training run or sweep of the same name saved with another config is refused, never overwritten."""
     folder = Path(folder or resolved.paths.run_dir)
+    if isinstance(resolved.cfg, (PretrainConfig, FinetuneConfig, SweepConfig)):
+        check_same_run(folder / CONFIG_FILE, resolved.cfg)
     save_config(resolved.requested, folder / REQUESTED_FILE)
     return save_config(resolved.cfg, folder / CONFIG_FILE)
 
 
+def check_same_run(saved_path: Path, cfg) -> None:
+    """Refuse to resume the run saved at ``saved_path`` with a config that differs in anything but
+    ``RESUMABLE_CHANGES``. A config saved on another node (a mirror that lacks it) is not compared."""
+    if not saved_path.exists():
+        return
+    try:
+        saved = flat_items(load_config(type(cfg), saved_path))
+    except ConfigError:
+        return                          # an older or hand-edited file: it does not decide
+    changed = {k: (saved.get(k), v) for k, v in flat_items(cfg).items()
+               if saved.get(k) != v and k.rsplit(".", 1)[-1] not in RESUMABLE_CHANGES}
+    if changed:
+        listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(changed.items())[:6])
+        raise ConfigError(f"{saved_path.parent} already holds a run of this name with another config "
+                          f"({listed}); a rerun resumes that run, so choose another name (--name, or "
+                          f"--set run.name=...) or rerun it as it was (--config {saved_path})")
+
+
 def resolve_run(run: RunConfig) -> RunConfig:
     """Storage as an absolute path (a URI stays), the Aim repo and the experiment filled in."""
-    storage = run.storage if is_uri(run.storage) else str(Path(run.storage).resolve())
-    return replace(run, storage=storage, aim_repo=aim_repo_for(run.aim_repo, run.storage),
+    storage = output_path(run.storage)
+    return replace(run, storage=storage, aim_repo=aim_repo_for(run.aim_repo, storage),
                    experiment=run.experiment or run.name)
 
 
@@ -99,12 +159,13 @@ def resolve_data(data: DataConfig, storage: str, log=print):
 
 def place_folders(data: DataConfig, storage: str) -> DataConfig:
     """``data`` with its unset folders (cache, phantom) under ``storage`` and its paths absolute."""
-    root = local_path(storage)          # an object store's node-local mirror (swinray.storage)
-    def absolute(path: str) -> str:
+    root = local_path(output_path(storage))    # an object store's node-local mirror (swinray.storage)
+
+    def absolute(path: str) -> str:             # inputs: relative to the working directory
         return path if not path or is_uri(path) else str(Path(path).resolve())
     return replace(data, source=absolute(data.source), unlabelled=tuple(absolute(u) for u in data.unlabelled),
-                   cache_dir=absolute(data.cache_dir) or str(root / "cache"),
-                   phantom_dir=absolute(data.phantom_dir) or str(root / "phantom"))
+                   cache_dir=output_path(data.cache_dir) or str(root / "cache"),
+                   phantom_dir=output_path(data.phantom_dir) or str(root / "phantom"))
 
 
 def resolve_model(model: ModelConfig, task, roi_from_task: bool) -> ModelConfig:
@@ -149,6 +210,18 @@ def resolve_finetune(cfg: FinetuneConfig, log=print, split_file: str = "") -> Re
                     dataset)
 
 
+def evaluation_dir(cfg: EvaluateConfig) -> Path:
+    """``<out_dir>/<model's run>-on-<dataset>``: a new folder for every evaluation (``-2``, ``-3``, ...
+    after one that finished), so no evaluation's scores overwrite another's."""
+    model = Path(cfg.checkpoint.split("://", 1)[-1])
+    data = Path(cfg.data.rstrip("/"))
+    name = f"{model.parent.name or model.stem}-on-{data.name if not data.suffix else data.parent.name}"
+    root, n = local_path(output_path(cfg.out_dir)), 1
+    while (root / (name if n == 1 else f"{name}-{n}") / "per_case.csv").exists():
+        n += 1
+    return root / (name if n == 1 else f"{name}-{n}")
+
+
 def sweep_dir(cfg: SweepConfig, name: str | None = None) -> Path:
     return run_dir(cfg.storage, name or cfg.name)
 
@@ -156,7 +229,7 @@ def sweep_dir(cfg: SweepConfig, name: str | None = None) -> Path:
 def resolve_sweep(cfg: SweepConfig, log=print) -> Resolved:
     """One task: its fine-tuning base resolved whole (a sweep over several tasks resolves each when
     it gets to it, into that task's sweep folder)."""
-    storage = cfg.storage if is_uri(cfg.storage) else str(Path(cfg.storage).resolve())
+    storage = output_path(cfg.storage)
     folder = sweep_dir(cfg)
     if cfg.tasks:
         run = replace(cfg.finetune.run, aim_repo=aim_repo_for(cfg.finetune.run.aim_repo, cfg.finetune.run.storage))

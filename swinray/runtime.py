@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import logging
 import os
 import sys
 
@@ -27,6 +28,12 @@ def pin_own_cluster() -> None:
 
 
 _LOCAL_INSTANCE = {"started": False}   # whether init_ray started the instance this process uses
+VERBOSE_ENV = "SWINRAY_VERBOSE"         # set by --verbose: Ray's worker logs and INFO lines reach the terminal
+_CHATTY_LOGGERS = ("ray.data", "ray.tune", "ray.train")
+
+
+def verbose() -> bool:
+    return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
 
 
 def init_ray(run: RunConfig) -> dict:
@@ -37,7 +44,14 @@ def init_ray(run: RunConfig) -> dict:
         if address == "local":  # a joined cluster keeps the runtime env its job was submitted with
             kwargs = {"include_dashboard": run.dashboard, "dashboard_host": "127.0.0.1",
                       "runtime_env": {"worker_process_setup_hook": pin_own_cluster}}
-        ray.init(address=address, log_to_driver=True, **kwargs)
+        # Quiet unless --verbose: workers' and actors' own log lines (Train's controller, Tune's trial
+        # tables, harmless warnings such as the PreemptionWatcher's) stay in Ray's session logs; our
+        # progress comes from the driver (swinray.progress), and a failure still raises here with its
+        # traceback. Under `ray job submit` the job's logs are the same either way.
+        ray.init(address=address, log_to_driver=verbose(), **kwargs)
+        if not verbose():
+            for name in _CHATTY_LOGGERS:
+                logging.getLogger(name).setLevel(logging.WARNING)
         _LOCAL_INSTANCE["started"] = address == "local"
     resources = ray.cluster_resources()
     return {

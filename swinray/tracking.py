@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import sys
 import time
 import urllib.parse
 import warnings
@@ -24,13 +25,15 @@ UPLOAD_EVERY_S = 10.0                 # a metrics log in object storage is re-up
 
 
 def aim_ui_command(repo: str) -> str:
-    """How to open the Aim UI on ``repo``: ``aim up`` for a repo on disk; for a tracking server
+    """How to open the Aim UI on ``repo``, as a command that works from any shell: ``aim up`` (the
+    environment's own ``aim``, by its full path) for a repo on disk; for a tracking server
     (``aim://``) the UI that ``cluster/*.yaml`` runs beside it on the head, which ``aim up`` here
     cannot open."""
     if repo.startswith("aim://"):
         return ("ray attach cluster/gpu.yaml -p 43800  # the head's Aim UI on its tracking server "
                 f"{repo}, then open {AIM_UI}")
-    return f"aim up --repo {repo} --host 127.0.0.1"
+    aim = Path(sys.executable).with_name("aim")
+    return f"{aim if aim.exists() else 'aim'} up --repo {repo} --host 127.0.0.1"
 
 
 def aim_explorer_url(query: str, page: str = "metrics", base: str = AIM_UI) -> str:

@@ -8,7 +8,6 @@ renamed, so a crash never leaves a half-written case that counts as done.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -17,15 +16,24 @@ from pathlib import Path
 import numpy as np
 
 from swinray.data.datasets import Case, Dataset
+from swinray.data.tasks import TaskSpec
 from swinray.storage import atomic_write, exists, fetch, local_path, remote_of, shown
 
 PIPELINE_VERSION = 1  # bump when the transforms change meaning, so old caches are not reused
 
 
+def preprocessing_settings(task: TaskSpec) -> dict:
+    """What preprocessing reads of a task; the rest (its name, the training ROI) leaves cases unchanged."""
+    return {"modality": task.modality, "channels": list(task.channel_names), "classes": task.num_classes,
+            "spacing_mm": list(task.spacing_mm), "intensity": task.intensity,
+            "window_hu": list(task.window_hu) if task.window_hu else None}
+
+
 def cache_dir_for(dataset: Dataset, cache_root: str | Path) -> Path:
-    """``<root>/<task>-<hash>``: the hash covers the dataset root and every preprocessing setting.
-    An object-store root (or dataset) is named by its URI, so every node's mirror finds one cache."""
-    settings = {"root": shown(dataset.root), "task": dataclasses.asdict(dataset.task),
+    """``<root>/<task>-<hash>``: the hash covers the dataset root and what preprocessing reads, so
+    every command and preset that preprocesses the same data alike shares one cache. An object-store
+    root (or dataset) is named by its URI, so every node's mirror finds one cache."""
+    settings = {"root": shown(dataset.root), "preprocessing": preprocessing_settings(dataset.task),
                 "version": PIPELINE_VERSION, **({"sources": list(dataset.sources)} if dataset.sources else {})}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     return local_path(cache_root) / f"{dataset.task.name}-{digest}"

@@ -10,8 +10,10 @@ reported and skipped, never fatal.
 from __future__ import annotations
 
 import csv
+import io
 import math
-from pathlib import Path
+import re
+import time
 
 import numpy as np
 import torch
@@ -23,9 +25,10 @@ from swinray.data.tasks import task_from_dict
 from swinray.errors import ConfigError, DatasetError
 from swinray.models.segmenter import load_segmenter
 from swinray.progress import Progress
+from swinray.resolve import evaluation_dir
 from swinray.seg.metrics import dice_per_case, hd95_per_case
 from swinray.seg.model_input import segment_case
-from swinray.storage import local_file
+from swinray.storage import local_file, write_text
 
 
 def pick_device(choice: str) -> torch.device:
@@ -64,39 +67,47 @@ def run_evaluate(cfg: EvaluateConfig, log=print) -> dict:
     if not cases:
         raise DatasetError(f"{dataset.dataset_file or dataset.root}: no labelled case to evaluate")
     names = task.label_names[1:]
+    columns = [re.sub(r"\W+", "_", name).strip("_") for name in names]    # "right kidney" -> right_kidney
+    out = evaluation_dir(cfg)
     log(f"evaluating {cfg.checkpoint} (task {task.name}, trained to validation Dice "
-        f"{meta['metrics'].get('val_dice', float('nan')):.4f}) on {len(cases)} case(s) of {dataset.root}")
+        f"{meta['metrics'].get('val_dice', float('nan')):.4f}) on {len(cases)} case(s) of {dataset.root} "
+        f"-> {out}; sliding windows of {tuple(meta['roi_size'])}, overlap {cfg.sw_overlap}, "
+        f"{cfg.sw_batch_size} per forward pass, on {device.type}")
     rows, rejected = [], [{"case_id": None, "reason": r} for r in dataset.rejected]
     progress = Progress(len(cases), "case", "evaluate")
+    began = time.perf_counter()
     for case in cases:
         try:
-            pred, label, affine = segment_case(model, case, task, meta["roi_size"], cfg.sw_batch_size,
-                                               cfg.sw_overlap, device)
+            pred, label, affine, windows = segment_case(model, case, task, meta["roi_size"], cfg.sw_batch_size,
+                                                        cfg.sw_overlap, device)
         except CaseError as e:
             log(f"rejected: {e}")
             rejected.append({"case_id": case.case_id, "reason": str(e)})
             progress.update()
             continue
+        if not rows:
+            took = time.perf_counter() - began
+            log(f"first case: {windows} windows in {took:.0f} s; expect about {took * len(cases) / 60:.1f} min "
+                f"for {len(cases)} case(s). Faster: a GPU (--set device=cuda), --set sw_overlap=0 (fewer "
+                "windows), a larger sw_batch_size on a GPU; see docs/data.md#evaluation-speed")
         p, t = torch.from_numpy(pred)[None, None], torch.from_numpy(label.astype(np.uint8))[None, None]
         dice = dice_per_case(p, t, task.num_classes)[0].tolist()
         voxel_mm = tuple(np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))     # in the array's own axis order
         hd95 = hd95_per_case(p, t, task.num_classes, voxel_mm)[0].tolist()
-        rows.append({"case_id": case.case_id, **{f"dice_{n}": d for n, d in zip(names, dice)},
-                     **{f"hd95_mm_{n}": h for n, h in zip(names, hd95)}, "mean_dice": _mean(dice)})
+        rows.append({"case_id": case.case_id, **{f"dice_{c}": d for c, d in zip(columns, dice)},
+                     **{f"hd95_mm_{c}": h for c, h in zip(columns, hd95)}, "mean_dice": _mean(dice)})
         progress.update()
     progress.close()
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    csv_path = out / "per_case.csv"
-    with csv_path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["case_id", *[f"dice_{n}" for n in names],
-                                               *[f"hd95_mm_{n}" for n in names], "mean_dice"])
-        writer.writeheader()
-        writer.writerows(rows)
-    dice_per_class = {n: _mean(r[f"dice_{n}"] for r in rows) for n in names}
-    hd95_per_class = {n: _mean(r[f"hd95_mm_{n}"] for r in rows) for n in names}
+    fields = ["case_id", *[f"dice_{c}" for c in columns], *[f"hd95_mm_{c}" for c in columns], "mean_dice"]
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    csv_path = write_text(out / "per_case.csv", table.getvalue())
+    dice_per_class = {n: _mean(r[f"dice_{c}"] for r in rows) for n, c in zip(names, columns)}
+    hd95_per_class = {n: _mean(r[f"hd95_mm_{c}"] for r in rows) for n, c in zip(names, columns)}
     # HD95 is infinite where a class is predicted nowhere (or only there): counted, not averaged.
-    hd95_undefined = {n: sum(1 for r in rows if not math.isfinite(r[f"hd95_mm_{n}"])) for n in names}
+    hd95_undefined = {n: sum(1 for r in rows if not math.isfinite(r[f"hd95_mm_{c}"])) for n, c in zip(names, columns)}
     mean_dice = _mean(dice_per_class.values())
     log(f"mean foreground Dice {mean_dice} over {len(rows)} case(s): {dice_per_class}; HD95 mm: {hd95_per_class}")
     return {"command": "evaluate", "checkpoint": cfg.checkpoint, "data": str(dataset.root), "task": task.name,

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import numpy as np
 import torch
+from monai.data.utils import dense_patch_slices
 
 from swinray.data.case_pipeline import load_case
 from swinray.data.datasets import Case
@@ -18,15 +20,28 @@ def _image_transforms(task: TaskSpec):
     return preprocess_transforms(task, labelled=False)
 
 
-def segment_case(model: torch.nn.Module, case: Case, task: TaskSpec, roi_size, sw_batch_size: int,
-                 overlap: float, device: torch.device) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-    """(label map on the source grid, verified source label or None, source affine).
+class Segmented(NamedTuple):
+    labels: np.ndarray                  # the label map on the source grid, uint8
+    truth: np.ndarray | None            # the verified source label, if the case has one
+    affine: np.ndarray                  # the source affine
+    windows: int                        # sliding windows the model ran on
 
-    The image is verified and preprocessed exactly as the training cache was (``CaseError`` names
-    the file when it is unusable); the prediction is resampled back onto the source voxel grid.
-    """
+
+def count_windows(shape, roi_size, overlap: float) -> int:
+    """How many windows MONAI's ``sliding_window_inference`` runs on a volume of ``shape`` (it pads
+    a volume smaller than the ROI up to it; windows step by ``roi * (1 - overlap)``)."""
+    size = [max(int(s), int(r)) for s, r in zip(shape, roi_size)]
+    step = [max(1, int(r * (1 - overlap))) if s > r else int(r) for s, r in zip(size, roi_size)]
+    return len(dense_patch_slices(size, [int(r) for r in roi_size], step))
+
+
+def segment_case(model: torch.nn.Module, case: Case, task: TaskSpec, roi_size, sw_batch_size: int,
+                 overlap: float, device: torch.device) -> Segmented:
+    """The image is verified and preprocessed exactly as the training cache was (``CaseError`` names
+    the file when it is unusable); the prediction is resampled back onto the source voxel grid."""
     image, label, affine, _ = load_case(case, task)
     prepared = _image_transforms(task)({"image": as_meta_tensor(image, affine)})["image"]
     probs = predict_probabilities(model, prepared.as_tensor().float()[None].to(device), roi_size, sw_batch_size,
                                   overlap, use_amp=device.type == "cuda")
-    return labels_on_source_grid(probs[0], prepared.affine, affine, image.shape[1:]), label, affine
+    return Segmented(labels_on_source_grid(probs[0], prepared.affine, affine, image.shape[1:]), label, affine,
+                     count_windows(prepared.shape[1:], roi_size, overlap))

@@ -61,8 +61,8 @@ def run_predict(cfg: PredictConfig, log=print) -> dict:
     for path in files:
         case = Case(_case_id(str(path)), (str(path.resolve()),), None, "test")
         try:
-            labels, _, _ = segment_case(model, case, task, meta["roi_size"], cfg.sw_batch_size, cfg.sw_overlap,
-                                        device)
+            labels = segment_case(model, case, task, meta["roi_size"], cfg.sw_batch_size, cfg.sw_overlap,
+                                  device).labels
             out_path = out_dir / path.name
             write_label_map(labels, path, out_path)
             written.append(str(out_path))

@@ -62,11 +62,15 @@ def test_job_submit_with_a_wrong_token_is_refused(ray_head, tmp_path):
 
 
 @pytest.mark.timeout(300)
-def test_submitted_doctor_joins_the_head_and_runs_train_workers(ray_head, tmp_path):
+def test_submitted_doctor_joins_the_head_and_runs_train_workers_keeping_its_files_out_of_rays_temp(
+        ray_head, tmp_path):
+    """Default (relative) storage under a job: not in the unpacked working dir that Ray deletes, but
+    under ~/swinray (HOME is a temporary folder here)."""
     job = "swinray-doctor"
+    env = json.dumps({**json.loads(RUNTIME_ENV), "env_vars": {"HOME": str(tmp_path)}})
     submit = ray_job(ray_head, "submit", "--submission-id", job, "--working-dir", ".",
-                     "--runtime-env-json", RUNTIME_ENV, "--", "python", "-m", "platform.doctor",
-                     "--preset", "debug", "--set", f"run.storage={tmp_path}", timeout=240)
+                     "--runtime-env-json", env, "--", "python", "-m", "platform.doctor",
+                     "--preset", "debug", timeout=240)
     assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-2000:]
 
     status = ray_job(ray_head, "status", job)
@@ -80,8 +84,10 @@ def test_submitted_doctor_joins_the_head_and_runs_train_workers(ray_head, tmp_pa
     assert summary["allreduce_sum"] == 3.0                             # ranks 0, 1 add 1 + 2
     assert summary["worker_system"] == "Linux"                         # stdlib platform on the worker
     assert summary["ray_address"] == ray_head.address                  # joined, did not start one
-    assert json.loads((tmp_path / "doctor" / "config.json").read_text())["run"]["num_workers"] == 2
-    assert [p for p in (tmp_path / "doctor").glob("checkpoint_*") if p.is_dir()]   # storage writable
+    run_dir = tmp_path / "swinray" / "outputs" / "debug" / "doctor"     # the debug preset's outputs/debug
+    assert json.loads((run_dir / "config.json").read_text())["run"]["num_workers"] == 2
+    assert [p for p in run_dir.glob("checkpoint_*") if p.is_dir()]     # storage writable
+    assert "relative output paths go under" in logs.stdout               # and the job's log says so
 
 
 def submit_and_summarise(head: RayHead, job: str, *entrypoint: str, runtime_env: dict | None = None) -> dict:
@@ -100,21 +106,25 @@ def test_submitted_pretraining_on_real_ct_writes_everything_to_s3(ray_head, s3_b
     storage an S3 bucket (moto's server on loopback): the job's runtime env carries the credentials."""
     openkbp = SHARED_DATA / "OpenKBP_HN_CT" / "imagesTr"
     data = ["--data", str(openkbp), "--set", "data.max_cases=4"] if openkbp.exists() else []
-    storage = f"s3://{s3_bucket['bucket']}/lab"
+    # No run.storage: the debug preset's relative outputs/debug, rooted at $SWINRAY_STORAGE (a cluster's
+    # shared storage), here a bucket: lab/outputs/debug
+    storage = f"s3://{s3_bucket['bucket']}/lab/outputs/debug"
     summary = submit_and_summarise(
         ray_head, "swinray-pretrain", "python", "-m", "platform.pretrain", "--preset", "debug", *data,
-        "--set", "data.cache_dir=", "--set", "data.phantom_dir=", "--set", f"run.storage={storage}",
+        "--set", "data.cache_dir=", "--set", "data.phantom_dir=",
         "--set", f"run.aim_repo={tmp_path / 'aim'}", "--set", "optim.num_steps=3",
-        "--set", "run.checkpoint_every_steps=2", runtime_env={"env_vars": s3_bucket["env"]})
+        "--set", "run.checkpoint_every_steps=2",
+        runtime_env={"env_vars": {**s3_bucket["env"], "SWINRAY_STORAGE": f"s3://{s3_bucket['bucket']}/lab"}})
     assert summary["ok"] is True and summary["steps"] == 3
     assert summary["encoder_keys_missing"] == 0
     assert summary["encoder"] == f"{storage}/pretrain-debug/encoder.pt"
     assert summary["checkpoint"].startswith(f"{storage}/pretrain-debug/checkpoint_")
-    keys = s3_keys(s3_bucket["bucket"], "lab/")
-    assert {"lab/pretrain-debug/encoder.pt", "lab/pretrain-debug/config.json"} <= set(keys)
-    cached = [k for k in keys if k.startswith("lab/cache/") and k.endswith(".npy")]
+    prefix = "lab/outputs/debug/"
+    keys = s3_keys(s3_bucket["bucket"], prefix)
+    assert {f"{prefix}pretrain-debug/encoder.pt", f"{prefix}pretrain-debug/config.json"} <= set(keys)
+    cached = [k for k in keys if k.startswith(f"{prefix}cache/") and k.endswith(".npy")]
     assert len(cached) == 4 and any(k.endswith("/manifest.json") for k in keys)   # preprocessed into S3
-    assert len({k.split("/")[2] for k in keys if k.startswith("lab/pretrain-debug/checkpoint_")
+    assert len({k.split("/")[4] for k in keys if k.startswith(f"{prefix}pretrain-debug/checkpoint_")
                 and k.endswith("/state.pt")}) == 2                                 # steps 2 and 3, in S3
-    log = s3_text(s3_bucket["bucket"], "lab/pretrain-debug/metrics.jsonl")
+    log = s3_text(s3_bucket["bucket"], f"{prefix}pretrain-debug/metrics.jsonl")
     assert [json.loads(line)["step"] for line in log.splitlines()] == [1, 2, 3]

@@ -38,19 +38,20 @@ def test_cuda_without_a_gpu_is_one_clear_error(tmp_path):
     assert "device=cuda but torch sees no GPU" in last_json(out.stdout)["error"]
 
 
-def test_print_config_saves_the_resolved_config_and_runs_nothing(tmp_path):
+def test_print_config_prints_the_resolved_config_and_leaves_a_finished_runs_files_alone(tmp_path):
+    finished = tmp_path / "pretrain-debug" / "config.json"
+    finished.parent.mkdir()
+    finished.write_text('{"as": "trained"}\n')
     out = run_module("platform.pretrain", "--preset", "debug", "--set", "optim.lr=3e-4",
                      "--set", f"run.storage={tmp_path}", "--set", f"data.phantom_dir={tmp_path / 'ph'}",
                      "--set", f"data.cache_dir={tmp_path / 'cache'}", "--print-config")
     assert out.returncode == 0, out.stderr
-    summary = last_json(out.stdout)
-    saved = json.loads((tmp_path / "pretrain-debug" / "config.json").read_text())
-    assert summary["config"] == saved and saved["optim"]["lr"] == 3e-4
-    assert saved["model"]["feature_size"] == 12                         # from the debug preset
-    assert saved["model"]["in_channels"] == 1 and saved["data"]["task"] == "ph"   # resolved from the data
-    requested = json.loads((tmp_path / "pretrain-debug" / "config.requested.json").read_text())
-    assert requested["model"]["in_channels"] == 0 and requested["data"]["task"] == "auto"
-    assert not list((tmp_path / "pretrain-debug").glob("checkpoint_*"))
+    printed = last_json(out.stdout)["config"]
+    assert printed["optim"]["lr"] == 3e-4 and printed["model"]["feature_size"] == 12   # override, preset
+    assert printed["model"]["in_channels"] == 1 and printed["data"]["task"] == "ph"     # resolved from the data
+    assert finished.read_text() == '{"as": "trained"}\n'
+    assert sorted(p.name for p in finished.parent.iterdir()) == ["config.json"]
+    assert len(out.stdout.splitlines()) == 1                                          # stdout: the JSON line only
 
 
 def test_phantom_command_writes_the_dataset_and_says_where(tmp_path):

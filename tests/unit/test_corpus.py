@@ -47,3 +47,14 @@ def test_a_missing_folder_or_a_second_dataset_is_refused_clearly(collections):
         load_corpus((str(collections / "LIDC"), str(collections / "Nowhere")))
     with pytest.raises(ConfigError, match="not both"):
         load_source(DataConfig(source=str(collections / "LIDC"), unlabelled=(str(collections / "LIDC"),)))
+
+
+def test_the_cache_key_covers_what_preprocessing_reads_and_nothing_else(collections, tmp_path):
+    """Commands and presets that differ only in the training ROI (or the task's name) share a cache."""
+    from dataclasses import replace
+    dataset = load_corpus((str(collections / "LIDC"),))
+    other_roi = replace(dataset, task=replace(dataset.task, roi_size=(64, 64, 64), name="renamed"))
+    other_spacing = replace(dataset, task=replace(dataset.task, spacing_mm=(1.0, 1.0, 1.0)))
+    key = cache_dir_for(dataset, tmp_path).name.split("-")[-1]
+    assert cache_dir_for(other_roi, tmp_path).name.split("-")[-1] == key
+    assert cache_dir_for(other_spacing, tmp_path).name.split("-")[-1] != key

@@ -5,7 +5,7 @@ import pytest
 
 from swinray.config import FinetuneConfig, PretrainConfig, SweepConfig, apply_overrides, load_config, preset, to_dict
 from swinray.data.phantom import write_phantom_dataset
-from swinray.errors import DatasetError
+from swinray.errors import ConfigError, DatasetError
 from swinray.resolve import resolve_finetune, resolve_pretrain, resolve_sweep, save
 
 
@@ -74,3 +74,29 @@ def test_a_sweep_resolves_its_fine_tuning_base_and_records_the_split_in_the_swee
     assert resolved.cfg.finetune.data.task == "HeadCT" and all(resolved.cfg.finetune.model.roi_size)
     assert resolved.paths.run_dir == str((tmp_path / "sweeps" / "sweep-debug").resolve())
     assert resolved.paths.split == str((tmp_path / "sweeps" / "sweep-debug" / "split.json").resolve())
+
+
+def test_a_rerun_under_the_same_name_may_go_on_longer_but_not_with_other_settings(dataset, tmp_path):
+    resolved = resolve_finetune(finetune_config(dataset, tmp_path), print)
+    saved = save(resolved)
+    longer = resolve_finetune(apply_overrides(resolved.requested, {"optim.num_steps": 4000}), print)
+    assert json.loads(save(longer).read_text())["optim"]["num_steps"] == 4000          # it goes on to 4000
+    other = resolve_finetune(apply_overrides(resolved.requested, {"optim.lr": 3e-4}), print)
+    with pytest.raises(ConfigError, match=r"already holds a run of this name.*optim\.lr: 0\.001 -> 0\.0003"):
+        save(other)
+    assert json.loads(saved.read_text())["optim"]["lr"] == 1e-3                        # never overwritten
+
+
+def test_relative_outputs_never_land_in_a_ray_jobs_working_dir_which_ray_deletes(tmp_path, monkeypatch):
+    from swinray.resolve import output_path, output_root_note
+    monkeypatch.delenv("SWINRAY_STORAGE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert output_path("outputs") == str(tmp_path / "outputs") and not output_root_note()   # a plain shell
+    package = tmp_path / "runtime_resources" / "working_dir_files" / "_ray_pkg_0123abcd"
+    package.mkdir(parents=True)
+    monkeypatch.chdir(package)                                      # as `ray job submit --working-dir .` runs
+    assert output_path("outputs/debug") == str(tmp_path / "home" / "swinray" / "outputs" / "debug")
+    assert "Ray deletes" in output_root_note() and output_path("/abs/runs") == "/abs/runs"
+    monkeypatch.setenv("SWINRAY_STORAGE", "s3://lab/shared")       # a cluster's shared storage
+    assert output_path("outputs") == "s3://lab/shared/outputs" and not output_root_note()

@@ -2,8 +2,10 @@
 through Aim's SDK (Aim 3.29 only indexes runs inside `aim up` otherwise); the run of a killed
 process (a trial ASHA stopped) can be closed afterwards."""
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from aim import Repo
@@ -56,7 +58,10 @@ def test_the_run_of_a_killed_process_is_closed_afterwards_and_a_finished_one_is_
 
 
 def test_the_aim_ui_command_opens_a_repo_on_disk_and_points_at_the_heads_ui_for_a_server():
-    assert aim_ui_command("/runs/.aim") == "aim up --repo /runs/.aim --host 127.0.0.1"
+    local = aim_ui_command("/runs/.aim")
+    aim, rest = local.split(" ", 1)
+    assert rest == "up --repo /runs/.aim --host 127.0.0.1"
+    assert Path(aim).is_absolute() and os.access(aim, os.X_OK)      # works as printed, no venv activated
     remote = aim_ui_command("aim://10.0.0.5:53800")     # `aim up` cannot open a tracking server
     assert "aim up" not in remote and remote.startswith("ray attach cluster/gpu.yaml -p 43800")
     assert "aim://10.0.0.5:53800" in remote and "http://127.0.0.1:43800" in remote
