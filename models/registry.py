@@ -1,11 +1,11 @@
-"""Model registry: a plain dict from name to builder; an unknown name lists the valid ones.
+"""Model builders: MONAI's Swin UNETR for segmentation, and the pretraining network, from settings.
 
-    from swinray.models.registry import build_model
-    net = build_model("swin_unetr", in_channels=1, out_channels=14, feature_size=48)
+    from swinray.models.registry import build_swin_unetr
+    net = build_swin_unetr(in_channels=1, out_channels=14, feature_size=48)
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from monai.networks.nets import SwinUNETR
 from torch import nn
@@ -25,16 +25,6 @@ def build_swin_unetr(in_channels: int, out_channels: int, feature_size: int,
     return SwinUNETR(in_channels=in_channels, out_channels=out_channels, feature_size=feature_size,
                      dropout_path_rate=drop_path_rate, use_checkpoint=use_checkpoint, spatial_dims=3,
                      window_size=window_size, use_flash_attention=use_flash_attention)
-
-
-MODELS: dict[str, Callable[..., nn.Module]] = {"swin_unetr": build_swin_unetr}
-
-
-def build_model(name: str, **kwargs) -> nn.Module:
-    """``MODELS[name](**kwargs)``; an unknown name is a KeyError listing the valid names."""
-    if name not in MODELS:
-        raise KeyError(f"model.name={name!r} is not a known model; valid names: {', '.join(sorted(MODELS))}")
-    return MODELS[name](**kwargs)
 
 
 def build_ssl_head(in_channels: int, feature_size: int, roi_size: Sequence[int],

@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 from swinray import config as C
 from swinray.errors import UserError
-from swinray.resolve import CONFIG_FILE, evaluation_dir, output_root_note, run_dir, save
+from swinray.resolve import CONFIG_FILE, REQUESTED_FILE, evaluation_dir, output_root_note, run_dir, save
 from swinray.storage import shown
 
 Shortcut = tuple[str, str, str]  # (flag, dotted config key, help)
@@ -76,11 +76,22 @@ def _parser(verb: str, cls: type, description: str, shortcuts: list[Shortcut],
 
 def requested_config(cls: type, args: argparse.Namespace, shortcuts: list[Shortcut], positional: str | None = None):
     """Preset (or saved config) -> positional and shortcut flags -> --set overrides, validated."""
-    cfg = C.load_config(cls, args.config) if args.config else C.preset(cls, args.preset)
+    cfg = starting_config(cls, Path(args.config)) if args.config else C.preset(cls, args.preset)
     keys = [key for _, key, _ in shortcuts] + ([positional] if positional else [])
     values = {key: getattr(args, key) for key in keys if getattr(args, key) is not None}
     flagged = [f"{key}={','.join(v) if isinstance(v, list) else v}" for key, v in values.items()]
     return C.apply_overrides(cfg, C.parse_assignments(flagged + args.overrides, cfg))
+
+
+def starting_config(cls: type, path: Path):
+    """A saved config to start from. A run's ``config.json`` is resolved for its data and storage, so
+    the request it came from (``config.requested.json`` beside it) is read instead: resolved again it
+    gives the same config, and with other data or another name it is resolved for those."""
+    requested = path.with_name(REQUESTED_FILE)
+    if path.name == CONFIG_FILE and requested.is_file():
+        log(f"--config {path}: starting from the request it was resolved from, {requested}")
+        path = requested
+    return C.load_config(cls, path)
 
 
 @dataclass(frozen=True)
@@ -103,9 +114,17 @@ def _function(name: str) -> Callable:
 
 def run_verb(verb: str, argv: list[str] | None = None) -> dict:
     """Parse the config, resolve and save it, run the verb; return its JSON summary."""
+    return _run_parsed(verb, _parse(verb, argv))
+
+
+def _parse(verb: str, argv: list[str] | None) -> argparse.Namespace:
+    """The command line; ``--help`` prints (to stdout) and exits here, an unknown flag is a ConfigError."""
     spec = VERBS[verb]
-    parser = _parser(verb, spec.cls, spec.description, spec.shortcuts, spec.positional)
-    args = parser.parse_args(argv)
+    return _parser(verb, spec.cls, spec.description, spec.shortcuts, spec.positional).parse_args(argv)
+
+
+def _run_parsed(verb: str, args: argparse.Namespace) -> dict:
+    spec = VERBS[verb]
     if args.verbose:
         from swinray.runtime import VERBOSE_ENV  # not at the top: --help stays free of Ray
         os.environ[VERBOSE_ENV] = "1"
@@ -131,16 +150,18 @@ def run_verb(verb: str, argv: list[str] | None = None) -> dict:
 def main(verb: str, argv: list[str] | None = None) -> int:
     """Run a verb; a problem the user can fix (settings, data, environment) is one clear line and
     ``ok: false``, not a traceback. Stdout is the JSON line only."""
-    with _stdout_to_stderr():
-        try:
-            summary = run_verb(verb, argv)
-        except UserError as e:
-            log(f"error: {e}")
-            summary = {"command": verb, "ok": False, "error": str(e)}
-            code = 2 if isinstance(e, C.ConfigError) else 1     # 2: the command line itself, as argparse says
-        else:
-            code = 0 if summary.get("ok", True) else 1
-        _disconnect_ray()
+    try:
+        args = _parse(verb, argv)               # --help prints to stdout and exits here
+        with _stdout_to_stderr():
+            try:
+                summary = _run_parsed(verb, args)
+            finally:
+                _disconnect_ray()
+        code = 0 if summary.get("ok", True) else 1
+    except UserError as e:
+        log(f"error: {e}")
+        summary = {"command": verb, "ok": False, "error": str(e)}
+        code = 2 if isinstance(e, C.ConfigError) else 1     # 2: the command line itself, as argparse says
     emit(summary)
     return code
 

@@ -85,7 +85,8 @@ class PhantomConfig:
     def __post_init__(self) -> None:
         _at_least(1, num_cases=self.num_cases)
         _at_least(0, seed=self.seed)
-        _require(all(side >= 16 for side in self.shape), "shape", self.shape, "each side must be at least 16")
+        _require(all(side >= low for side, low in zip(self.shape, (48, 48, 16))), "shape", self.shape,
+                 "must be at least (48, 48, 16): the phantom's organs need that many voxels")
 
 
 @dataclass(frozen=True)
@@ -209,7 +210,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         _plain_name("name", self.name)
-        check_storage(self.storage, "run.storage")
+        check_storage(self.storage, "storage")      # from_dict prefixes the section: run.storage
         _at_least(1, num_workers=self.num_workers, checkpoint_every_steps=self.checkpoint_every_steps,
                   num_checkpoints_kept=self.num_checkpoints_kept)
         _at_least(0, max_failures=self.max_failures)

@@ -9,8 +9,11 @@ Ray Train workers form a process group (gloo on CPU, NCCL on GPU) and all-reduce
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import socket
 import tempfile
+import time
 from pathlib import Path
 
 import ray
@@ -20,10 +23,43 @@ import torch.distributed as dist
 from ray.train.torch import TorchTrainer
 
 import platform
-from swinray.config import DoctorConfig
+from swinray.config import ConfigError, DoctorConfig, to_dict
 from swinray.resolve import output_path
-from swinray.runtime import init_ray, use_gpu
+from swinray.runtime import init_ray, use_gpu, use_token_if_present
 from swinray.storage import ray_storage_path
+
+SOURCE_TREE = Path(__file__).resolve().parents[1]   # platform/, swinray/, models/: what a job needs
+
+
+def doctor_as_job(cfg: DoctorConfig, address: str, log) -> dict:
+    """``RAY_ADDRESS`` is a dashboard's (the job API, as ``ray dashboard`` tunnels it), where a driver
+    cannot join: run the doctor there as a job, as ``ray job submit --working-dir .`` would, and
+    return the job's own summary."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+    use_token_if_present()
+    try:
+        client = JobSubmissionClient(address)
+        settings = [f"run.{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in to_dict(cfg.run).items()
+                    if k != "ray_address"]
+        job = client.submit_job(
+            entrypoint=shlex.join(["python", "-m", "platform.doctor", *(a for s in settings for a in ("--set", s))]),
+            runtime_env={"working_dir": str(SOURCE_TREE), "excludes": [".venv", ".git", "outputs", "test-artifacts"],
+                         "env_vars": {k: v for k, v in os.environ.items() if k.startswith("SWINRAY_")}})
+    except Exception as e:            # connection refused, no or a wrong token, a refused upload
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"RAY_ADDRESS={address}: the cluster's job API refused or did not answer ({first}); is "
+                          "the head up (ray dashboard cluster/gpu.yaml for the tunnel), and does ~/.ray/auth_token "
+                          "hold its token?") from None
+    log(f"RAY_ADDRESS={address} is the cluster's job API: running the doctor there as job {job}")
+    while (status := client.get_job_status(job)) not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+        time.sleep(1)
+    lines = [line for line in client.get_job_logs(job).splitlines() if line.strip()]
+    try:
+        summary = json.loads(lines[-1])
+    except (IndexError, json.JSONDecodeError):
+        tail = "\n".join(lines[-15:])
+        raise ConfigError(f"the doctor job {job} ended {status} without a summary:\n{tail}") from None
+    return {**summary, "job": job}
 
 
 def probe_node() -> dict:
@@ -57,6 +93,9 @@ def allreduce_per_worker(config: dict) -> None:
 
 
 def run_doctor(cfg: DoctorConfig, log=print) -> dict:
+    address = cfg.run.ray_address or os.environ.get("RAY_ADDRESS", "")
+    if address.startswith(("http://", "https://")):
+        return doctor_as_job(cfg, address, log)
     cluster = init_ray(cfg.run)
     log(f"ray: {cluster['nodes']} node(s), {cluster['cpus']:g} CPU, {cluster['gpus']:g} GPU")
 

@@ -43,7 +43,9 @@ def run_quickstart(cfg: QuickstartConfig, log=print) -> dict:
         + ", preprocessed cache in " + results["preprocess"]["cache_dir"]
         + ", pretrained encoder in " + results["pretrain"]["encoder"]
         + ", fine-tuned model in " + results["finetune"]["model"]
-        + f" (validation Dice {results['finetune']['best_val_dice']:.3f}), per-case scores in "
+        + f" (validation Dice {results['finetune']['best_val_dice']:.3f}"
+        + ("; near 0 is expected: the debug preset trains a tiny model for a few steps" if cfg.preset == "debug"
+           else "") + "), per-case scores in "
         + results["evaluate"]["per_case_csv"]
         + ", sweep trials in " + results["sweep"]["sweeps"][0]["table"]
         + f"; compare every run with: {aim_ui_command(results['pretrain']['aim_repo'])}")

@@ -158,21 +158,33 @@ def resolve_data(data: DataConfig, storage: str, log=print):
 
 
 def place_folders(data: DataConfig, storage: str) -> DataConfig:
-    """``data`` with its unset folders (cache, phantom) under ``storage`` and its paths absolute."""
-    root = local_path(output_path(storage))    # an object store's node-local mirror (swinray.storage)
+    """``data`` with its unset folders (cache, phantom) under ``storage`` and its paths absolute. Under
+    an object store they are URIs: each node maps them to its own mirror (``storage.local_path``)."""
+    root = output_path(storage).rstrip("/")
 
     def absolute(path: str) -> str:             # inputs: relative to the working directory
         return path if not path or is_uri(path) else str(Path(path).resolve())
     return replace(data, source=absolute(data.source), unlabelled=tuple(absolute(u) for u in data.unlabelled),
-                   cache_dir=output_path(data.cache_dir) or str(root / "cache"),
-                   phantom_dir=output_path(data.phantom_dir) or str(root / "phantom"))
+                   cache_dir=output_path(data.cache_dir) or f"{root}/cache",
+                   phantom_dir=output_path(data.phantom_dir) or f"{root}/phantom")
 
 
-def resolve_model(model: ModelConfig, task, roi_from_task: bool) -> ModelConfig:
-    """Channels from the task; the ROI too when it is left to the task (0, 0, 0)."""
-    roi = tuple(task.roi_size) if roi_from_task and not any(model.roi_size) else model.roi_size
-    return replace(model, roi_size=roi, in_channels=model.in_channels or task.num_channels,
-                   out_channels=model.out_channels or task.num_classes)
+def resolve_model(model: ModelConfig, task, for_segmentation: bool) -> ModelConfig:
+    """Channels from the task; for segmentation the ROI too when it is left to the task (0, 0, 0),
+    for pretraining as many output channels as input ones (the reconstruction head rebuilds the
+    input). A value that contradicts the data is refused here, not in a worker."""
+    from swinray.models.ssl import check_roi_size  # here: the command line's --help stays free of torch
+    roi = tuple(task.roi_size) if not any(model.roi_size) else model.roi_size
+    out = task.num_classes if for_segmentation else model.in_channels or task.num_channels
+    for name, value, data in (("in_channels", model.in_channels, task.num_channels), ("out_channels",
+                                                                                      model.out_channels, out)):
+        if value not in (0, data):
+            raise ConfigError(f"model.{name}={value}: the data ({task.name}) has {data}; leave it 0 (from the data)")
+    try:
+        check_roi_size(roi)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return replace(model, roi_size=roi, in_channels=task.num_channels, out_channels=out)
 
 
 def resolve_preprocess(cfg: PreprocessConfig, log=print) -> Resolved:
@@ -185,9 +197,7 @@ def resolve_preprocess(cfg: PreprocessConfig, log=print) -> Resolved:
 def resolve_pretrain(cfg: PretrainConfig, log=print) -> Resolved:
     run = resolve_run(cfg.run)
     data, dataset, cache = resolve_data(cfg.data, run.storage, log)
-    model = resolve_model(cfg.model, dataset.task, roi_from_task=False)
-    # the reconstruction head rebuilds the input: as many output channels as input channels
-    model = replace(model, out_channels=cfg.model.out_channels or model.in_channels)
+    model = resolve_model(cfg.model, dataset.task, for_segmentation=False)
     resolved = replace(cfg, data=data, model=model, run=run)
     return Resolved(resolved, cfg, RunPaths(str(run_dir(run.storage, run.name)), str(cache)), dataset)
 
@@ -202,7 +212,7 @@ def resolve_finetune(cfg: FinetuneConfig, log=print, split_file: str = "") -> Re
     """``split_file``: where the run's split is recorded (default ``<run dir>/split.json``)."""
     run = resolve_run(cfg.run)
     data, dataset, cache = resolve_data(cfg.data, run.storage, log)
-    model = resolve_model(cfg.model, dataset.task, roi_from_task=True)
+    model = resolve_model(cfg.model, dataset.task, for_segmentation=True)
     seg = replace(cfg.seg, pretrained=locate_pretrained(cfg.seg.pretrained))
     resolved = replace(cfg, data=data, model=model, seg=seg, run=run)
     folder = run_dir(run.storage, run.name)
@@ -224,6 +234,16 @@ def evaluation_dir(cfg: EvaluateConfig) -> Path:
 
 def sweep_dir(cfg: SweepConfig, name: str | None = None) -> Path:
     return run_dir(cfg.storage, name or cfg.name)
+
+
+def resolve_sweep_task(cfg: SweepConfig, target: FinetuneConfig, name: str, log=print) -> Resolved:
+    """One task of a sweep over several (``sweep_targets``): its own resolved sweep config, saved in
+    its own folder ``<storage>/<name>``, with the split recorded there."""
+    folder = sweep_dir(cfg, name)
+    base = resolve_finetune(target, log, split_file=str(folder / "split.json"))
+    requested = replace(cfg, finetune=target, tasks=(), name=name)
+    return Resolved(replace(requested, storage=output_path(cfg.storage), finetune=base.cfg), requested,
+                    replace(base.paths, run_dir=str(folder)), base.dataset)
 
 
 def resolve_sweep(cfg: SweepConfig, log=print) -> Resolved:

@@ -11,6 +11,7 @@ import functools
 import logging
 import os
 import sys
+from pathlib import Path
 
 import ray
 
@@ -36,10 +37,25 @@ def verbose() -> bool:
     return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
 
 
+def use_token_if_present() -> None:
+    """Join a token-auth cluster with the token the user has (``~/.ray/auth_token``, as ``ray
+    get-auth-token`` saves it, or ``RAY_AUTH_TOKEN[_PATH]``) though ``RAY_AUTH_MODE`` is unset: Ray
+    would otherwise send none and be refused."""
+    token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    if "RAY_AUTH_MODE" not in os.environ and (os.environ.get("RAY_AUTH_TOKEN") or token_file.is_file()):
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
 def init_ray(run: RunConfig) -> dict:
     """Start or join Ray once per process; return where we are connected and what it has."""
     if not ray.is_initialized():
         address = run.ray_address or os.environ.get("RAY_ADDRESS") or "local"
+        if address.startswith(("http://", "https://")):
+            raise ConfigError(f"Ray address {address} is a dashboard's (the job API): a command joins a cluster "
+                              "through `ray job submit --working-dir . -- python -m platform.<verb> ...`, or by "
+                              "its GCS address (HOST:6379) in RAY_ADDRESS or run.ray_address")
+        if address != "local":
+            use_token_if_present()
         kwargs = {}
         if address == "local":  # a joined cluster keeps the runtime env its job was submitted with
             kwargs = {"include_dashboard": run.dashboard, "dashboard_host": "127.0.0.1",
@@ -48,7 +64,14 @@ def init_ray(run: RunConfig) -> dict:
         # tables, harmless warnings such as the PreemptionWatcher's) stay in Ray's session logs; our
         # progress comes from the driver (swinray.progress), and a failure still raises here with its
         # traceback. Under `ray job submit` the job's logs are the same either way.
-        ray.init(address=address, log_to_driver=verbose(), **kwargs)
+        try:
+            ray.init(address=address, log_to_driver=verbose(), **kwargs)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            if address == "local":
+                raise
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConfigError(f"cannot join the Ray cluster at {address} ({first}); is it running, and does "
+                              "~/.ray/auth_token hold its token (RAY_AUTH_MODE=token)?") from None
         if not verbose():
             for name in _CHATTY_LOGGERS:
                 logging.getLogger(name).setLevel(logging.WARNING)

@@ -11,12 +11,12 @@ runs and reuses finished ones. A run that fails is reported in the table and the
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import replace
 from pathlib import Path
 
 from swinray.config import BenchConfig, ConfigError, FinetuneConfig, apply_overrides, preset
-from swinray.storage import is_uri, local_file, write_json
+from swinray.resolve import locate_pretrained
+from swinray.storage import local_file, write_json
 from swinray.train.finetune import run_finetune
 
 SCRATCH = "scratch"
@@ -33,14 +33,8 @@ def arms(pretrained: tuple[str, ...]) -> list[tuple[str, str]]:
         while name in seen:
             name += "+"
         seen.add(name)
-        out.append((name, path if is_uri(path) else os.path.abspath(path)))
+        out.append((name, locate_pretrained(path)))
     return out
-
-
-def check_fractions(fractions: tuple[float, ...]) -> list[float]:
-    if not fractions or any(not 0.0 < f <= 1.0 for f in fractions):
-        raise ConfigError(f"fractions={list(fractions)}: give one or more label fractions in (0, 1]")
-    return sorted(set(fractions))
 
 
 def run_config(cfg: BenchConfig, arm: str, encoder: str, fraction: float) -> FinetuneConfig:
@@ -111,7 +105,7 @@ def plot(rows: list[dict], arm_names: list[str], title: str, path: Path) -> Path
 
 
 def bench_label_efficiency(cfg: BenchConfig, log=print) -> dict:
-    fractions = check_fractions(cfg.fractions)
+    fractions = sorted(set(cfg.fractions))     # BenchConfig checked them
     arm_list = arms(cfg.pretrained)
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 
-from swinray.config import BenchConfig, ConfigError
+from swinray.config import BenchConfig
 from swinray.data.cache import write_case
 from swinray.data.datasets import Case
 from swinray.data.preprocess import run_cases
@@ -79,8 +79,6 @@ def _baseline(cases: list[Case], task: TaskSpec, threads: int):
 
 
 def bench_preprocess(cfg: BenchConfig, log=print) -> dict:
-    if cfg.rounds < 1:
-        raise ConfigError(f"rounds={cfg.rounds}: need at least one round")
     _, dataset, _ = resolve_data(cfg.data, cfg.run.storage, log)
     cases = list(dataset.cases[: cfg.data.max_cases or None])
     _warm_page_cache(cases)

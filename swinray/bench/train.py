@@ -76,8 +76,8 @@ def _ours(pre: PretrainConfig, log) -> tuple[list[float], list[dict]]:
 
 def bench_train(cfg: BenchConfig, log=print) -> dict:
     steps = cfg.budget_steps or _DEFAULT_STEPS
-    if cfg.rounds < 1 or steps <= _WARMUP_STEPS + 1:
-        raise ConfigError(f"rounds={cfg.rounds}, budget_steps={steps}: need at least 1 round and more than "
+    if steps <= _WARMUP_STEPS + 1:
+        raise ConfigError(f"budget_steps={steps}: need more than "
                           f"{_WARMUP_STEPS + 1} steps ({_WARMUP_STEPS} are warm-up)")
     pre = preset(PretrainConfig, "debug")
     every = max(1, steps // 3)          # three checkpoints, all inside the measured steps: they count against us
@@ -96,7 +96,8 @@ def bench_train(cfg: BenchConfig, log=print) -> dict:
         log(f"round {r + 1}/{cfg.rounds}: plain PyTorch loop, {steps} steps, {threads} thread(s)")
         plain = plain_loop(pre, [c["path"] for c in cases], threads)[_WARMUP_STEPS:]
         log(f"round {r + 1}/{cfg.rounds}: ours, Ray Train, 1 worker, {steps} steps, a checkpoint every {every}")
-        ours, rows = _ours(replace(pre, run=replace(pre.run, name=f"bench-train-{stamp}-{r + 1}")), log)
+        name = f"bench-train-{stamp}-{r + 1}"
+        ours, rows = _ours(replace(pre, run=replace(pre.run, name=name, experiment=name)), log)
         shutdown_local_ray()
         waits += [row["data_wait_fraction"] for row in rows]
         plain_all += plain

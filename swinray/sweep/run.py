@@ -22,7 +22,7 @@ from ray.tune import Tuner
 from swinray.config import FinetuneConfig, SweepConfig, save_config
 from swinray.data.tasks import TASKS
 from swinray.errors import ConfigError, UserError
-from swinray.resolve import Resolved, resolve_finetune, resolve_sweep, save, sweep_dir
+from swinray.resolve import Resolved, resolve_sweep, resolve_sweep_task, save, sweep_dir
 from swinray.runtime import init_ray, use_gpu
 from swinray.search_spaces import space_for
 from swinray.search_spaces.common import SpaceContext
@@ -162,16 +162,17 @@ def sweep(resolved: Resolved, log=print) -> dict:
     if not cfg.tasks:
         sweeps = [sweep_task(cfg, resolved_base(resolved), cfg.name, log)]
     else:
-        sweeps = []
-        for target in sweep_targets(cfg):
+        targets, sweeps = sweep_targets(resolved.requested), []
+        for target in targets:
             name = f"{cfg.name}-{target.data.task}"
-            try:  # one task's failure never stops the others
-                base = resolve_finetune(target, log, split_file=str(sweep_dir(cfg, name) / "split.json"))
-                save(Resolved(replace(cfg, finetune=base.cfg, tasks=()), replace(cfg, finetune=target, tasks=()),
-                              base.paths), sweep_dir(cfg, name))
-                sweeps.append(sweep_task(cfg, base, name, log))
+            try:
+                task = resolve_sweep_task(resolved.requested, target, name, log)
+                save(task)
+                sweeps.append(sweep_task(task.cfg, resolved_base(task), name, log))
             except (UserError, ValueError, RuntimeError) as e:
-                log(f"sweep {name}: failed: {e}")
+                if len(targets) == 1:
+                    raise
+                log(f"sweep {name}: failed: {e}")     # one task's failure never stops the others
                 sweeps.append({"task": target.data.task, "error": str(e)})
     repo = cfg.finetune.run.aim_repo
     return {"command": "sweep", "sweeps": sweeps, "aim_repo": repo, "aim_command": aim_ui_command(repo),

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -16,7 +16,6 @@ from swinray.config import FinetuneConfig, to_dict
 from swinray.data.preprocess import preprocess_dataset
 from swinray.errors import ConfigError, DatasetError
 from swinray.models.registry import build_swin_unetr
-from swinray.models.ssl import check_roi_size
 from swinray.models.weights import LoadReport, load_encoder
 from swinray.progress import follow_run
 from swinray.resolve import Resolved, resolve_finetune, save
@@ -66,10 +65,6 @@ def plan_finetune(resolved: Resolved, log=print) -> FinetunePlan:
         raise DatasetError(f"{cache['manifest']}: {len(train)} training and {len(val)} validation labelled "
                            f"case(s) for run.num_workers={cfg.run.num_workers} and {len(task['label_names'])} "
                            f"label(s); fine-tuning needs labels, one validation case and a training case per worker")
-    try:
-        check_roi_size(cfg.model.roi_size)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
     report = check_pretrained(str(local_file(cfg.seg.pretrained)), model_kwargs(cfg.model)) \
         if cfg.seg.pretrained else None
     write_json(resolved.paths.split, {"split": to_dict(cfg.split), "training": [r["case_id"] for r in train],
@@ -80,7 +75,7 @@ def plan_finetune(resolved: Resolved, log=print) -> FinetunePlan:
                     "unexpected": report.unexpected, "shape_mismatched": report.shape_mismatched,
                     "notes": report.notes})
         log(f"pretrained encoder {cfg.seg.pretrained} into SwinUNETR: {report.summary()}")
-    return FinetunePlan(resolved, task, train, val, report)
+    return FinetunePlan(replace(resolved, dataset=None), task, train, val, report)   # trials need no dataset
 
 
 def finetune(resolved: Resolved, log=print) -> dict:

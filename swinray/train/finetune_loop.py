@@ -50,7 +50,7 @@ def split_paths(paths: RunPaths) -> tuple[list[str], list[str], dict]:
     """(training case files, validation case files, task) of a run: its split.json and the cache."""
     cache = Path(paths.cache)
     for name in (paths.split, cache / "task.json"):
-        fetch(name)
+        fetch(name, refresh=True)       # in object storage: never a stale copy of an earlier run's
     split = json.loads(Path(paths.split).read_text())
     task = json.loads((cache / "task.json").read_text())
     files = {part: [str(case_paths(cache, case_id)[0]) for case_id in split[part]]

@@ -32,8 +32,8 @@ def make_optimizer(model: torch.nn.Module, optim: OptimConfig):
 def training_state(model: torch.nn.Module, optimizer, scheduler, step: int, **entries) -> dict:
     """Everything a restart needs to go on from ``step``; ``entries`` are the loop's own (plain values)."""
     random = {"torch_rng": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        random["cuda_rng"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available():      # this worker's device only: a restart may see other devices
+        random["cuda_rng"] = torch.cuda.get_rng_state()
     return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             **random, "step": step, **entries}
 
@@ -54,7 +54,7 @@ def restore(model: torch.nn.Module, optimizer, scheduler, files: tuple[str, ...]
     torch.set_rng_state(state.pop("torch_rng"))
     cuda_rng = state.pop("cuda_rng", None)
     if cuda_rng is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda_rng)
+        torch.cuda.set_rng_state(cuda_rng)
     return {**state, **loaded}
 
 

@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-from conftest import REPO, SHARED_DATA, s3_keys, s3_text
+from conftest import REPO, SHARED_DATA, run_module, s3_keys, s3_text
 from ray_head import RAY, RayHead
 
 pytestmark = pytest.mark.e2e
@@ -88,6 +88,27 @@ def test_submitted_doctor_joins_the_head_and_runs_train_workers_keeping_its_file
     assert json.loads((run_dir / "config.json").read_text())["run"]["num_workers"] == 2
     assert [p for p in run_dir.glob("checkpoint_*") if p.is_dir()]     # storage writable
     assert "relative output paths go under" in logs.stdout               # and the job's log says so
+
+
+@pytest.mark.timeout(300)
+def test_doctor_given_the_dashboards_address_and_no_auth_mode_runs_itself_as_a_job(ray_head, tmp_path):
+    """What the README has users export (RAY_ADDRESS=http://...:8265), with the token where `ray
+    get-auth-token` saves it and RAY_AUTH_MODE unset."""
+    home = tmp_path / "home"
+    (home / ".ray").mkdir(parents=True)
+    (home / ".ray" / "auth_token").write_text(ray_head.token_path.read_text())
+    env = {**{k: v for k, v in ray_head.env.items() if not k.startswith("RAY_AUTH_")},
+           "HOME": str(home), "RAY_ADDRESS": ray_head.dashboard_url}
+    out = run_module("platform.doctor", "--preset", "debug", "--set", f"run.storage={tmp_path / 'runs'}", env=env,
+                     timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads(out.stdout)                                     # stdout: the JSON line only
+    assert summary["ok"] is True and summary["job"] and summary["allreduce_sum"] == 3.0
+    assert summary["ray_address"] == ray_head.address                    # the job joined the head
+    assert (tmp_path / "runs" / "doctor" / "config.json").exists()
+    refused = run_module("platform.doctor", env={**env, "HOME": str(tmp_path)}, timeout=120)   # no token at all
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "the cluster's job API refused or did not answer" in json.loads(refused.stdout)["error"]
 
 
 def submit_and_summarise(head: RayHead, job: str, *entrypoint: str, runtime_env: dict | None = None) -> dict:

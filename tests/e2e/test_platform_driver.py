@@ -26,9 +26,10 @@ def test_installed_quickstart_script_runs_every_step_from_any_folder(tmp_path):
     script = Path(sys.executable).parent / "swinray-quickstart"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="sr-qs-")
-    out = subprocess.run([str(script), "--preset", "debug"], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=900)
+    out = subprocess.run([str(script), "--preset", "debug", "--verbose"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=900)   # --verbose: Ray's worker logs too
     assert out.returncode == 0, out.stderr[-3000:]
+    assert len(out.stdout.splitlines()) == 1, out.stdout[-3000:]       # stdout: the JSON line, even verbose
     summary = last_json_line(out.stdout)
     assert summary["ok"] is True
     assert list(summary["steps"]) == ["phantom", "preprocess", "pretrain", "finetune", "evaluate", "sweep"]
@@ -45,5 +46,6 @@ def test_installed_quickstart_script_runs_every_step_from_any_folder(tmp_path):
     assert summary["steps"]["sweep"]["aim_repo"] == summary["steps"]["pretrain"]["aim_repo"]   # one Aim repo
     # Ray Train's placement-group cleaner polls the State API, which the local dashboard serves;
     # without it every run logged "Failed to query Ray Train Controller actor state" each second.
+    assert "(TrainController pid=" in out.stderr                         # --verbose shows the actors' logs
     assert "Failed to query Ray Train Controller" not in out.stderr
     assert re.search(r"View the dashboard at \S*http://127\.0\.0\.1:\d+", out.stderr)   # local only

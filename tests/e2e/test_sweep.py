@@ -99,7 +99,8 @@ def sweep(tmp_path_factory, s3):
     second = subprocess.run(sweep_command(tmp), cwd=REPO, env=env(tmp, "b"), capture_output=True, text=True,
                             timeout=900)
     assert second.returncode in (0, 1), second.stderr[-3000:]
-    result = json.loads(second.stdout.strip().splitlines()[-1])
+    assert len(second.stdout.splitlines()) == 1, second.stdout[-3000:]   # no Tune banner: the JSON line only
+    result = json.loads(second.stdout)
     return tmp, result, interrupted_trial, second.stderr
 
 

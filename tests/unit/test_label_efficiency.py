@@ -1,8 +1,8 @@
 """Label-efficiency bench: arms, fractions, the per-arm fine-tuning configs, the table and the plot."""
 import pytest
 
-from swinray.bench.label_efficiency import arms, check_fractions, markdown_table, plot, run_config
-from swinray.config import BenchConfig, ConfigError, preset
+from swinray.bench.label_efficiency import arms, markdown_table, plot, run_config
+from swinray.config import BenchConfig, ConfigError, apply_overrides, preset
 
 
 def test_scratch_comes_first_and_an_encoder_is_named_after_its_pretraining_run(tmp_path):
@@ -19,14 +19,10 @@ def test_a_missing_encoder_file_is_an_error_naming_it(tmp_path):
         arms((str(tmp_path / "nope.pt"),))
 
 
-@pytest.mark.parametrize("fractions", [(), (0.0, 0.5), (1.5,)])
-def test_fractions_outside_zero_to_one_are_refused(fractions):
+@pytest.mark.parametrize("fractions", [[], [0.0, 0.5], [1.5]])
+def test_fractions_outside_zero_to_one_are_refused_when_the_config_is_read(fractions):
     with pytest.raises(ConfigError, match="fractions="):
-        check_fractions(fractions)
-
-
-def test_fractions_are_sorted_once_each():
-    assert check_fractions((1.0, 0.1, 0.25, 0.1)) == [0.1, 0.25, 1.0]
+        apply_overrides(BenchConfig(), {"fractions": fractions})
 
 
 def test_arms_differ_only_in_weights_and_fraction_with_the_budget_applied(tmp_path):

@@ -1,5 +1,6 @@
 """Packaging and layering: the install claims no generic top-level names; models and pretext stand alone."""
 import ast
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -27,3 +28,13 @@ def test_models_and_pretext_import_nothing_from_the_rest_of_the_library(folder):
                     f"{path.relative_to(REPO)} imports {node.module}"
             if isinstance(node, ast.Import):
                 assert not any(a.name.startswith(("swinray", "models")) for a in node.names), path
+
+
+def test_a_source_tree_runs_its_own_models_not_those_an_editable_install_points_at(tmp_path):
+    """As under ``ray job submit --working-dir .``: the uploaded copy's models/ and search_spaces/ are used."""
+    for folder in ("swinray", "models", "search_spaces", "platform"):
+        shutil.copytree(REPO / folder, tmp_path / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    code = "import swinray.models.registry as r, swinray.search_spaces.btcv as b; print(r.__file__, b.__file__)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [str(tmp_path / "models" / "registry.py"), str(tmp_path / "search_spaces" / "btcv.py")]

@@ -100,3 +100,16 @@ def test_relative_outputs_never_land_in_a_ray_jobs_working_dir_which_ray_deletes
     assert "Ray deletes" in output_root_note() and output_path("/abs/runs") == "/abs/runs"
     monkeypatch.setenv("SWINRAY_STORAGE", "s3://lab/shared")       # a cluster's shared storage
     assert output_path("outputs") == "s3://lab/shared/outputs" and not output_root_note()
+
+
+def test_a_runs_config_json_given_to_config_restarts_from_its_request(dataset, tmp_path):
+    """Rerun as it ran, or on other data, resolved afresh: never the old data's task forced onto new data."""
+    from swinray.cli import starting_config
+    resolved = resolve_finetune(finetune_config(dataset, tmp_path), print)
+    saved = save(resolved)
+    start = starting_config(FinetuneConfig, saved)
+    assert start == resolved.requested and start.data.task == "auto"
+    assert resolve_finetune(start, print).cfg == resolved.cfg
+    loose = tmp_path / "best_config.json"                  # a resolved file with no request beside it
+    loose.write_text(saved.read_text())
+    assert starting_config(FinetuneConfig, loose) == resolved.cfg

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from monai.networks.nets import SwinUNETR
 
-from swinray.models.registry import MODELS, build_model, build_ssl_head
+from swinray.models.registry import build_ssl_head, build_swin_unetr
 from swinray.models.ssl import SSLHead
 from swinray.models.weights import FORMAT, adapt_patch_embedding, encoder_state_dict, load_encoder, save_encoder
 from swinray.pretext.losses import ssl_loss
@@ -31,7 +31,7 @@ def stepped_head():
 
 
 def swin_unetr(in_channels: int = 1) -> SwinUNETR:
-    return build_model("swin_unetr", in_channels=in_channels, out_channels=14, feature_size=FEATURES)
+    return build_swin_unetr(in_channels=in_channels, out_channels=14, feature_size=FEATURES)
 
 
 def test_outputs_are_rotation_logits_an_embedding_and_a_full_size_reconstruction(stepped_head):
@@ -149,13 +149,6 @@ def test_a_file_holding_code_is_refused_without_running_it(tmp_path):
     assert not marker.exists()
 
 
-def test_the_registry_builds_swin_unetr_and_an_unknown_name_lists_the_valid_ones():
-    assert isinstance(build_model("swin_unetr", in_channels=1, out_channels=2, feature_size=FEATURES), SwinUNETR)
-    with pytest.raises(KeyError, match="'unet3d' is not a known model; valid names: swin_unetr"):
-        build_model("unet3d")
-    assert list(MODELS) == ["swin_unetr"]
-
-
 def test_bad_model_settings_name_the_field_and_value():
     with pytest.raises(ValueError, match="model.feature_size=10: must be a positive multiple of 12"):
         build_ssl_head(in_channels=1, feature_size=10, roi_size=ROI)
@@ -164,13 +157,13 @@ def test_bad_model_settings_name_the_field_and_value():
     with pytest.raises(ValueError, match=r"model.roi_size=\(32, 32, 32\): .*single voxel"):
         build_ssl_head(in_channels=1, feature_size=FEATURES, roi_size=(32, 32, 32))
     with pytest.raises(ValueError, match="model.feature_size=18"):
-        build_model("swin_unetr", in_channels=1, out_channels=2, feature_size=18)
+        build_swin_unetr(in_channels=1, out_channels=2, feature_size=18)
 
 
 def test_window_7_weights_load_into_a_window_4_model_with_the_same_relative_offsets():
     torch.manual_seed(0)
     big = build_ssl_head(in_channels=1, feature_size=FEATURES, roi_size=ROI, window_size=7)
-    small = build_model("swin_unetr", in_channels=1, out_channels=3, feature_size=FEATURES, window_size=4)
+    small = build_swin_unetr(in_channels=1, out_channels=3, feature_size=FEATURES, window_size=4)
     report = load_encoder(small, encoder_state_dict(big))
     assert report.missing == [] and report.shape_mismatched == [] and report.unexpected == []
     assert "8 relative-position bias tables cropped" in report.summary()
