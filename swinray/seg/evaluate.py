@@ -26,7 +26,7 @@ from swinray.errors import ConfigError, DatasetError
 from swinray.models.segmenter import load_segmenter
 from swinray.progress import Progress
 from swinray.resolve import evaluation_dir
-from swinray.seg.metrics import dice_per_case, hd95_per_case
+from swinray.seg.metrics import dice_per_case, hd95_per_case, outcomes
 from swinray.seg.model_input import segment_case
 from swinray.storage import local_file, write_text
 
@@ -94,24 +94,33 @@ def run_evaluate(cfg: EvaluateConfig, log=print) -> dict:
         dice = dice_per_case(p, t, task.num_classes)[0].tolist()
         voxel_mm = tuple(np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))     # in the array's own axis order
         hd95 = hd95_per_case(p, t, task.num_classes, voxel_mm)[0].tolist()
+        flags = {k: v[0].tolist() for k, v in outcomes(p, t, task.num_classes).items()}
         rows.append({"case_id": case.case_id, **{f"dice_{c}": d for c, d in zip(columns, dice)},
-                     **{f"hd95_mm_{c}": h for c, h in zip(columns, hd95)}, "mean_dice": _mean(dice)})
+                     **{f"hd95_mm_{c}": h for c, h in zip(columns, hd95)}, "mean_dice": _mean(dice),
+                     **{f"{k}_{c}": int(f) for k, v in flags.items() for c, f in zip(columns, v)}})
         progress.update()
     progress.close()
-    fields = ["case_id", *[f"dice_{c}" for c in columns], *[f"hd95_mm_{c}" for c in columns], "mean_dice"]
+    fields = ["case_id", *[f"{k}_{c}" for k in ("dice", "hd95_mm", "false_positive", "missed") for c in columns],
+              "mean_dice"]
     table = io.StringIO()
     writer = csv.DictWriter(table, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     csv_path = write_text(out / "per_case.csv", table.getvalue())
-    dice_per_class = {n: _mean(r[f"dice_{c}"] for r in rows) for n, c in zip(names, columns)}
-    hd95_per_class = {n: _mean(r[f"hd95_mm_{c}"] for r in rows) for n, c in zip(names, columns)}
-    # HD95 is infinite where a class is predicted nowhere (or only there): counted, not averaged.
-    hd95_undefined = {n: sum(1 for r in rows if not math.isfinite(r[f"hd95_mm_{c}"])) for n, c in zip(names, columns)}
+    def per_class(column: str, reduce) -> dict:
+        return {n: reduce([r[f"{column}_{c}"] for r in rows]) for n, c in zip(names, columns)}
+    dice_per_class = per_class("dice", _mean)
+    # HD95 exists only where both sides hold the class: its mean says how many cases it covers, and a
+    # missed class or a false positive is counted per class instead of silently dropped.
+    hd95_per_class = per_class("hd95_mm", _mean)
+    hd95_cases = per_class("hd95_mm", lambda v: sum(1 for h in v if h is not None and math.isfinite(h)))
+    false_positives, missed = per_class("false_positive", sum), per_class("missed", sum)
     mean_dice = _mean(dice_per_class.values())
-    log(f"mean foreground Dice {mean_dice} over {len(rows)} case(s): {dice_per_class}; HD95 mm: {hd95_per_class}")
+    log(f"mean foreground Dice {mean_dice} over {len(rows)} case(s): {dice_per_class}; HD95 mm: {hd95_per_class} "
+        f"over {hd95_cases} case(s); missed: {missed}; false positives on absent classes: {false_positives}")
     return {"command": "evaluate", "checkpoint": cfg.checkpoint, "data": str(dataset.root), "task": task.name,
             "num_cases": len(rows), "num_rejected": len(rejected), "rejected": rejected,
             "dice_per_class": dice_per_class, "mean_dice": mean_dice, "hd95_mm_per_class": hd95_per_class,
-            "hd95_undefined_cases_per_class": hd95_undefined,
+            "hd95_cases_per_class": hd95_cases, "missed_cases_per_class": missed,
+            "false_positive_cases_per_class": false_positives,
             "per_case_csv": str(csv_path), "ok": bool(rows)}
