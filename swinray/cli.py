@@ -242,9 +242,11 @@ VERBS: dict[str, Verb] = {
                    ("--name", "name", "sweep name; the same name restores the sweep")],
                   "swinray.sweep.run:sweep", resolve="swinray.resolve:resolve_sweep"),
     "evaluate": Verb(C.EvaluateConfig,
-                     "Score a fine-tuned model on every labelled case of a dataset: Dice and HD95 per class.",
+                     "Score a fine-tuned model on a dataset's labelled cases (by default the run's held-out test "
+                     "cases and any it never saw): Dice and HD95 per class.",
                      [("--checkpoint", "checkpoint", "model.pt written by finetune"),
                       ("--data", "data", "MSD-format folder or dataset file"),
+                      ("--split", "split", "which cases, by the run's split.json: test, validation, train or all"),
                       ("--out", "out_dir", "the folder that holds each evaluation's own folder")],
                      "swinray.seg.evaluate:run_evaluate", config_path=lambda cfg: evaluation_dir(cfg) / "config.json"),
     "predict": Verb(C.PredictConfig,

@@ -153,12 +153,15 @@ class SplitConfig:
     seed: int = 0                       # shuffles cases into folds and draws the label fraction
     label_fraction: float = 1.0         # train on this seeded fraction of the training cases
     use_listed_validation: bool = True  # a dataset file's own "validation" list (BTCV) is the split
+    test_fraction: float = 0.2          # held out first, scored once at the end, chosen by case id (the
+                                        # same whatever seed, fold or fraction); a labelled "test" list wins
 
     def __post_init__(self) -> None:
         _at_least(2, num_folds=self.num_folds)
         _require(0 <= self.fold < self.num_folds, "fold", self.fold, f"must be in 0..{self.num_folds - 1} "
                  f"(num_folds={self.num_folds})")
         _require(0.0 < self.label_fraction <= 1.0, "label_fraction", self.label_fraction, "must be in (0, 1]")
+        _require(0.0 <= self.test_fraction < 1.0, "test_fraction", self.test_fraction, "must be in [0, 1)")
 
 
 @dataclass(frozen=True)
@@ -250,7 +253,9 @@ class EvaluateConfig:
     checkpoint: str = ""                # model.pt written by finetune
     data: str = ""                      # MSD-format folder (or dataset file) with labelled cases
     out_dir: str = "outputs/evaluate"   # each evaluation gets its own <model's run>-on-<dataset>[-N] folder here
-    max_cases: int = 0                  # 0 = every labelled case
+    max_cases: int = 0                  # 0 = every case of the split
+    split: Literal["test", "validation", "train", "all"] = "test"   # by the run's split.json beside the model:
+                                        # test = its held-out cases and any it never saw; train needs asking
     sw_batch_size: int = 4
     sw_overlap: float = 0.25
     device: Literal["auto", "cpu", "cuda"] = "auto"

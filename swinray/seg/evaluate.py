@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import re
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from swinray.config import EvaluateConfig
-from swinray.data.datasets import load_dataset
+from swinray.data.datasets import Case, load_dataset
 from swinray.data.nifti import CaseError
 from swinray.data.tasks import task_from_dict
 from swinray.errors import ConfigError, DatasetError
@@ -28,7 +30,7 @@ from swinray.progress import Progress
 from swinray.resolve import evaluation_dir
 from swinray.seg.metrics import dice_per_case, hd95_per_case, outcomes
 from swinray.seg.model_input import segment_case
-from swinray.storage import local_file, write_text
+from swinray.storage import fetch, local_file, local_path, write_text
 
 
 def pick_device(choice: str) -> torch.device:
@@ -53,33 +55,42 @@ def _mean(values) -> float | None:
     return float(np.mean(finite)) if finite else None
 
 
-def run_evaluate(cfg: EvaluateConfig, log=print) -> dict:
-    if not cfg.checkpoint or not cfg.data:
-        raise DatasetError("evaluate needs --checkpoint FILE (model.pt from finetune) and --data PATH")
-    device = pick_device(cfg.device)
-    model, meta = open_model(cfg.checkpoint, device)
+SPLIT_KEYS = {"test": "test", "validation": "validation", "train": "training"}
+
+
+def cases_of_split(labelled: list[Case], split_file: Path | None, which: str, log) -> list[Case]:
+    """The labelled cases ``--split`` asks for, by the run's ``split.json``: ``test`` is its held-out
+    cases plus any the run never saw (another dataset's); ``train`` and ``validation`` its own lists;
+    ``all`` every case. Without a split.json every case counts as unseen, and only ``test`` or ``all``
+    may score them."""
+    if which == "all":
+        return labelled
+    if split_file is None:
+        if which != "test":
+            raise ConfigError(f"split={which} needs the run's split.json beside the model file")
+        log("no split.json beside the model: every labelled case is scored as one the model never saw")
+        return labelled
+    record = json.loads(split_file.read_text())
+    if which == "test":
+        seen = set(record.get("training", [])) | set(record.get("validation", []))
+        return [c for c in labelled if c.case_id in set(record.get("test", [])) or c.case_id not in seen]
+    return [c for c in labelled if c.case_id in set(record.get(SPLIT_KEYS[which], []))]
+
+
+def score_cases(model, meta: dict, cases: list[Case], sw_batch_size: int, sw_overlap: float, device, log,
+                desc: str = "evaluate") -> tuple[list[dict], list[dict], dict]:
+    """(per-case rows, rejected cases, summary): each case segmented in its own voxel grid and scored
+    against its source label map, Dice and HD95 in mm per class (``swinray.seg.metrics``)."""
     task = task_from_dict(meta["task"])
-    dataset = load_dataset(cfg.data, "auto")
-    if dataset.task.num_classes != task.num_classes:
-        raise DatasetError(f"{dataset.dataset_file}: {dataset.task.num_classes} label classes, the model "
-                           f"{cfg.checkpoint} predicts {task.num_classes} ({', '.join(task.label_names)})")
-    cases = [c for c in dataset.cases if c.label][: cfg.max_cases or None]
-    if not cases:
-        raise DatasetError(f"{dataset.dataset_file or dataset.root}: no labelled case to evaluate")
     names = task.label_names[1:]
     columns = [re.sub(r"\W+", "_", name).strip("_") for name in names]    # "right kidney" -> right_kidney
-    out = evaluation_dir(cfg)
-    log(f"evaluating {cfg.checkpoint} (task {task.name}, trained to validation Dice "
-        f"{meta['metrics'].get('val_dice', float('nan')):.4f}) on {len(cases)} case(s) of {dataset.root} "
-        f"-> {out}; sliding windows of {tuple(meta['roi_size'])}, overlap {cfg.sw_overlap}, "
-        f"{cfg.sw_batch_size} per forward pass, on {device.type}")
-    rows, rejected = [], [{"case_id": None, "reason": r} for r in dataset.rejected]
-    progress = Progress(len(cases), "case", "evaluate")
+    rows, rejected = [], []
+    progress = Progress(len(cases), "case", desc)
     began = time.perf_counter()
     for case in cases:
         try:
-            pred, label, affine, windows = segment_case(model, case, task, meta["roi_size"], cfg.sw_batch_size,
-                                                        cfg.sw_overlap, device)
+            pred, label, affine, windows = segment_case(model, case, task, meta["roi_size"], sw_batch_size,
+                                                        sw_overlap, device)
         except CaseError as e:
             log(f"rejected: {e}")
             rejected.append({"case_id": case.case_id, "reason": str(e)})
@@ -100,27 +111,71 @@ def run_evaluate(cfg: EvaluateConfig, log=print) -> dict:
                      **{f"{k}_{c}": int(f) for k, v in flags.items() for c, f in zip(columns, v)}})
         progress.update()
     progress.close()
-    fields = ["case_id", *[f"{k}_{c}" for k in ("dice", "hd95_mm", "false_positive", "missed") for c in columns],
-              "mean_dice"]
-    table = io.StringIO()
-    writer = csv.DictWriter(table, fieldnames=fields, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    csv_path = write_text(out / "per_case.csv", table.getvalue())
+
     def per_class(column: str, reduce) -> dict:
         return {n: reduce([r[f"{column}_{c}"] for r in rows]) for n, c in zip(names, columns)}
     dice_per_class = per_class("dice", _mean)
     # HD95 exists only where both sides hold the class: its mean says how many cases it covers, and a
     # missed class or a false positive is counted per class instead of silently dropped.
-    hd95_per_class = per_class("hd95_mm", _mean)
-    hd95_cases = per_class("hd95_mm", lambda v: sum(1 for h in v if h is not None and math.isfinite(h)))
-    false_positives, missed = per_class("false_positive", sum), per_class("missed", sum)
-    mean_dice = _mean(dice_per_class.values())
-    log(f"mean foreground Dice {mean_dice} over {len(rows)} case(s): {dice_per_class}; HD95 mm: {hd95_per_class} "
-        f"over {hd95_cases} case(s); missed: {missed}; false positives on absent classes: {false_positives}")
+    summary = {"num_cases": len(rows), "dice_per_class": dice_per_class, "mean_dice": _mean(dice_per_class.values()),
+               "hd95_mm_per_class": per_class("hd95_mm", _mean),
+               "hd95_cases_per_class": per_class("hd95_mm", lambda v: sum(1 for h in v if h is not None
+                                                                          and math.isfinite(h))),
+               "missed_cases_per_class": per_class("missed", sum),
+               "false_positive_cases_per_class": per_class("false_positive", sum)}
+    log(f"{desc}: mean foreground Dice {summary['mean_dice']} over {len(rows)} case(s): {dice_per_class}; "
+        f"HD95 mm: {summary['hd95_mm_per_class']} over {summary['hd95_cases_per_class']} case(s); missed: "
+        f"{summary['missed_cases_per_class']}; false positives on absent classes: "
+        f"{summary['false_positive_cases_per_class']}")
+    return rows, rejected, summary
+
+
+def write_per_case(rows: list[dict], path: Path) -> Path:
+    """The per-case rows as CSV (columns: case_id, dice_<class>, hd95_mm_<class>, false_positive_<class>,
+    missed_<class>, mean_dice)."""
+    table = io.StringIO()
+    fields = list(rows[0]) if rows else ["case_id", "mean_dice"]
+    writer = csv.DictWriter(table, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return write_text(path, table.getvalue())
+
+
+def score_test_cases(model_file: str | Path, rows: list[dict], sw_batch_size: int, sw_overlap: float, out_csv: Path,
+                     log) -> dict:
+    """A run's chosen model scored once on its held-out test cases (manifest rows), with the code and
+    metrics of ``evaluate``; nothing it returns chooses anything. Runs here, on a GPU if torch sees one."""
+    device = pick_device("auto")
+    model, meta = open_model(str(model_file), device)
+    cases = [Case(r["case_id"], tuple(r["image"]), r["label"], r["split"]) for r in rows]
+    scored, rejected, summary = score_cases(model, meta, cases, sw_batch_size, sw_overlap, device, log, desc="test")
+    return {**summary, "num_rejected": len(rejected), "per_case_csv": str(write_per_case(scored, out_csv))}
+
+
+def run_evaluate(cfg: EvaluateConfig, log=print) -> dict:
+    if not cfg.checkpoint or not cfg.data:
+        raise DatasetError("evaluate needs --checkpoint FILE (model.pt from finetune) and --data PATH")
+    device = pick_device(cfg.device)
+    model, meta = open_model(cfg.checkpoint, device)
+    task = task_from_dict(meta["task"])
+    dataset = load_dataset(cfg.data, "auto")
+    if dataset.task.num_classes != task.num_classes:
+        raise DatasetError(f"{dataset.dataset_file}: {dataset.task.num_classes} label classes, the model "
+                           f"{cfg.checkpoint} predicts {task.num_classes} ({', '.join(task.label_names)})")
+    split_file = local_path(cfg.checkpoint).parent / "split.json"
+    split_file = split_file if fetch(split_file) else None
+    cases = cases_of_split([c for c in dataset.cases if c.label], split_file, cfg.split, log)[: cfg.max_cases or None]
+    if not cases:
+        raise DatasetError(f"{dataset.dataset_file or dataset.root}: no labelled case of split={cfg.split} to "
+                           f"evaluate (by {split_file}); --split all scores every case")
+    out = evaluation_dir(cfg)
+    log(f"evaluating {cfg.checkpoint} (task {task.name}, trained to validation Dice "
+        f"{meta['metrics'].get('val_dice', float('nan')):.4f}) on {len(cases)} {cfg.split} case(s) of "
+        f"{dataset.root} -> {out}; sliding windows of {tuple(meta['roi_size'])}, overlap {cfg.sw_overlap}, "
+        f"{cfg.sw_batch_size} per forward pass, on {device.type}")
+    rows, rejected, summary = score_cases(model, meta, cases, cfg.sw_batch_size, cfg.sw_overlap, device, log)
+    csv_path = write_per_case(rows, out / "per_case.csv")
+    rejected = [{"case_id": None, "reason": r} for r in dataset.rejected] + rejected
     return {"command": "evaluate", "checkpoint": cfg.checkpoint, "data": str(dataset.root), "task": task.name,
-            "num_cases": len(rows), "num_rejected": len(rejected), "rejected": rejected,
-            "dice_per_class": dice_per_class, "mean_dice": mean_dice, "hd95_mm_per_class": hd95_per_class,
-            "hd95_cases_per_class": hd95_cases, "missed_cases_per_class": missed,
-            "false_positive_cases_per_class": false_positives,
+            "split": cfg.split, **summary, "num_rejected": len(rejected), "rejected": rejected,
             "per_case_csv": str(csv_path), "ok": bool(rows)}

@@ -43,7 +43,7 @@ from swinray.sweep.report import summarise
 from swinray.sweep.searcher import export_study, make_scheduler, make_searcher
 from swinray.sweep.trial import run_trial, trial_config
 from swinray.tracking import aim_explorer_url, aim_ui_command
-from swinray.train.finetune import plan_finetune
+from swinray.train.finetune import plan_finetune, test_score
 from swinray.train.trainer import worker_resources
 
 TRIAL_ACTOR_CPU = 0.01  # the Tune function only waits on its trainer; Train workers hold the real CPUs
@@ -149,6 +149,8 @@ def sweep_task(cfg: SweepConfig, resolved: Resolved, sweep_name: str, log=print)
         model = checkpoint_location(best["model"], ray_storage_path(trials_dir)) if best.get("model") else ""
         if model and exists(model):
             out["best_model"] = shown(copy_to_local(model, folder / "best_model.pt"))
+            test = test_score(plan, folder / "best_model.pt", folder / "test_per_case.csv", log)  # after the choice
+            out.update(best_test_dice=test["test_dice"], num_test_cases=test["num_test_cases"])
         log(f"sweep {sweep_name}: best trial {best['trial_id']} Dice {best['best_val_dice']:.4f}; "
             f"fine-tune with it: python -m platform.finetune --config {out['best_config']}")
     log(f"sweep {sweep_name}:\n{summary['markdown']}")

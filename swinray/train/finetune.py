@@ -20,6 +20,7 @@ from swinray.models.weights import LoadReport, load_encoder
 from swinray.progress import follow_run
 from swinray.resolve import Resolved, resolve_finetune, save
 from swinray.runtime import init_ray, use_gpu
+from swinray.seg.evaluate import score_test_cases
 from swinray.storage import copy_to_local, local_file, local_path, shown, write_json
 from swinray.train.finetune_loop import model_kwargs, train_fn_per_worker
 from swinray.train.seg_data import split_cases
@@ -45,7 +46,8 @@ class FinetunePlan:
     resolved: Resolved
     task: dict
     train: list[dict]
-    val: list[dict]
+    val: list[dict]                     # chooses the checkpoint (a sweep's trial too)
+    test: list[dict]                    # influences nothing: scored once, at the end (test_score)
     pretrained: LoadReport | None
 
     @property
@@ -60,22 +62,37 @@ def plan_finetune(resolved: Resolved, log=print) -> FinetunePlan:
     cache = preprocess_dataset(resolved.dataset, Path(resolved.paths.cache), cfg.data.max_cases, cfg.run, log)
     task = json.loads((local_path(cache["cache_dir"]) / "task.json").read_text())
     rows = json.loads(local_path(cache["manifest"]).read_text())["cases"]
-    train, val = split_cases(rows, cfg.split)
+    train, val, test = split_cases(rows, cfg.split)
     if len(task["label_names"]) < 2 or not val or len(train) < cfg.run.num_workers:
-        raise DatasetError(f"{cache['manifest']}: {len(train)} training and {len(val)} validation labelled "
-                           f"case(s) for run.num_workers={cfg.run.num_workers} and {len(task['label_names'])} "
-                           f"label(s); fine-tuning needs labels, one validation case and a training case per worker")
+        raise DatasetError(f"{cache['manifest']}: {len(train)} training, {len(val)} validation and {len(test)} test "
+                           f"labelled case(s) for run.num_workers={cfg.run.num_workers} and {len(task['label_names'])} "
+                           f"label(s); fine-tuning needs labels, one validation case and a training case per worker "
+                           f"(split.test_fraction={cfg.split.test_fraction} holds cases out for the test score)")
     report = check_pretrained(str(local_file(cfg.seg.pretrained)), model_kwargs(cfg.model)) \
         if cfg.seg.pretrained else None
     write_json(resolved.paths.split, {"split": to_dict(cfg.split), "training": [r["case_id"] for r in train],
-                                      "validation": [r["case_id"] for r in val]})
+                                      "validation": [r["case_id"] for r in val],
+                                      "test": [r["case_id"] for r in test]})
     if report is not None:
         write_json(Path(resolved.paths.split).parent / "pretrained_report.json",
                    {"file": cfg.seg.pretrained, "loaded": report.loaded, "missing": report.missing,
                     "unexpected": report.unexpected, "shape_mismatched": report.shape_mismatched,
                     "notes": report.notes})
         log(f"pretrained encoder {cfg.seg.pretrained} into SwinUNETR: {report.summary()}")
-    return FinetunePlan(replace(resolved, dataset=None), task, train, val, report)   # trials need no dataset
+    return FinetunePlan(replace(resolved, dataset=None), task, train, val, test, report)   # trials need no dataset
+
+
+def test_score(plan: FinetunePlan, model_file: Path, out_csv: Path, log) -> dict:
+    """The chosen model's Dice on the held-out test cases, once, after every choice is made (the
+    summary's ``test_dice`` beside the selection's ``val_dice``)."""
+    if not plan.test:
+        return {"test_dice": None, "test_dice_per_class": None, "num_test_cases": 0}
+    log(f"scoring the chosen model once on the {len(plan.test)} held-out test case(s)")
+    scores = score_test_cases(model_file, plan.test, plan.cfg.seg.sw_batch_size, plan.cfg.seg.sw_overlap, out_csv,
+                              log)
+    return {"test_dice": scores["mean_dice"], "test_dice_per_class": scores["dice_per_class"],
+            "test_hd95_mm_per_class": scores["hd95_mm_per_class"], "num_test_cases": scores["num_cases"],
+            "test_per_case": shown(scores["per_case_csv"])}
 
 
 def finetune(resolved: Resolved, log=print) -> dict:
@@ -105,8 +122,10 @@ def finetune(resolved: Resolved, log=print) -> dict:
     if metrics.get("aim_error"):
         log(f"warning: Aim tracking failed during the run ({metrics['aim_error']}); "
             f"metrics are in {shown(run_dir / 'metrics.jsonl')}")
+    test = test_score(plan, model_path, run_dir / "test_per_case.csv", log)
     return {"command": "finetune", "task": cfg.data.task, "run_dir": shown(run_dir), "steps": metrics.get("step"),
             "best_val_dice": saved["val_dice"], "best_step": saved["step"], "val_dice_per_class": per_class,
+            "val_dice": saved["val_dice"], **test,
             "num_training_cases": len(plan.train), "num_validation_cases": len(plan.val),
             "roi_size": list(cfg.model.roi_size), "model": shown(model_path),
             "pretrained_report": plan.pretrained.summary() if plan.pretrained else None,

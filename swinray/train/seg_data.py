@@ -6,7 +6,9 @@ crops, flips, small rotations, intensity jitter) runs for every sample.
 """
 from __future__ import annotations
 
+import hashlib
 import random
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -27,16 +29,36 @@ from swinray.config import SegConfig, SplitConfig
 from swinray.data.cache import read_case
 
 
-def split_cases(rows: list[dict], split: SplitConfig) -> tuple[list[dict], list[dict]]:
-    """(training rows, validation rows) of the labelled cached cases, reproducible from ``split``.
+class Split(NamedTuple):
+    train: list[dict]
+    val: list[dict]                     # chooses the checkpoint (and a sweep's trial)
+    test: list[dict]                    # influences nothing: scored once, at the end
 
-    A dataset file that lists its own validation cases (BTCV's ``dataset_0.json``) keeps them when
+
+def held_out(labelled: list[dict], fraction: float) -> list[dict]:
+    """The test cases: a dataset file's own labelled test list, else ``fraction`` of the cases chosen
+    by a hash of each case id, so the same cases whatever the seed, fold or label fraction."""
+    listed = [r for r in labelled if r["split"] == "test"]
+    if listed or fraction == 0:
+        return listed
+    ranked = sorted(labelled, key=lambda r: hashlib.sha256(r["case_id"].encode()).hexdigest())
+    return ranked[:max(1, round(fraction * len(labelled)))]
+
+
+def split_cases(rows: list[dict], split: SplitConfig) -> Split:
+    """Training, validation and test rows of the labelled cached cases, reproducible from ``split``.
+
+    The test cases are held out first (``held_out``) and never change. Of the rest, a dataset file
+    that lists its own validation cases (BTCV's ``dataset_0.json``) keeps them when
     ``use_listed_validation``; otherwise validation is fold ``fold`` of ``num_folds``: every
     ``num_folds``-th case of the seeded shuffle (or of the listed order with ``shuffle=False``).
     ``label_fraction`` then keeps a seeded subset of the training cases, nested across fractions
     (a label-efficiency curve adds cases, it never swaps them).
     """
     labelled = [r for r in rows if r.get("label")]
+    test = held_out(labelled, split.test_fraction)
+    tested = {r["case_id"] for r in test}
+    labelled = [r for r in labelled if r["case_id"] not in tested]
     listed = [r for r in labelled if r["split"] == "validation"]
     if split.use_listed_validation and listed:
         train, val = [r for r in labelled if r["split"] == "training"], listed
@@ -53,7 +75,7 @@ def split_cases(rows: list[dict], split: SplitConfig) -> tuple[list[dict], list[
         random.Random(split.seed + 1).shuffle(ranked)
         chosen = set(ranked[:keep])
         train = [r for i, r in enumerate(train) if i in chosen]
-    return train, val
+    return Split(train, val, test)
 
 
 class LoadCachedCased(MapTransform):

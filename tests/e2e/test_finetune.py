@@ -72,8 +72,10 @@ def test_phantom_fine_tuning_resumes_keeps_the_best_model_and_reports_the_weight
     assert summary["best_val_dice"] == pytest.approx(max(validated.values()))
     assert summary["best_step"] == max(validated, key=validated.get)
     split = json.loads(open(summary["split"]).read())
-    assert len(split["training"]) == 3 and len(split["validation"]) == 1
-    assert not set(split["training"]) & set(split["validation"])
+    assert (len(split["training"]), len(split["validation"]), len(split["test"])) == (2, 1, 1)
+    assert len(set(split["training"]) | set(split["validation"]) | set(split["test"])) == 4     # disjoint
+    assert summary["val_dice"] == summary["best_val_dice"] and summary["num_test_cases"] == 1
+    assert 0.0 <= summary["test_dice"] <= 1.0 and len(summary["test_dice_per_class"]) == 13   # scored once, at the end
     saved = torch.load(summary["model"], weights_only=True)
     assert saved["format"] == "swinray-segmenter-v1" and saved["model"]["out_channels"] == 14
     overlays = aim_images(tmp / "runs", "val_overlay_0")[cfg.run.name]      # the resumed run kept its Aim run
@@ -96,11 +98,13 @@ def test_evaluate_scores_every_labelled_case_with_dice_and_hd95(phantom_run):
                      "--out", str(tmp / "eval"))
     assert out.returncode == 0, out.stderr[-3000:]
     result = last_json(out.stdout)
-    assert result["num_cases"] == 4 and len(result["dice_per_class"]) == 13
-    assert 0.0 <= result["mean_dice"] <= 1.0
+    split = json.loads(open(summary["split"]).read())
+    assert result["split"] == "test" and result["num_cases"] == 1 and len(result["dice_per_class"]) == 13
+    assert result["mean_dice"] == pytest.approx(summary["test_dice"])      # the run's own test score, again
     with open(result["per_case_csv"]) as f:
         table = list(csv.DictReader(f))
-    assert len(table) == 4 and "hd95_mm_liver" in table[0] and "dice_spleen" in table[0]
+    assert [row["case_id"] for row in table] == split["test"]              # never a case it trained on
+    assert "hd95_mm_liver" in table[0] and "dice_right_kidney" in table[0] and "false_positive_spleen" in table[0]
 
 
 def test_predict_writes_label_maps_on_each_inputs_grid(phantom_run):
@@ -132,7 +136,7 @@ def test_label_efficiency_bench_compares_arms_on_one_split_and_reports_failed_ru
         "budget_steps": 2})
     result = bench_label_efficiency(replace(bench, data=cfg.data), quiet)
     assert (result["arms"], result["fractions"], result["runs"]) == (["scratch", tmp.name], [0.34, 1.0], 4)
-    # 0.34 of 3 training cases is 1 case for 2 workers: both arms fail there, and the bench goes on
+    # 0.34 of 2 training cases is 1 case for 2 workers: both arms fail there, and the bench goes on
     assert result["failed"] == 2 and not result["ok"]
     assert result["dice"]["scratch"]["0.34"] is None and 0.0 <= result["dice"][tmp.name]["1"] <= 1.0
     rows = json.loads(Path(result["results"]).read_text())["rows"]
@@ -153,7 +157,7 @@ def test_two_channel_mri_fine_tunes_from_one_channel_weights_adapting_the_patch_
     encoder = ssl_encoder(tmp_path / "encoder.pt", in_channels=1)
     cfg = debug_config(tmp_path / "runs", DataConfig(source=str(root), cache_dir=str(tmp_path / "cache")),
                        **{"seg.pretrained": encoder, "optim.num_steps": 2, "seg.val_every_steps": 2,
-                          "split.num_folds": 3, "run.name": "ft-2ch"})
+                          "split.num_folds": 3, "split.test_fraction": 0.0, "run.name": "ft-2ch"})   # 3 cases
     summary = run_finetune(cfg, quiet)
     assert summary["ok"] and summary["num_validation_cases"] == 1
     assert "adapted from 1 to 2 input channel(s)" in summary["pretrained_report"]
@@ -175,7 +179,7 @@ def test_real_hippocampus_fine_tunes_and_evaluates(local_ray, tmp_path):
     assert saved["model"]["roi_size"] == summary["roi_size"] == [64, 64, 64]        # the task's, resolved
     assert (saved["model"]["in_channels"], saved["model"]["out_channels"]) == (1, 3)
     assert list(summary["val_dice_per_class"]) == ["anterior", "posterior"]
-    assert (summary["num_training_cases"], summary["num_validation_cases"]) == (8, 2)
+    assert (summary["num_training_cases"], summary["num_validation_cases"], summary["num_test_cases"]) == (6, 2, 2)
     out = run_module("platform.evaluate", "--checkpoint", summary["model"], "--data", str(data),
                      "--out", str(tmp_path / "eval"), "--set", "max_cases=3")
     assert out.returncode == 0, out.stderr[-3000:]

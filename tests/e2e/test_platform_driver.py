@@ -39,7 +39,7 @@ def test_installed_quickstart_script_runs_every_step_from_any_folder(tmp_path):
     assert (tmp_path / "outputs/phantom-debug/dataset.json").exists()
     assert (tmp_path / "outputs/debug/pretrain-debug/encoder.pt").exists()
     assert summary["steps"]["finetune"]["pretrained_report"].startswith("126 encoder tensors loaded, 0 missing")
-    assert summary["steps"]["evaluate"]["num_cases"] == 4
+    assert summary["steps"]["evaluate"]["num_cases"] == 1               # the held-out test case
     assert (tmp_path / "outputs/debug/finetune-debug/model.pt").exists()
     (sweep,) = summary["steps"]["sweep"]["sweeps"]
     assert sweep["trials"] == 2 and (tmp_path / "outputs/debug/sweeps/sweep-debug/best_config.json").exists()
