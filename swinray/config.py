@@ -340,7 +340,7 @@ class DoctorConfig:
 
 @dataclass(frozen=True)
 class BenchConfig:
-    target: Literal["preprocess", "train", "time-to-dice", "label-efficiency", "sweep"] = "preprocess"
+    target: Literal["preprocess", "train", "time-to-dice", "label-efficiency", "sweep", "inference"] = "preprocess"
     budget_minutes: float = 22.0        # time-to-dice: the baseline's wall-time budget (ours gets half)
     baseline_log: str = ""              # time-to-dice: reuse the printed log of an earlier baseline run
                                         # on this machine instead of running it again
@@ -350,7 +350,8 @@ class BenchConfig:
     budget_steps: int = 0               # train, label-efficiency: training steps per run; sweep: x the
                                         # preset's batch size = samples per trial (0 = the preset's)
     sweep_trials: int = 8               # sweep: trials per search strategy
-    rounds: int = 3                     # train, preprocess: alternating baseline/ours runs (speed drifts)
+    rounds: int = 3                     # train, preprocess, inference: alternating baseline/ours runs (speed drifts)
+    volume_shape: tuple[int, int, int] = (256, 256, 96)   # inference: the synthetic volume's voxels
     data: DataConfig = field(default_factory=DataConfig)
     out_dir: str = "outputs/bench"      # benchmark results (JSON) are written here
     run: RunConfig = field(default_factory=lambda: RunConfig(name="bench"))
@@ -420,6 +421,7 @@ PRESETS: dict[type, dict[str, Any]] = {
     BenchConfig: {
         "default": BenchConfig(),
         "debug": BenchConfig(data=_DEBUG_DATA, out_dir="outputs/debug/bench", finetune_preset="debug",
+                             volume_shape=(96, 96, 64),
                              run=RunConfig(name="bench", **_DEBUG_RUN)),
     },
     QuickstartConfig: {

@@ -85,7 +85,9 @@ def follow_run(metrics_log: Path, total_steps: int, desc: str, poll_s: float = 1
     stop = threading.Event()
 
     def new_bytes() -> bytes:
-        nonlocal remote_read_at
+        nonlocal remote_read_at, offset
+        if metrics_log.exists() and metrics_log.stat().st_size < offset:
+            offset = 0                  # a restart dropped the lines of the steps it redoes: read it again
         if metrics_log.exists() and metrics_log.stat().st_size > offset:
             with metrics_log.open("rb") as f:
                 f.seek(offset)

@@ -270,6 +270,16 @@ class SyncedLog:
         self.synced_at = time.monotonic() if self.mirrored and fetch_newer(self.path) else -math.inf
         self.error: str | None = None
 
+    def keep(self, wanted: Callable[[str], bool]) -> int:
+        """Rewrite the log with only the lines ``wanted`` keeps (whole, then uploaded); how many it dropped."""
+        if not self.path.exists():
+            return 0
+        lines = self.path.read_text().splitlines()
+        kept = [line for line in lines if line.strip() and wanted(line)]
+        if len(kept) != len(lines):
+            write_text(self.path, "".join(line + "\n" for line in kept))
+        return len(lines) - len(kept)
+
     def append(self, line: str) -> None:
         with self.path.open("a") as f:
             f.write(line.rstrip("\n") + "\n")

@@ -47,7 +47,8 @@ def train_fn_per_worker(config: dict) -> None:
     tracker = NullTracker()
     if rank == 0:
         tracker = Tracker(Path(paths.run_dir) / "metrics.jsonl", cfg.run.aim_repo, cfg.run.experiment,
-                          params=config["cfg"], run_hash=restored.get("aim_run_hash") or None, name=cfg.run.name)
+                          params=config["cfg"], run_hash=restored.get("aim_run_hash") or None, name=cfg.run.name,
+                          resumed_at=start)
     use_amp = cfg.run.amp_bf16 and device.type == "cuda"
 
     for step in range(start, cfg.optim.num_steps):

@@ -103,9 +103,9 @@ def test_killed_worker_recovers_from_the_latest_checkpoint(local_ray, ray_tmpdir
     thread.join(timeout=800)
     summary = outcome["summary"]
     assert summary["ok"] and summary["steps"] == cfg.optim.num_steps
-    steps = [r["step"] for r in read_metrics(summary)]
-    assert steps[-1] == cfg.optim.num_steps
-    assert len(steps) > len(set(steps)), "steps after the checkpoint were redone after the restart"
+    # The run finished although a worker died: it restarted from the checkpoint at step 2, and the
+    # log lines of the steps it redid were dropped first, so each step is there once
+    assert [r["step"] for r in read_metrics(summary)] == list(range(1, cfg.optim.num_steps + 1))
 
 
 def immutable(path, on: bool) -> bool:

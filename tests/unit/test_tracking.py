@@ -65,3 +65,12 @@ def test_the_aim_ui_command_opens_a_repo_on_disk_and_points_at_the_heads_ui_for_
     remote = aim_ui_command("aim://10.0.0.5:53800")     # `aim up` cannot open a tracking server
     assert "aim up" not in remote and remote.startswith("ray attach cluster/gpu.yaml -p 43800")
     assert "aim://10.0.0.5:53800" in remote and "http://127.0.0.1:43800" in remote
+
+
+def test_a_resumed_run_drops_the_lines_of_the_steps_it_redoes_so_each_step_is_logged_once(tmp_path):
+    log = tmp_path / "metrics.jsonl"
+    log.write_text("".join(json.dumps({"step": s, "loss": 1.0 / s}) + "\n" for s in range(1, 6)))   # died at 5
+    tracker = Tracker(log, None, "exp", resumed_at=3)                  # its checkpoint was step 3
+    tracker.log({"loss": 0.1}, 4)
+    tracker.close()
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [1, 2, 3, 4]
