@@ -20,3 +20,4 @@ if (_TREE / "platform" / "__init__.py").is_file():            # a source tree of
             _module = _util.module_from_spec(_spec)
             _sys.modules[_spec.name] = _module
             _spec.loader.exec_module(_module)
+            globals()[_name] = _module          # swinray.models as an attribute too, as an import makes it

@@ -170,8 +170,12 @@ def main(verb: str, argv: list[str] | None = None) -> int:
 def _stdout_to_stderr():
     """While a command runs, whatever is written to stdout (Ray's and Tune's banners, a library's
     print, even from C) goes to stderr, so the summary is the only line on stdout."""
-    sys.stdout.flush()
-    saved = os.dup(1)
+    try:
+        sys.stdout.flush()
+        saved = os.dup(1)
+    except (AttributeError, OSError, ValueError):     # no stdout at all (closed): nothing to keep clean
+        yield
+        return
     os.dup2(2, 1)
     try:
         yield

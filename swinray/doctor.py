@@ -29,6 +29,7 @@ from swinray.runtime import init_ray, use_gpu, use_token_if_present
 from swinray.storage import ray_storage_path
 
 SOURCE_TREE = Path(__file__).resolve().parents[1]   # platform/, swinray/, models/: what a job needs
+JOB_TIMEOUT_S = 900.0                               # a doctor job that runs longer is stuck (waiting for GPUs?)
 
 
 def doctor_as_job(cfg: DoctorConfig, address: str, log) -> dict:
@@ -43,17 +44,24 @@ def doctor_as_job(cfg: DoctorConfig, address: str, log) -> dict:
                     if k != "ray_address"]
         job = client.submit_job(
             entrypoint=shlex.join(["python", "-m", "platform.doctor", *(a for s in settings for a in ("--set", s))]),
-            runtime_env={"working_dir": str(SOURCE_TREE), "excludes": [".venv", ".git", "outputs", "test-artifacts"],
-                         "env_vars": {k: v for k, v in os.environ.items() if k.startswith("SWINRAY_")}})
+            runtime_env={"working_dir": str(SOURCE_TREE),
+                         "excludes": [".venv", ".git", "outputs", "data", "test-artifacts"]})
     except Exception as e:            # connection refused, no or a wrong token, a refused upload
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(f"RAY_ADDRESS={address}: the cluster's job API refused or did not answer ({first}); is "
                           "the head up (ray dashboard cluster/gpu.yaml for the tunnel), and does ~/.ray/auth_token "
                           "hold its token?") from None
     log(f"RAY_ADDRESS={address} is the cluster's job API: running the doctor there as job {job}")
-    while (status := client.get_job_status(job)) not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
-        time.sleep(1)
-    lines = [line for line in client.get_job_logs(job).splitlines() if line.strip()]
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    try:
+        while (status := client.get_job_status(job)) not in (JobStatus.SUCCEEDED, JobStatus.FAILED,
+                                                              JobStatus.STOPPED):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"still {status} after {JOB_TIMEOUT_S:.0f} s (ray job logs {job})")
+            time.sleep(1)
+        lines = [line for line in client.get_job_logs(job).splitlines() if line.strip()]
+    except Exception as e:
+        raise ConfigError(f"the doctor job {job} on {address}: {e}") from None
     try:
         summary = json.loads(lines[-1])
     except (IndexError, json.JSONDecodeError):

@@ -11,6 +11,7 @@ The resolved config is what is saved as ``config.json`` (the request beside it a
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,9 +27,8 @@ from swinray.config import (
     PretrainConfig,
     RunConfig,
     SweepConfig,
-    flat_items,
-    load_config,
     save_config,
+    to_dict,
 )
 from swinray.storage import is_uri, local_path
 
@@ -48,7 +48,8 @@ def output_root() -> str:
     """Where relative output paths are rooted: ``$SWINRAY_STORAGE`` when set (a path or an object-store
     URI); else the working directory, unless it is a Ray job's unpacked working dir: then ``~/swinray``."""
     if os.environ.get(STORAGE_ENV):
-        return os.environ[STORAGE_ENV]
+        root = os.environ[STORAGE_ENV]
+        return root if is_uri(root) else str(Path(root).expanduser())
     cwd = Path.cwd()
     return str(JOB_OUTPUTS.expanduser()) if in_ray_job_package(cwd) else str(cwd)
 
@@ -105,15 +106,19 @@ class Resolved:
 
 # A rerun of a training run or a sweep under the same name resumes it, so it must be the same run:
 # it may only go on for longer or run elsewhere. Keys (their last part) a rerun may change:
-RESUMABLE_CHANGES = ("num_steps", "max_minutes", "trials", "ray_address", "dashboard", "max_failures",
-                     "num_checkpoints_kept", "max_concurrent_trials")
+# A restored sweep keeps its own trial count and budgets (Tune's saved state), so it may only move.
+RESUMABLE_CHANGES = {"run": ("num_steps", "max_minutes", "ray_address", "dashboard", "max_failures",
+                             "num_checkpoints_kept", "cache_dir", "phantom_dir"),
+                     "sweep": ("ray_address", "dashboard", "cache_dir", "phantom_dir")}
+RESUMABLE = ("checkpoint_*", "metrics.jsonl", "tune")   # what a started run or sweep leaves to resume from
 
 
 def save(resolved: Resolved, folder: str | Path | None = None) -> Path:
     """``config.json`` (resolved) and ``config.requested.json`` into the run's folder; the first's path.
     A training run or sweep of the same name saved with another config is refused, never overwritten."""
     folder = Path(folder or resolved.paths.run_dir)
-    if isinstance(resolved.cfg, (PretrainConfig, FinetuneConfig, SweepConfig)):
+    if isinstance(resolved.cfg, (PretrainConfig, FinetuneConfig, SweepConfig)) and \
+            any(next(folder.glob(pattern), None) for pattern in RESUMABLE):
         check_same_run(folder / CONFIG_FILE, resolved.cfg)
     save_config(resolved.requested, folder / REQUESTED_FILE)
     return save_config(resolved.cfg, folder / CONFIG_FILE)
@@ -121,20 +126,30 @@ def save(resolved: Resolved, folder: str | Path | None = None) -> Path:
 
 def check_same_run(saved_path: Path, cfg) -> None:
     """Refuse to resume the run saved at ``saved_path`` with a config that differs in anything but
-    ``RESUMABLE_CHANGES``. A config saved on another node (a mirror that lacks it) is not compared."""
+    ``RESUMABLE_CHANGES``: compared as saved, so a setting the saved file lacks (an older version's
+    run, e.g. from before test splits) counts as a change. A config saved on another node (a mirror
+    that lacks it) is not compared."""
     if not saved_path.exists():
         return
     try:
-        saved = flat_items(load_config(type(cfg), saved_path))
-    except ConfigError:
-        return                          # an older or hand-edited file: it does not decide
-    changed = {k: (saved.get(k), v) for k, v in flat_items(cfg).items()
-               if saved.get(k) != v and k.rsplit(".", 1)[-1] not in RESUMABLE_CHANGES}
+        saved = _flat(json.loads(saved_path.read_text()))
+    except (OSError, ValueError):
+        saved = {}
+    allowed = RESUMABLE_CHANGES["sweep" if isinstance(cfg, SweepConfig) else "run"]
+    changed = {k: (saved.get(k, "(not set)"), v) for k, v in _flat(to_dict(cfg)).items()
+               if saved.get(k, "(not set)") != v and k.rsplit(".", 1)[-1] not in allowed}
     if changed:
         listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(changed.items())[:6])
         raise ConfigError(f"{saved_path.parent} already holds a run of this name with another config "
                           f"({listed}); a rerun resumes that run, so choose another name (--name, or "
                           f"--set run.name=...) or rerun it as it was (--config {saved_path})")
+
+
+def _flat(data: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in data.items():
+        out.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out
 
 
 def resolve_run(run: RunConfig) -> RunConfig:
@@ -223,6 +238,8 @@ def resolve_finetune(cfg: FinetuneConfig, log=print, split_file: str = "") -> Re
 def evaluation_dir(cfg: EvaluateConfig) -> Path:
     """``<out_dir>/<model's run>-on-<dataset>``: a new folder for every evaluation (``-2``, ``-3``, ...
     after one that finished), so no evaluation's scores overwrite another's."""
+    if not cfg.checkpoint or not cfg.data:
+        raise ConfigError("evaluate needs --checkpoint FILE (model.pt from finetune) and --data PATH")
     model = Path(cfg.checkpoint.split("://", 1)[-1])
     data = Path(cfg.data.rstrip("/"))
     name = f"{model.parent.name or model.stem}-on-{data.name if not data.suffix else data.parent.name}"

@@ -61,12 +61,12 @@ def init_ray(run: RunConfig) -> dict:
             kwargs = {"include_dashboard": run.dashboard, "dashboard_host": "127.0.0.1",
                       "runtime_env": {"worker_process_setup_hook": pin_own_cluster}}
         # Quiet unless --verbose: workers' and actors' own log lines (Train's controller, Tune's trial
-        # tables, harmless warnings such as the PreemptionWatcher's) stay in Ray's session logs; our
-        # progress comes from the driver (swinray.progress), and a failure still raises here with its
-        # traceback. Under `ray job submit` the job's logs are the same either way.
+        # tables, harmless warnings such as the PreemptionWatcher's) stay in Ray's session logs, and
+        # so out of `ray job logs` too; our progress comes from the driver (swinray.progress), and a
+        # failure still raises here with its traceback.
         try:
             ray.init(address=address, log_to_driver=verbose(), **kwargs)
-        except (ConnectionError, RuntimeError, ValueError) as e:
+        except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as e:
             if address == "local":
                 raise
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

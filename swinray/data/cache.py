@@ -70,7 +70,9 @@ def cached_row(cache: Path, case: Case) -> dict | None:
         return None
     if not exists(data_path) or row.get("source_stamp") != source_stamp(case):
         return None
-    return {**row, "path": str(data_path)}     # this node's mirror may sit elsewhere than the writer's
+    # The case as the dataset file lists it now (its split may have been edited), and where this
+    # node finds it (its mirror may sit elsewhere than the writer's)
+    return {**row, "path": str(data_path), "split": case.split, "image": list(case.image), "label": case.label}
 
 
 def write_case(cache: Path, case_id: str, image: np.ndarray, label: np.ndarray | None, row: dict) -> None:

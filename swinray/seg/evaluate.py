@@ -66,10 +66,8 @@ def cases_of_split(labelled: list[Case], split_file: Path | None, which: str, lo
     if which == "all":
         return labelled
     if split_file is None:
-        if which != "test":
-            raise ConfigError(f"split={which} needs the run's split.json beside the model file")
-        log("no split.json beside the model: every labelled case is scored as one the model never saw")
-        return labelled
+        raise ConfigError(f"split={which}: there is no split.json beside the model file to tell which cases it "
+                          "trained on; --split all scores every case (say so, e.g. for a dataset it never saw)")
     record = json.loads(split_file.read_text())
     if which == "test":
         seen = set(record.get("training", [])) | set(record.get("validation", []))
@@ -99,8 +97,8 @@ def score_cases(model, meta: dict, cases: list[Case], sw_batch_size: int, sw_ove
         if not rows:
             took = time.perf_counter() - began
             log(f"first case: {windows} windows in {took:.0f} s; expect about {took * len(cases) / 60:.1f} min "
-                f"for {len(cases)} case(s). Faster: a GPU (--set device=cuda), --set sw_overlap=0 (fewer "
-                "windows), a larger sw_batch_size on a GPU; see docs/data.md#evaluation-speed")
+                f"for {len(cases)} case(s). Faster: a GPU, less window overlap (sw_overlap=0), a larger "
+                "sw_batch_size on a GPU; see docs/data.md#evaluation-speed")
         p, t = torch.from_numpy(pred)[None, None], torch.from_numpy(label.astype(np.uint8))[None, None]
         dice = dice_per_case(p, t, task.num_classes)[0].tolist()
         voxel_mm = tuple(np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))     # in the array's own axis order

@@ -37,10 +37,11 @@ class Split(NamedTuple):
 
 def held_out(labelled: list[dict], fraction: float) -> list[dict]:
     """The test cases: a dataset file's own labelled test list, else ``fraction`` of the cases chosen
-    by a hash of each case id, so the same cases whatever the seed, fold or label fraction."""
+    by a hash of each case id, so the same cases whatever the seed, fold or label fraction (adding
+    cases to the dataset can move them). ``fraction`` 0 holds nothing out."""
     listed = [r for r in labelled if r["split"] == "test"]
     if listed or fraction == 0:
-        return listed
+        return listed if fraction else []
     ranked = sorted(labelled, key=lambda r: hashlib.sha256(r["case_id"].encode()).hexdigest())
     return ranked[:max(1, round(fraction * len(labelled)))]
 

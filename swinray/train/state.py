@@ -50,7 +50,9 @@ def restore(model: torch.nn.Module, optimizer, scheduler, files: tuple[str, ...]
         loaded = {name: torch.load(Path(directory) / name, map_location="cpu", weights_only=True) for name in files}
     model.load_state_dict(state.pop("model"))
     optimizer.load_state_dict(state.pop("optimizer"))
+    schedule = {k: getattr(scheduler, k) for k in ("warmup_steps", "t_total") if hasattr(scheduler, k)}
     scheduler.load_state_dict(state.pop("scheduler"))
+    vars(scheduler).update(schedule)    # the config that runs sets the schedule: a run resumed to go on longer
     torch.set_rng_state(state.pop("torch_rng"))
     cuda_rng = state.pop("cuda_rng", None)
     if cuda_rng is not None and torch.cuda.is_available():

@@ -105,7 +105,7 @@ def test_doctor_given_the_dashboards_address_and_no_auth_mode_runs_itself_as_a_j
     summary = json.loads(out.stdout)                                     # stdout: the JSON line only
     assert summary["ok"] is True and summary["job"] and summary["allreduce_sum"] == 3.0
     assert summary["ray_address"] == ray_head.address                    # the job joined the head
-    assert (tmp_path / "runs" / "doctor" / "config.json").exists()
+    assert summary["checkpoint"].startswith(str(tmp_path / "runs" / "doctor" / "checkpoint_"))   # its Train run
     refused = run_module("platform.doctor", env={**env, "HOME": str(tmp_path)}, timeout=120)   # no token at all
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert "the cluster's job API refused or did not answer" in json.loads(refused.stdout)["error"]

@@ -79,6 +79,10 @@ def test_a_sweep_resolves_its_fine_tuning_base_and_records_the_split_in_the_swee
 def test_a_rerun_under_the_same_name_may_go_on_longer_but_not_with_other_settings(dataset, tmp_path):
     resolved = resolve_finetune(finetune_config(dataset, tmp_path), print)
     saved = save(resolved)
+    fixed = resolve_finetune(apply_overrides(resolved.requested, {"optim.lr": 2e-3}), print)
+    assert json.loads(save(fixed).read_text())["optim"]["lr"] == 2e-3      # never started: a fix is no rerun
+    saved = save(resolved)
+    (saved.parent / "metrics.jsonl").write_text('{"step": 1}\n')           # now it has started
     longer = resolve_finetune(apply_overrides(resolved.requested, {"optim.num_steps": 4000}), print)
     assert json.loads(save(longer).read_text())["optim"]["num_steps"] == 4000          # it goes on to 4000
     other = resolve_finetune(apply_overrides(resolved.requested, {"optim.lr": 3e-4}), print)
