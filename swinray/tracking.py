@@ -52,11 +52,14 @@ class Tracker:
     """Append metrics to ``jsonl_path`` and, best effort, to an Aim run in ``aim_repo``."""
 
     def __init__(self, jsonl_path: str | Path, aim_repo: str | None, experiment: str,
-                 params: dict | None = None, run_hash: str | None = None, name: str = "", resumed_at: int = 0):
-        """``resumed_at``: the step the run restarts from; lines of later steps, logged before a crash
-        or a kill and about to be redone, are dropped, so the log holds each step once."""
+                 params: dict | None = None, run_hash: str | None = None, name: str = "",
+                 resumed_at: int | None = None):
+        """``resumed_at``: the step a training run (re)starts from, 0 for a new one; lines of later
+        steps, logged before a crash or a kill and about to be redone, are dropped, so the log holds
+        each step once."""
         self.jsonl = SyncedLog(jsonl_path, UPLOAD_EVERY_S)
-        self.jsonl.keep(lambda line: json.loads(line).get("step", 0) <= resumed_at)
+        if resumed_at is not None:
+            self.jsonl.keep(lambda line: json.loads(line).get("step", 0) <= resumed_at)
         self.aim_run = None
         self.aim_error: str | None = None
         if aim_repo:
