@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from swinray import config as C
+from swinray import presets as P
 from swinray.errors import UserError
 from swinray.resolve import CONFIG_FILE, REQUESTED_FILE, evaluation_dir, output_root_note, run_dir, save
 from swinray.storage import shown
@@ -47,12 +48,12 @@ def emit(summary: dict[str, Any]) -> None:
 
 def _parser(verb: str, cls: type, description: str, shortcuts: list[Shortcut],
             positional: str | None = None) -> argparse.ArgumentParser:
-    defaults = C.flat_items(C.preset(cls, "default"))
+    defaults = C.flat_items(P.preset(cls, "default"))
     keys = "\n".join(f"  {k} = {json.dumps(v)}" for k, v in defaults.items())
     parser = _Parser(
         prog=f"python -m platform.{verb}", description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=f"presets: {', '.join(C.PRESETS[cls])}\nsettable keys (--set KEY=VALUE) and their defaults:\n{keys}")
+        epilog=f"presets: {', '.join(P.PRESETS[cls])}\nsettable keys (--set KEY=VALUE) and their defaults:\n{keys}")
     if positional:
         choices = typing.get_args(C.field_types(cls)[positional])
         parser.add_argument(positional, nargs="?", default=None, choices=choices or None,
@@ -76,7 +77,7 @@ def _parser(verb: str, cls: type, description: str, shortcuts: list[Shortcut],
 
 def requested_config(cls: type, args: argparse.Namespace, shortcuts: list[Shortcut], positional: str | None = None):
     """Preset (or saved config) -> positional and shortcut flags -> --set overrides, validated."""
-    cfg = starting_config(cls, Path(args.config)) if args.config else C.preset(cls, args.preset)
+    cfg = starting_config(cls, Path(args.config)) if args.config else P.preset(cls, args.preset)
     keys = [key for _, key, _ in shortcuts] + ([positional] if positional else [])
     values = {key: getattr(args, key) for key in keys if getattr(args, key) is not None}
     flagged = [f"{key}={','.join(v) if isinstance(v, list) else v}" for key, v in values.items()]

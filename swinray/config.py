@@ -1,4 +1,6 @@
-"""Typed configuration: frozen dataclasses per concern, presets per command, strict overrides.
+"""Typed configuration: frozen dataclasses per concern and command, each checking its own fields.
+
+Named presets live in ``swinray.presets``.
 
 The dict round trip, overrides and CLI parsing live in ``swinray.config_codec`` and are re-exported
 here, so ``from swinray.config import apply_overrides`` keeps working.
@@ -9,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 from swinray.config_codec import (  # noqa: F401
     apply_overrides,
@@ -368,94 +370,3 @@ class BenchConfig:
 class QuickstartConfig:
     preset: str = "debug"               # the preset every step runs with (debug: minutes on a CPU)
     run: RunConfig = field(default_factory=lambda: RunConfig(name="quickstart"))
-
-
-_DEBUG_DATA = DataConfig(num_phantom_cases=4, phantom_dir="outputs/phantom-debug",
-                         cache_dir="outputs/cache")      # the default preset's: one cache per data
-_DEBUG_MODEL = ModelConfig(feature_size=12, roi_size=(64, 64, 64), window_size=4)
-_DEBUG_RUN = dict(num_workers=2, checkpoint_every_steps=4, storage="outputs/debug")
-
-# MSD Hippocampus on 2 CPU cores: the smallest Swin UNETR with a 4-voxel attention window
-# (3.6x faster than 7 at 64^3) on 32x64x32 crops, which cover the structure (median label
-# extent 22x39x26 voxels) at a quarter of the voxels of 64^3; many small steps, sparse
-# validation. About 1 s per step with 2 workers: 600 steps fit 11 minutes.
-PRESET_CPU_HIPPOCAMPUS = FinetuneConfig(
-    data=DataConfig(task="Task04_Hippocampus"),
-    model=ModelConfig(feature_size=12, roi_size=(32, 64, 32), window_size=4),
-    optim=OptimConfig(lr=1e-3, warmup_steps=30, num_steps=600, batch_size=1),
-    seg=SegConfig(val_every_steps=150),
-    run=RunConfig(name="finetune-cpu-hippocampus", checkpoint_every_steps=150),
-)
-
-PRESETS: dict[type, dict[str, Any]] = {
-    PhantomConfig: {
-        "default": PhantomConfig(),
-        "debug": PhantomConfig(out_dir="outputs/phantom-debug", num_cases=4, shape=(64, 64, 32)),
-    },
-    PreprocessConfig: {
-        "default": PreprocessConfig(),
-        "debug": PreprocessConfig(data=_DEBUG_DATA,
-                                  run=RunConfig(name="preprocess", **_DEBUG_RUN)),
-    },
-    PretrainConfig: {
-        "default": PretrainConfig(),
-        "debug": PretrainConfig(
-            data=_DEBUG_DATA,
-            model=_DEBUG_MODEL,
-            optim=OptimConfig(lr=2e-4, warmup_steps=2, num_steps=8, batch_size=1),
-            run=RunConfig(name="pretrain-debug", **_DEBUG_RUN),
-        ),
-    },
-    FinetuneConfig: {
-        "default": FinetuneConfig(),
-        "debug": FinetuneConfig(
-            data=_DEBUG_DATA, model=_DEBUG_MODEL,
-            optim=OptimConfig(lr=1e-3, warmup_steps=2, num_steps=6, batch_size=1),
-            seg=SegConfig(val_every_steps=3, num_overlay_cases=1),
-            run=RunConfig(name="finetune-debug", **_DEBUG_RUN),
-        ),
-        "cpu-hippocampus": PRESET_CPU_HIPPOCAMPUS,
-    },
-    EvaluateConfig: {"default": EvaluateConfig(), "debug": EvaluateConfig(out_dir="outputs/debug/evaluate")},
-    PredictConfig: {"default": PredictConfig(), "debug": PredictConfig(output="outputs/debug/predict")},
-    BenchConfig: {
-        "default": BenchConfig(),
-        "debug": BenchConfig(data=_DEBUG_DATA, out_dir="outputs/debug/bench", finetune_preset="debug",
-                             volume_shape=(96, 96, 64),
-                             run=RunConfig(name="bench", **_DEBUG_RUN)),
-    },
-    QuickstartConfig: {
-        "default": QuickstartConfig(),
-        "debug": QuickstartConfig(run=RunConfig(name="quickstart", **_DEBUG_RUN)),
-    },
-    SweepConfig: {
-        "default": SweepConfig(),
-        "debug": SweepConfig(finetune=FinetuneConfig(
-            data=_DEBUG_DATA, model=_DEBUG_MODEL,
-            optim=OptimConfig(lr=1e-3, warmup_steps=1, num_steps=4, batch_size=1),
-            seg=SegConfig(val_every_steps=1, num_overlay_cases=0, sw_batch_size=2),
-            run=RunConfig(name="sweep-debug", **{**_DEBUG_RUN, "checkpoint_every_steps": 2})),
-            trials=2, rungs=1, name="sweep-debug", storage="outputs/debug/sweeps"),
-        "cpu-hippocampus": SweepConfig(finetune=PRESET_CPU_HIPPOCAMPUS, trials=12,
-                                       name="sweep-hippocampus"),
-    },
-    DownloadConfig: {"default": DownloadConfig(), "debug": DownloadConfig(root="outputs/debug/msd")},
-    ConvertConfig: {"default": ConvertConfig(), "debug": ConvertConfig(out="outputs/debug/BTCV")},
-    ReportConfig: {
-        "default": ReportConfig(),
-        "debug": ReportConfig(aim_repo="outputs/debug", experiment="sweep-debug"),   # `sweep --preset debug`
-    },
-    DoctorConfig: {
-        "default": DoctorConfig(),
-        "debug": DoctorConfig(run=RunConfig(name="doctor", **_DEBUG_RUN)),
-    },
-}
-
-
-def preset(cls: type, name: str):
-    """The named preset of a command config; an unknown name lists the valid ones."""
-    presets = PRESETS[cls]
-    if name not in presets:
-        raise ConfigError(f"unknown preset {name!r} for {cls.__name__}; valid presets: "
-                          f"{', '.join(presets)}")
-    return presets[name]

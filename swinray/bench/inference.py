@@ -20,8 +20,9 @@ from pathlib import Path
 import torch
 from monai.inferers import sliding_window_inference
 
-from swinray.config import BenchConfig, FinetuneConfig, preset
+from swinray.config import BenchConfig, FinetuneConfig
 from swinray.models.registry import build_swin_unetr
+from swinray.presets import preset
 from swinray.seg.inference import predict_probabilities
 from swinray.seg.model_input import count_windows
 from swinray.storage import write_json

@@ -14,7 +14,8 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from swinray.config import BenchConfig, ConfigError, FinetuneConfig, apply_overrides, preset
+from swinray.config import BenchConfig, ConfigError, FinetuneConfig, apply_overrides
+from swinray.presets import preset
 from swinray.resolve import locate_pretrained
 from swinray.storage import local_file, write_json
 from swinray.train.finetune import run_finetune

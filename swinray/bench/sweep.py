@@ -16,7 +16,8 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from swinray.config import BenchConfig, FinetuneConfig, SweepConfig, preset
+from swinray.config import BenchConfig, FinetuneConfig, SweepConfig
+from swinray.presets import preset
 from swinray.storage import write_json
 from swinray.sweep.run import run_sweep
 

@@ -18,7 +18,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from swinray.config import BenchConfig, ConfigError, FinetuneConfig, apply_overrides, preset
+from swinray.config import BenchConfig, ConfigError, FinetuneConfig, apply_overrides
+from swinray.presets import preset
 from swinray.storage import write_json
 from swinray.train.finetune import run_finetune
 

@@ -23,9 +23,10 @@ from pathlib import Path
 
 import torch
 
-from swinray.config import BenchConfig, ConfigError, PretrainConfig, preset
+from swinray.config import BenchConfig, ConfigError, PretrainConfig
 from swinray.data.preprocess import preprocess_dataset
 from swinray.models.registry import build_ssl_head
+from swinray.presets import preset
 from swinray.pretext.losses import ssl_loss
 from swinray.pretext.views import make_ssl_batch
 from swinray.resolve import resolve_pretrain

@@ -16,9 +16,10 @@ import torch
 
 from conftest import aim_hparams, aim_images, run_module, shared_dataset, write_two_channel_mri
 from swinray.bench.label_efficiency import bench_label_efficiency
-from swinray.config import BenchConfig, DataConfig, FinetuneConfig, apply_overrides, preset
+from swinray.config import BenchConfig, DataConfig, FinetuneConfig, apply_overrides
 from swinray.models.registry import build_ssl_head
 from swinray.models.weights import save_encoder
+from swinray.presets import preset
 from swinray.train.finetune import run_finetune
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]

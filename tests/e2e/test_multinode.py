@@ -13,7 +13,8 @@ import ray
 from ray._private import ray_constants
 from ray.cluster_utils import Cluster
 
-from swinray.config import DataConfig, PretrainConfig, apply_overrides, preset
+from swinray.config import DataConfig, PretrainConfig, apply_overrides
+from swinray.presets import preset
 from swinray.train.pretrain import run_pretrain
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]

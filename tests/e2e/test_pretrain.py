@@ -10,7 +10,8 @@ import psutil
 import pytest
 
 from conftest import aim_hparams, aim_images, run_module
-from swinray.config import DataConfig, PretrainConfig, apply_overrides, preset
+from swinray.config import DataConfig, PretrainConfig, apply_overrides
+from swinray.presets import preset
 from swinray.pretext.pictures import CAPTION
 from swinray.train.pretrain import run_pretrain
 

@@ -6,7 +6,8 @@ import torch
 from monai.inferers import sliding_window_inference
 
 from swinray.bench.inference import bench_inference
-from swinray.config import BenchConfig, apply_overrides, preset
+from swinray.config import BenchConfig, apply_overrides
+from swinray.presets import preset
 from swinray.seg.model_input import count_windows
 
 

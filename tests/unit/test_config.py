@@ -5,19 +5,20 @@ import json
 import pytest
 
 from swinray import config as C
+from swinray import presets as P
 
-COMMANDS = list(C.PRESETS)
+COMMANDS = list(P.PRESETS)
 
 
 @pytest.mark.parametrize("cls", COMMANDS, ids=lambda c: c.__name__)
 def test_every_command_has_default_and_debug_presets(cls):
-    assert {"default", "debug"} <= set(C.PRESETS[cls])
+    assert {"default", "debug"} <= set(P.PRESETS[cls])
 
 
-@pytest.mark.parametrize("cls,name", [(c, n) for c in COMMANDS for n in C.PRESETS[c]],
+@pytest.mark.parametrize("cls,name", [(c, n) for c in COMMANDS for n in P.PRESETS[c]],
                          ids=lambda x: getattr(x, "__name__", x))
 def test_preset_round_trips_through_plain_dict_and_json(cls, name):
-    cfg = C.preset(cls, name)
+    cfg = P.preset(cls, name)
     data = json.loads(json.dumps(C.to_dict(cfg)))
     assert C.from_dict(cls, data) == cfg
 
@@ -29,7 +30,7 @@ def test_configs_are_frozen():
 
 
 def test_override_beats_preset_and_is_typed():
-    cfg = C.preset(C.PretrainConfig, "debug")
+    cfg = P.preset(C.PretrainConfig, "debug")
     parsed = C.parse_assignments(["optim.lr=3e-4", "model.roi_size=96,96,64",
                                   "run.amp_bf16=false", "data.source=/data/x"], cfg)
     out = C.apply_overrides(cfg, parsed)
@@ -88,7 +89,7 @@ def test_cli_values_that_do_not_parse_are_errors():
 
 def test_unknown_preset_lists_valid_presets():
     with pytest.raises(C.ConfigError, match=r"unknown preset 'huge'.*default, debug"):
-        C.preset(C.PretrainConfig, "huge")
+        P.preset(C.PretrainConfig, "huge")
 
 
 def test_save_and_load_config(tmp_path):

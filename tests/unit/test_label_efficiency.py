@@ -2,7 +2,8 @@
 import pytest
 
 from swinray.bench.label_efficiency import arms, markdown_table, plot, run_config
-from swinray.config import BenchConfig, ConfigError, apply_overrides, preset
+from swinray.config import BenchConfig, ConfigError, apply_overrides
+from swinray.presets import preset
 
 
 def test_scratch_comes_first_and_an_encoder_is_named_after_its_pretraining_run(tmp_path):

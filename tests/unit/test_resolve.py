@@ -3,9 +3,10 @@ import json
 
 import pytest
 
-from swinray.config import FinetuneConfig, PretrainConfig, SweepConfig, apply_overrides, load_config, preset, to_dict
+from swinray.config import FinetuneConfig, PretrainConfig, SweepConfig, apply_overrides, load_config, to_dict
 from swinray.data.phantom import write_phantom_dataset
 from swinray.errors import ConfigError, DatasetError
+from swinray.presets import preset
 from swinray.resolve import resolve_finetune, resolve_pretrain, resolve_sweep, save
 
 

@@ -1,0 +1,120 @@
+"""Named presets of every command's config: ``default`` and a tiny ``debug`` for each, and presets
+for real work on a CPU (``cpu-hippocampus``).
+
+    python -m platform.finetune --preset cpu-hippocampus --print-config
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from swinray.config import (
+    BenchConfig,
+    ConvertConfig,
+    DataConfig,
+    DoctorConfig,
+    DownloadConfig,
+    EvaluateConfig,
+    FinetuneConfig,
+    ModelConfig,
+    OptimConfig,
+    PhantomConfig,
+    PredictConfig,
+    PreprocessConfig,
+    PretrainConfig,
+    QuickstartConfig,
+    ReportConfig,
+    RunConfig,
+    SegConfig,
+    SweepConfig,
+)
+from swinray.errors import ConfigError
+
+_DEBUG_DATA = DataConfig(num_phantom_cases=4, phantom_dir="outputs/phantom-debug",
+                         cache_dir="outputs/cache")      # the default preset's: one cache per data
+_DEBUG_MODEL = ModelConfig(feature_size=12, roi_size=(64, 64, 64), window_size=4)
+_DEBUG_RUN = dict(num_workers=2, checkpoint_every_steps=4, storage="outputs/debug")
+
+# MSD Hippocampus on 2 CPU cores: the smallest Swin UNETR with a 4-voxel attention window
+# (3.6x faster than 7 at 64^3) on 32x64x32 crops, which cover the structure (median label
+# extent 22x39x26 voxels) at a quarter of the voxels of 64^3; many small steps, sparse
+# validation. About 1 s per step with 2 workers: 600 steps fit 11 minutes.
+PRESET_CPU_HIPPOCAMPUS = FinetuneConfig(
+    data=DataConfig(task="Task04_Hippocampus"),
+    model=ModelConfig(feature_size=12, roi_size=(32, 64, 32), window_size=4),
+    optim=OptimConfig(lr=1e-3, warmup_steps=30, num_steps=600, batch_size=1),
+    seg=SegConfig(val_every_steps=150),
+    run=RunConfig(name="finetune-cpu-hippocampus", checkpoint_every_steps=150),
+)
+
+PRESETS: dict[type, dict[str, Any]] = {
+    PhantomConfig: {
+        "default": PhantomConfig(),
+        "debug": PhantomConfig(out_dir="outputs/phantom-debug", num_cases=4, shape=(64, 64, 32)),
+    },
+    PreprocessConfig: {
+        "default": PreprocessConfig(),
+        "debug": PreprocessConfig(data=_DEBUG_DATA,
+                                  run=RunConfig(name="preprocess", **_DEBUG_RUN)),
+    },
+    PretrainConfig: {
+        "default": PretrainConfig(),
+        "debug": PretrainConfig(
+            data=_DEBUG_DATA,
+            model=_DEBUG_MODEL,
+            optim=OptimConfig(lr=2e-4, warmup_steps=2, num_steps=8, batch_size=1),
+            run=RunConfig(name="pretrain-debug", **_DEBUG_RUN),
+        ),
+    },
+    FinetuneConfig: {
+        "default": FinetuneConfig(),
+        "debug": FinetuneConfig(
+            data=_DEBUG_DATA, model=_DEBUG_MODEL,
+            optim=OptimConfig(lr=1e-3, warmup_steps=2, num_steps=6, batch_size=1),
+            seg=SegConfig(val_every_steps=3, num_overlay_cases=1),
+            run=RunConfig(name="finetune-debug", **_DEBUG_RUN),
+        ),
+        "cpu-hippocampus": PRESET_CPU_HIPPOCAMPUS,
+    },
+    EvaluateConfig: {"default": EvaluateConfig(), "debug": EvaluateConfig(out_dir="outputs/debug/evaluate")},
+    PredictConfig: {"default": PredictConfig(), "debug": PredictConfig(output="outputs/debug/predict")},
+    BenchConfig: {
+        "default": BenchConfig(),
+        "debug": BenchConfig(data=_DEBUG_DATA, out_dir="outputs/debug/bench", finetune_preset="debug",
+                             volume_shape=(96, 96, 64),
+                             run=RunConfig(name="bench", **_DEBUG_RUN)),
+    },
+    QuickstartConfig: {
+        "default": QuickstartConfig(),
+        "debug": QuickstartConfig(run=RunConfig(name="quickstart", **_DEBUG_RUN)),
+    },
+    SweepConfig: {
+        "default": SweepConfig(),
+        "debug": SweepConfig(finetune=FinetuneConfig(
+            data=_DEBUG_DATA, model=_DEBUG_MODEL,
+            optim=OptimConfig(lr=1e-3, warmup_steps=1, num_steps=4, batch_size=1),
+            seg=SegConfig(val_every_steps=1, num_overlay_cases=0, sw_batch_size=2),
+            run=RunConfig(name="sweep-debug", **{**_DEBUG_RUN, "checkpoint_every_steps": 2})),
+            trials=2, rungs=1, name="sweep-debug", storage="outputs/debug/sweeps"),
+        "cpu-hippocampus": SweepConfig(finetune=PRESET_CPU_HIPPOCAMPUS, trials=12,
+                                       name="sweep-hippocampus"),
+    },
+    DownloadConfig: {"default": DownloadConfig(), "debug": DownloadConfig(root="outputs/debug/msd")},
+    ConvertConfig: {"default": ConvertConfig(), "debug": ConvertConfig(out="outputs/debug/BTCV")},
+    ReportConfig: {
+        "default": ReportConfig(),
+        "debug": ReportConfig(aim_repo="outputs/debug", experiment="sweep-debug"),   # `sweep --preset debug`
+    },
+    DoctorConfig: {
+        "default": DoctorConfig(),
+        "debug": DoctorConfig(run=RunConfig(name="doctor", **_DEBUG_RUN)),
+    },
+}
+
+
+def preset(cls: type, name: str):
+    """The named preset of a command config; an unknown name lists the valid ones."""
+    presets = PRESETS[cls]
+    if name not in presets:
+        raise ConfigError(f"unknown preset {name!r} for {cls.__name__}; valid presets: "
+                          f"{', '.join(presets)}")
+    return presets[name]
