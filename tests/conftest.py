@@ -67,6 +67,17 @@ def write_dicom_series(folder, hu, spacing, origin_ras, series_uid=None, skip=()
     return folder
 
 
+def registered_checkpoint_steps(run_dir) -> list[int]:
+    """The steps of the checkpoints Ray Train's controller has registered for a run (a checkpoint a
+    worker wrote but the controller had not yet taken in is lost if the worker dies)."""
+    snapshot = Path(run_dir) / "checkpoint_manager_snapshot.json"
+    try:
+        results = json.loads(snapshot.read_text())["checkpoint_results"]
+    except (OSError, ValueError, KeyError):
+        return []
+    return [r["metrics"]["step"] for r in results if "step" in r.get("metrics", {})]
+
+
 def aim_hparams(aim_repo) -> dict[str, dict]:
     """Per run (by name), the hyperparameters it logged, read back through Aim's SDK."""
     from aim import Repo, Run

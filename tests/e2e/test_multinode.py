@@ -13,6 +13,7 @@ import ray
 from ray._private import ray_constants
 from ray.cluster_utils import Cluster
 
+from conftest import registered_checkpoint_steps
 from swinray.config import DataConfig, PretrainConfig, apply_overrides
 from swinray.presets import preset
 from swinray.train.pretrain import run_pretrain
@@ -68,7 +69,8 @@ def test_a_node_lost_mid_run_is_replaced_and_training_resumes_from_the_shared_ch
     log = run_dir / "metrics.jsonl"                 # lose a node after the first checkpoint and a step more
     deadline = time.time() + 300
     while time.time() < deadline and trainer.is_alive() and \
-            not (log.exists() and len(log.read_text().splitlines()) > CHECKPOINT_EVERY):
+            not (log.exists() and len(log.read_text().splitlines()) > CHECKPOINT_EVERY
+                 and registered_checkpoint_steps(run_dir)):
         time.sleep(0.2)
     assert "error" not in outcome, f"pretraining failed before the node loss: {outcome['error']!r}"
     assert list(run_dir.glob("checkpoint_*")), "no checkpoint reached the shared storage path"

@@ -9,7 +9,7 @@ from dataclasses import replace
 import psutil
 import pytest
 
-from conftest import aim_hparams, aim_images, run_module
+from conftest import aim_hparams, aim_images, registered_checkpoint_steps, run_module
 from swinray.config import DataConfig, PretrainConfig, apply_overrides
 from swinray.presets import preset
 from swinray.pretext.pictures import CAPTION
@@ -95,8 +95,9 @@ def test_killed_worker_recovers_from_the_latest_checkpoint(local_ray, ray_tmpdir
     thread.start()
     run_dir = tmp_path / "runs" / cfg.run.name
     log = run_dir / "metrics.jsonl"
-    deadline = time.time() + 600    # kill after step 3: between the checkpoints at steps 2 and 4
-    while time.time() < deadline and not (log.exists() and len(log.read_text().splitlines()) >= 3):
+    deadline = time.time() + 600    # kill after step 3, once the checkpoint at step 2 is registered
+    while time.time() < deadline and not (log.exists() and len(log.read_text().splitlines()) >= 3
+                                          and registered_checkpoint_steps(run_dir)):
         time.sleep(0.1)
     victims = our_train_workers(ray_tmpdir)
     assert victims, "no training worker found to kill"
