@@ -6,8 +6,9 @@ Gaussian blending of overlapping windows (no seams), bf16 autocast on a GPU, and
 ``sliding_window_inference(image, roi, sw_batch_size, model, overlap)`` with its defaults (windows
 averaged with constant weights), as a MONAI tutorial calls it. Both run the fine-tuning preset's
 model (random weights: speed does not depend on them) on one synthetic volume of ``volume_shape``,
-alternating over ``rounds`` because this machine's speed drifts. The ratio is plain seconds over
-ours; ``label_agreement`` is the fraction of voxels whose argmax class is the same on both sides.
+alternating over ``rounds`` (after one untimed warm-up pass) because this machine's speed drifts.
+The ratio is plain seconds over ours; ``label_agreement`` is the fraction of voxels whose argmax
+class is the same on both sides.
 
     python -m platform.bench inference --set volume_shape=256,256,96
 """
@@ -48,6 +49,8 @@ def bench_inference(cfg: BenchConfig, log=print) -> dict:
     log(f"bench inference: {cfg.finetune_preset}'s model (feature size {ft.model.feature_size}, window "
         f"{ft.model.window_size}) on a {cfg.volume_shape} volume, {windows} windows of {roi}, overlap "
         f"{ft.seg.sw_overlap}, {ft.seg.sw_batch_size} per pass, {cfg.rounds} round(s) on {device.type}")
+    with torch.no_grad():                   # warm-up, untimed: the first passes allocate and tune kernels
+        model(torch.zeros((ft.seg.sw_batch_size, 1, *roi), device=device))
     seconds = {"ours": [], "plain": []}
     for r in range(cfg.rounds):
         for side in ("ours", "plain"):
