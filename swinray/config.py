@@ -290,8 +290,8 @@ class SweepConfig:
     trials: int = 8                     # per task
     search: Literal["tpe", "random"] = "tpe"        # Optuna sampler (seeded)
     scheduler: Literal["asha", "none"] = "asha"     # ASHA stops weak trials at validation rungs
-    trial_samples: int = 0              # training samples per trial, whatever its batch size (steps follow);
-                                        # 0 = finetune.optim.num_steps x finetune.optim.batch_size
+    trial_samples: int = 0              # training samples per trial (all its workers), whatever its batch size
+                                        # (steps follow); 0 = the base's steps x batch size x workers
     reduction_factor: int = 3           # ASHA keeps the best 1/reduction_factor at each rung
     rungs: int = 2                      # ASHA's decision points; a trial validates reduction_factor ** rungs
                                         # times at equal sample intervals, the rungs falling on validations
@@ -352,6 +352,7 @@ class BenchConfig:
     budget_steps: int = 0               # train, label-efficiency: training steps per run; sweep: x the
                                         # preset's batch size = samples per trial (0 = the preset's)
     sweep_trials: int = 8               # sweep: trials per search strategy
+    seeds: int = 3                      # sweep: seeds per search strategy (run.seed, run.seed + 1, ...)
     rounds: int = 3                     # train, preprocess, inference: alternating baseline/ours runs (speed drifts)
     volume_shape: tuple[int, int, int] = (256, 256, 96)   # inference: the synthetic volume's voxels
     data: DataConfig = field(default_factory=DataConfig)
@@ -361,7 +362,7 @@ class BenchConfig:
     def __post_init__(self) -> None:
         _positive_finite(budget_minutes=self.budget_minutes)
         _at_least(0, budget_steps=self.budget_steps)
-        _at_least(1, sweep_trials=self.sweep_trials, rounds=self.rounds)
+        _at_least(1, sweep_trials=self.sweep_trials, seeds=self.seeds, rounds=self.rounds)
         _require(all(0.0 < f <= 1.0 for f in self.fractions) and bool(self.fractions), "fractions",
                  self.fractions, "one or more label fractions in (0, 1]")
 

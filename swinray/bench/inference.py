@@ -7,7 +7,7 @@ Gaussian blending of overlapping windows (no seams), bf16 autocast on a GPU, and
 averaged with constant weights), as a MONAI tutorial calls it. Both run the fine-tuning preset's
 model (random weights: speed does not depend on them) on one synthetic volume of ``volume_shape``,
 alternating over ``rounds`` (after one untimed warm-up pass) because this machine's speed drifts.
-The ratio is plain seconds over ours; ``label_agreement`` is the fraction of voxels whose argmax
+``speed_ratio_ours_over_plain`` is plain seconds over ours; ``label_agreement`` is the fraction of voxels whose argmax
 class is the same on both sides.
 
     python -m platform.bench inference --set volume_shape=256,256,96
@@ -68,10 +68,12 @@ def bench_inference(cfg: BenchConfig, log=print) -> dict:
               "volume_shape": list(cfg.volume_shape), "roi_size": list(roi), "windows": windows,
               "sw_batch_size": ft.seg.sw_batch_size, "sw_overlap": ft.seg.sw_overlap, "rounds": cfg.rounds,
               "ours_seconds": round(mean["ours"], 3), "plain_seconds": round(mean["plain"], 3),
-              "ratio": round(mean["plain"] / mean["ours"], 3), "seconds_per_window": round(mean["ours"] / windows, 4),
+              "speed_ratio_ours_over_plain": round(mean["plain"] / mean["ours"], 3),
+              "seconds_per_window": round(mean["ours"] / windows, 4),
               "label_agreement": round(agreement, 4), "threads": torch.get_num_threads()}
     log(f"bench inference: ours {result['ours_seconds']} s, plain MONAI {result['plain_seconds']} s per volume "
-        f"(ratio {result['ratio']}), {result['seconds_per_window']} s per window; same argmax on "
+        f"(speed ratio {result['speed_ratio_ours_over_plain']}), {result['seconds_per_window']} s per window; "
+        f"same argmax on "
         f"{agreement:.1%} of the voxels")
     write_json(Path(cfg.out_dir) / "inference.json", result)
     return result

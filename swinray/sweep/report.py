@@ -27,11 +27,11 @@ def _format(value) -> str:
     return str(value) if value != "" else '""'
 
 
-def summarise(grid, num_steps: int, batch_size: int) -> dict:
+def summarise(grid, num_steps: int, batch_size: int, workers: int = 1) -> dict:
     """Rows per trial (status, steps, samples, best Dice, parameters), the Markdown table, the best trial.
 
-    Samples (steps x the trial's batch size) measure what a trial cost in data passes: trials sample
-    their batch size, so steps alone undercount the large-batch ones."""
+    Samples (steps x the trial's batch size x its workers) measure what a trial cost in data passes:
+    trials sample their batch size, so steps alone undercount the large-batch ones."""
     rows = []
     for result in grid:
         metrics = result.metrics or {}
@@ -41,7 +41,7 @@ def summarise(grid, num_steps: int, batch_size: int) -> dict:
         steps = metrics.get("step", 0)
         rows.append({"trial_id": metrics.get("trial_id") or Path(result.path).name,
                      "status": _status(result, num_steps), "steps": steps,
-                     "samples": steps * params.get("optim.batch_size", batch_size),
+                     "samples": steps * params.get("optim.batch_size", batch_size) * workers,
                      "best_val_dice": dice if isinstance(dice, float) and math.isfinite(dice) and dice >= 0 else None,
                      "error": _last_line(result.error) if result.error is not None else None,
                      "model": f"{str(checkpoint).rstrip('/')}/{MODEL_FILE}" if checkpoint else None,  # a path or a URI

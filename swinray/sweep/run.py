@@ -102,15 +102,16 @@ def sweep_task(cfg: SweepConfig, resolved: Resolved, sweep_name: str, log=print)
     # Checkpoint-only reports carry no val_dice: ASHA and our searcher skip them (Tune would abort)
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     experiment = folder / TUNE_DIR
-    budget = trial_budget(cfg.trial_samples or base.optim.num_steps * base.optim.batch_size,
-                          cfg.reduction_factor, cfg.rungs)
+    workers = base.run.num_workers
+    budget = trial_budget(cfg.trial_samples or base.optim.num_steps * base.optim.batch_size * workers,
+                          cfg.reduction_factor, cfg.rungs, workers)
     if Tuner.can_restore(ray_storage_path(experiment)):
         log(f"sweep {sweep_name}: restoring {shown(experiment)} (finished trials are kept, unfinished ones resume)")
         tuner = Tuner.restore(ray_storage_path(experiment), trainable, resume_unfinished=True, resume_errored=False)
     else:
         log(f"sweep {sweep_name} on {task}: {cfg.trials} trial(s) of {budget.samples} training samples, "
             f"{budget.validations} validations each, {cfg.search} + {cfg.scheduler}, {concurrent} at a time, "
-            f"{base.run.num_workers} worker(s) each ({resources}) -> {shown(folder)}")
+            f"{workers} worker(s) each ({resources}) -> {shown(folder)}")
         space = TaskSpace(task, SpaceContext(budget, pretrained=base.seg.pretrained))
         points = json.loads(Path(cfg.start_points).read_text()) if cfg.start_points else None
         tuner = Tuner(trainable, tune_config=ray.tune.TuneConfig(
@@ -131,7 +132,7 @@ def sweep_task(cfg: SweepConfig, resolved: Resolved, sweep_name: str, log=print)
     fetch(experiment, refresh=True)     # Tune's state in object storage: the searcher reads local files
     searcher.restore_from_dir(str(experiment))
     study = export_study(searcher.study)
-    summary = summarise(grid, base.optim.num_steps, base.optim.batch_size)
+    summary = summarise(grid, base.optim.num_steps, base.optim.batch_size, base.run.num_workers)
     write_json(folder / "trials.json", {"task": task, "trials": summary["rows"], "optuna_study": study})
     write_text(folder / "trials.md", summary["markdown"])
     out = {"task": task, "sweep_dir": shown(folder), "trials": len(summary["rows"]),

@@ -161,7 +161,7 @@ def train_fn_per_worker(config: dict) -> None:
                                                              best_metrics)}
         tracker.checkpointed()
         summary = {k: metrics[k] for k in ("loss", "val_dice", "elapsed_s") if k in metrics}  # the rest: Aim, jsonl
-        report({**summary, "step": step, "samples": step * cfg.optim.batch_size,  # per worker
+        report({**summary, "step": step, "samples": step * cfg.optim.batch_size * world,  # all workers
                 "best_val_dice": progress.best_dice, "best_step": progress.best_step,
                 "aim_error": tracker.aim_error or "", "diverged_step": progress.diverged_step}, state, files)
 
@@ -213,6 +213,6 @@ def train_fn_per_worker(config: dict) -> None:
             if stop:
                 break
     if not metrics:  # a rerun of a finished run: report where it stands
-        report({"step": step, "samples": step * cfg.optim.batch_size, "best_val_dice": progress.best_dice,
+        report({"step": step, "samples": step * cfg.optim.batch_size * world, "best_val_dice": progress.best_dice,
                 "aim_error": "", "diverged_step": progress.diverged_step})
     tracker.close()

@@ -40,7 +40,7 @@ def sweep_command(tmp: Path) -> list[str]:
             "--set", f"storage=s3://{BUCKET}/sweeps", "--set", f"start_points={tmp / 'start.json'}",
             "--set", "finetune.data.phantom_dir=", "--set", "finetune.data.cache_dir=",
             "--set", f"finetune.run.storage=s3://{BUCKET}/runs", "--set", f"finetune.run.aim_repo={tmp / 'runs'}",
-            "--set", "trial_samples=3"]
+            "--set", "trial_samples=6"]
 
 
 def node(tmp: Path, name: str) -> Path:
@@ -136,8 +136,9 @@ def test_asha_stops_the_collapsed_trial_at_its_first_rung(sweep):
     collapsed = [t for t in trials if t["params"]["optim.lr"] == 2e6]
     assert [t["status"] for t in collapsed] == ["stopped early"] and collapsed[0]["steps"] == 1
     assert result["sweeps"][0]["early_stopped"] >= 1
-    assert all(t["samples"] == t["steps"] * t["params"]["optim.batch_size"] for t in trials)   # what each cost
-    finished = [t for t in trials if t["status"] == "finished"]     # 3 samples each: 3 validations 1 sample apart
+    workers = 2                                                     # the debug preset's, each drawing a batch
+    assert all(t["samples"] == t["steps"] * t["params"]["optim.batch_size"] * workers for t in trials)  # what each cost
+    finished = [t for t in trials if t["status"] == "finished"]     # 6 samples each: 3 validations 2 samples apart
     assert finished and all(t["steps"] == t["params"]["optim.num_steps"] == 3 * t["params"]["seg.val_every_steps"]
                             for t in finished)
     assert result["sweeps"][0]["trial_samples"] == sum(t["samples"] for t in trials)

@@ -65,3 +65,9 @@ def test_every_trial_trains_on_the_same_samples_whatever_its_batch_size():
         assert 66 <= cfg.seg.val_every_steps * batch < 66 + batch                  # 66 samples apart, rounded up
         study.tell(trial, 0.5)
     assert sorted(seen) == [1, 2, 4] and seen == {1: 594, 2: 594, 4: 612}          # batch 4: 17 steps of 4
+
+
+def test_a_step_of_two_workers_trains_on_twice_the_samples_so_it_takes_half_the_steps():
+    one, two = trial_budget(600, 3, 2), trial_budget(600, 3, 2, workers=2)
+    assert (one.val_every_steps(1), two.val_every_steps(1)) == (66, 33)
+    assert two.num_steps(2) == 9 * 17 and two.samples == one.samples == 594
