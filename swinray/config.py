@@ -349,8 +349,8 @@ class BenchConfig:
     pretrained: tuple[str, ...] = ()    # label-efficiency: SSL encoder files, each an arm beside scratch
     fractions: tuple[float, ...] = (0.1, 0.25, 1.0)  # label-efficiency: fractions of the training cases
     finetune_preset: str = "cpu-hippocampus"  # label-efficiency, sweep: how every run fine-tunes
-    budget_steps: int = 0               # train, label-efficiency: training steps per run; sweep: x the
-                                        # preset's batch size = samples per trial (0 = the preset's)
+    budget_steps: int = 0               # train, label-efficiency: training steps per run; sweep: x the preset's
+                                        # batch size x workers = samples per trial (0 = the preset's steps)
     sweep_trials: int = 8               # sweep: trials per search strategy
     seeds: int = 3                      # sweep: seeds per search strategy (run.seed, run.seed + 1, ...)
     rounds: int = 3                     # train, preprocess, inference: alternating baseline/ours runs (speed drifts)

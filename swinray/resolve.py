@@ -92,7 +92,7 @@ class RunPaths:
     """Where a run's files are, computed once; the one part workers get beside the resolved config."""
     run_dir: str                        # <run.storage>/<run.name>: records, metrics log, exported weights
     cache: str = ""                     # the dataset's preprocessed cache, <data.cache_dir>/<task>-<hash>
-    split: str = ""                     # fine-tuning: the split.json that lists training and validation cases
+    split: str = ""                     # split.json: the run's cases (pretraining: "training" only)
 
 
 @dataclass(frozen=True)
@@ -214,7 +214,8 @@ def resolve_pretrain(cfg: PretrainConfig, log=print) -> Resolved:
     data, dataset, cache = resolve_data(cfg.data, run.storage, log)
     model = resolve_model(cfg.model, dataset.task, for_segmentation=False)
     resolved = replace(cfg, data=data, model=model, run=run)
-    return Resolved(resolved, cfg, RunPaths(str(run_dir(run.storage, run.name)), str(cache)), dataset)
+    folder = run_dir(run.storage, run.name)
+    return Resolved(resolved, cfg, RunPaths(str(folder), str(cache), str(folder / "split.json")), dataset)
 
 
 def locate_pretrained(pretrained: str) -> str:

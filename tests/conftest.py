@@ -9,7 +9,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
+from typing import Callable
 
 import nibabel as nib
 import numpy as np
@@ -76,6 +79,57 @@ def registered_checkpoint_steps(run_dir) -> list[int]:
     except (OSError, ValueError, KeyError):
         return []
     return [r["metrics"]["step"] for r in results if "step" in r.get("metrics", {})]
+
+
+def train_worker_processes(ray_tmpdir: str) -> list:
+    """RayTrainWorker processes of this test's Ray instance (other instances share the machine)."""
+    import psutil
+    found = []
+    for raylet in psutil.process_iter(["cmdline"]):
+        cmdline = raylet.info["cmdline"] or []
+        if not (cmdline and "raylet" in cmdline[0] and any(ray_tmpdir in c for c in cmdline)):
+            continue
+        try:
+            children = raylet.children(recursive=True)
+        except psutil.Error:            # ended meanwhile
+            continue
+        for child in children:
+            try:
+                if "RayTrainWorker" in " ".join(child.cmdline()):
+                    found.append(child)
+            except psutil.Error:        # Ray starts and stops workers all the time
+                pass
+    return found
+
+
+def run_killing_a_worker(run: Callable[[], dict], ray_tmpdir: str, ready: Callable[[], bool],
+                         too_late: Callable[[], bool], timeout_s: float = 400) -> tuple[dict, float]:
+    """``run()`` on a thread; as soon as ``ready()``, one of its Ray Train workers is killed (the
+    fault a lost process or node causes). ``too_late()`` says the run got past the point the test
+    needs (say, its last checkpoint), which fails the test. Returns the run's result and the kill's time."""
+    outcome = {}
+
+    def target():
+        try:
+            outcome["result"] = run()
+        except BaseException as e:      # re-raised below, in the test
+            outcome["error"] = e
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    deadline = time.time() + timeout_s
+    while time.time() < deadline and thread.is_alive() and not ready():
+        time.sleep(0.05)
+    assert ready() and not too_late(), "the run was not at the point to kill it"
+    victims = train_worker_processes(ray_tmpdir)
+    assert victims, "no training worker of this test's Ray instance to kill"
+    killed_at = time.time()
+    victims[-1].kill()
+    thread.join(timeout=timeout_s)
+    if "error" in outcome:
+        raise AssertionError("the run failed after the kill") from outcome["error"]
+    assert "result" in outcome, f"the run did not finish within {timeout_s} s of the kill"
+    return outcome["result"], killed_at
 
 
 def aim_hparams(aim_repo) -> dict[str, dict]:

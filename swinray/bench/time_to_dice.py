@@ -84,8 +84,9 @@ def time_to_reach(curve: list[dict], dice: float) -> float | None:
 
 def compare(baseline_curve: list[dict], baseline_final: dict, ours_curve: list[dict]) -> dict:
     """Each side's first time to the baseline's final Dice and the ratio baseline / ours."""
-    target = baseline_final["dice"]
-    baseline_s, ours_s = time_to_reach(baseline_curve, target), time_to_reach(ours_curve, target)
+    target = baseline_final["dice"]             # printed to 4 decimals: so is every Dice compared with it
+    baseline_s, ours_s = (time_to_reach([{**p, "dice": round(p["dice"], 4)} for p in curve], target)
+                          for curve in (baseline_curve, ours_curve))
     return {"target_dice": target, "baseline_seconds_to_target": baseline_s, "ours_seconds_to_target": ours_s,
             "time_to_target_ratio": round(baseline_s / ours_s, 2) if ours_s else None,
             "baseline_seconds_total": baseline_final["t_s"]}

@@ -32,8 +32,9 @@ from swinray.pretext.views import make_ssl_batch
 from swinray.resolve import resolve_pretrain
 from swinray.runtime import init_ray, shutdown_local_ray
 from swinray.storage import local_path, write_json
-from swinray.train.crops import crop_batch, step_generator
+from swinray.train.crops import crop_batch
 from swinray.train.pretrain import run_pretrain
+from swinray.train.replay import VIEWS, step_generator
 from swinray.train.state import make_optimizer
 from swinray.train.trainer import worker_resources
 
@@ -53,7 +54,7 @@ def plain_loop(cfg: PretrainConfig, paths: list[str], threads: int) -> list[floa
     for step in range(cfg.optim.num_steps):
         began = time.perf_counter()
         crop = crop_batch(paths, cfg.model.roi_size, cfg.optim.batch_size, step_generator(cfg.run.seed, 0, step))
-        batch = make_ssl_batch(crop, cfg.pretext.cutout_max_fraction, step_generator(cfg.run.seed, 0, step, 1))
+        batch = make_ssl_batch(crop, cfg.pretext.cutout_max_fraction, step_generator(cfg.run.seed, 0, step, VIEWS))
         out = model(torch.cat([batch["view1"], batch["view2"]]))
         halves = [tuple(t.chunk(2)) for t in out]
         loss, _ = ssl_loss(tuple(h[0] for h in halves), tuple(h[1] for h in halves), batch, weights,

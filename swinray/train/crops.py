@@ -14,11 +14,7 @@ import numpy as np
 import torch
 
 from swinray.data.cache import read_case
-
-
-def step_generator(seed: int, rank: int, step: int, stream: int = 0) -> torch.Generator:
-    """A generator whose draws depend only on (seed, rank, step, stream)."""
-    return torch.Generator().manual_seed(((seed * 1_000_003 + rank) * 1_000_033 + step) * 4 + stream)
+from swinray.train.replay import step_generator
 
 
 def random_crop(path: str, roi: tuple[int, int, int], generator: torch.Generator) -> np.ndarray:

@@ -17,11 +17,9 @@ from pathlib import Path
 import ray.train
 import torch
 import torch.distributed as dist
-from monai.data import CacheDataset, DataLoader
 from monai.losses import DiceCELoss
 
 from swinray.config import FinetuneConfig, ModelConfig
-from swinray.data.cache import case_paths
 from swinray.models.registry import build_swin_unetr, encoder_stage_parameters
 from swinray.models.segmenter import save_segmenter
 from swinray.models.weights import load_encoder
@@ -31,9 +29,10 @@ from swinray.seg.metrics import DiceMean, dice_per_case
 from swinray.seg.overlay import legend, overlay_pair
 from swinray.storage import fetch, local_file, write_text
 from swinray.tracking import NullTracker, Tracker
-from swinray.train.seg_data import load_validation_case, train_transforms
+from swinray.train.replay import seed_step
+from swinray.train.seg_data import StepBatches, load_validation_case
 from swinray.train.state import MODEL_FILE, make_optimizer, report, restore, training_state
-from swinray.train.trainer import start_worker
+from swinray.train.trainer import case_files, start_worker
 
 PLACEMENT_GROUP_FILE = "placement_group.id"
 AIM_RUN_FILE = "aim_run.hash"
@@ -48,14 +47,10 @@ def model_kwargs(model: ModelConfig) -> dict:
 
 def split_paths(paths: RunPaths) -> tuple[list[str], list[str], dict]:
     """(training case files, validation case files, task) of a run: its split.json and the cache."""
-    cache = Path(paths.cache)
-    for name in (paths.split, cache / "task.json"):
-        fetch(name, refresh=True)       # in object storage: never a stale copy of an earlier run's
-    split = json.loads(Path(paths.split).read_text())
-    task = json.loads((cache / "task.json").read_text())
-    files = {part: [str(case_paths(cache, case_id)[0]) for case_id in split[part]]
-             for part in ("training", "validation")}
-    return files["training"], files["validation"], task
+    task_file = Path(paths.cache) / "task.json"
+    fetch(task_file, refresh=True)
+    task = json.loads(task_file.read_text())
+    return case_files(paths, "training"), case_files(paths, "validation"), task
 
 
 @dataclass
@@ -128,12 +123,7 @@ def train_fn_per_worker(config: dict) -> None:
 
     # Paths, not Ray Data shards: streaming_split(equal=True) would drop the remainder cases.
     train_paths, val_paths = train_paths[rank::world], val_paths[rank::world]
-    transform = train_transforms(cfg.model.roi_size, cfg.seg)
-    transform.set_random_state(seed=(cfg.run.seed * 1009 + rank) * 100_003 + step)
-    dataset = CacheDataset([{"path": p} for p in train_paths], transform, progress=False, copy_cache=False)
-    # In-process loading: a random crop of a cached case takes ~15 ms, and a prefetch thread or
-    # process competing with the model for 2 cores measured 35% slower steps.
-    loader = DataLoader(dataset, batch_size=cfg.optim.batch_size, shuffle=True, num_workers=0)
+    batch_of = StepBatches(train_paths, cfg.model.roi_size, cfg.seg, cfg.optim.batch_size, cfg.run.seed, rank)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=cfg.seg.dice_weight,
                          lambda_ce=cfg.seg.ce_weight)
     tracker = NullTracker()
@@ -166,52 +156,51 @@ def train_fn_per_worker(config: dict) -> None:
                 "aim_error": tracker.aim_error or "", "diverged_step": progress.diverged_step}, state, files)
 
     while not stop:
-        for batch in loader:
-            began = time.perf_counter()
-            image, label = batch["image"].to(device), batch["label"].to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                loss = loss_fn(model(image).float(), label)
-            loss.backward()
-            if step < cfg.seg.freeze_encoder_steps:
-                for p in frozen:            # after DDP's all-reduce; AdamW skips a None grad entirely
-                    p.grad = None
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip_norm)
-            # The all-reduced gradient norm is the same on every rank: all stop together on NaN/inf.
-            diverged = not math.isfinite(float(grad_norm))
-            if not diverged:
-                optimizer.step()
-                scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            elapsed = elapsed_before + time.perf_counter() - started
-            stop = diverged or step >= cfg.optim.num_steps or (
-                deadline < float("inf") and _stop_now(elapsed > deadline, device))
-            seconds = time.perf_counter() - began
-            metrics = {"loss": loss.item(), "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
-                       "samples_per_s": world * cfg.optim.batch_size / seconds, "elapsed_s": elapsed}
-            if diverged:
-                progress.diverged_step = step
-                if rank == 0:
-                    print(f"[swinray] {cfg.run.name}: the gradients became {float(grad_norm)} at step {step} "
-                          f"(loss {metrics['loss']}, optim.lr={cfg.optim.lr}); the run stops as diverged", flush=True)
-            elif stop or step % cfg.seg.val_every_steps == 0:
-                dice, pictures = _validate(net, val_paths, cfg, device, use_amp,
-                                           cfg.seg.num_overlay_cases if rank == 0 else 0)
-                metrics.update(val_dice=dice.mean(), elapsed_s=elapsed_before + time.perf_counter() - started,
-                               **{f"val_dice_{name}": d for name, d in zip(task["label_names"][1:], dice.per_class())})
-                if rank == 0 and dice.mean() > progress.best_dice:
-                    progress.best_dice, progress.best_step = dice.mean(), step
-                    progress.best_per_class = dice.per_class()
-                    best_state = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
-                for i, (img, truth, pred) in enumerate(pictures):
-                    tracker.log_image(f"val_overlay_{i}", overlay_pair(img, truth, pred), step,
-                                      caption="ground truth | prediction; " + legend(task["label_names"]))
-            tracker.log(metrics, step)
-            if stop or step % cfg.run.checkpoint_every_steps == 0 or "val_dice" in metrics:
-                progress.step, progress.elapsed_s = step, metrics["elapsed_s"]
-                checkpoint()
-            if stop:
-                break
+        seed_step(cfg.run.seed, rank, step)         # drop-path: the same draws when this step is redone
+        batch = batch_of(step)
+        began = time.perf_counter()
+        image, label = batch["image"].to(device), batch["label"].to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            loss = loss_fn(model(image).float(), label)
+        loss.backward()
+        if step < cfg.seg.freeze_encoder_steps:
+            for p in frozen:            # after DDP's all-reduce; AdamW skips a None grad entirely
+                p.grad = None
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip_norm)
+        # The all-reduced gradient norm is the same on every rank: all stop together on NaN/inf.
+        diverged = not math.isfinite(float(grad_norm))
+        if not diverged:
+            optimizer.step()
+            scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        elapsed = elapsed_before + time.perf_counter() - started
+        stop = diverged or step >= cfg.optim.num_steps or (
+            deadline < float("inf") and _stop_now(elapsed > deadline, device))
+        seconds = time.perf_counter() - began
+        metrics = {"loss": loss.item(), "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
+                   "samples_per_s": world * cfg.optim.batch_size / seconds, "elapsed_s": elapsed}
+        if diverged:
+            progress.diverged_step = step
+            if rank == 0:
+                print(f"[swinray] {cfg.run.name}: the gradients became {float(grad_norm)} at step {step} "
+                      f"(loss {metrics['loss']}, optim.lr={cfg.optim.lr}); the run stops as diverged", flush=True)
+        elif stop or step % cfg.seg.val_every_steps == 0:
+            dice, pictures = _validate(net, val_paths, cfg, device, use_amp,
+                                       cfg.seg.num_overlay_cases if rank == 0 else 0)
+            metrics.update(val_dice=dice.mean(), elapsed_s=elapsed_before + time.perf_counter() - started,
+                           **{f"val_dice_{name}": d for name, d in zip(task["label_names"][1:], dice.per_class())})
+            if rank == 0 and dice.mean() > progress.best_dice:
+                progress.best_dice, progress.best_step = dice.mean(), step
+                progress.best_per_class = dice.per_class()
+                best_state = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
+            for i, (img, truth, pred) in enumerate(pictures):
+                tracker.log_image(f"val_overlay_{i}", overlay_pair(img, truth, pred), step,
+                                  caption="ground truth | prediction; " + legend(task["label_names"]))
+        tracker.log(metrics, step)
+        if stop or step % cfg.run.checkpoint_every_steps == 0 or "val_dice" in metrics:
+            progress.step, progress.elapsed_s = step, metrics["elapsed_s"]
+            checkpoint()
     if not metrics:  # a rerun of a finished run: report where it stands
         report({"step": step, "samples": step * cfg.optim.batch_size * world, "best_val_dice": progress.best_dice,
                 "aim_error": "", "diverged_step": progress.diverged_step})

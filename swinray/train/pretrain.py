@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import ray
-
 from swinray.config import PretrainConfig
 from swinray.data.preprocess import preprocess_dataset
 from swinray.errors import DatasetError
@@ -18,10 +16,36 @@ from swinray.models.weights import load_encoder
 from swinray.progress import follow_run
 from swinray.resolve import Resolved, resolve_pretrain, save
 from swinray.runtime import init_ray, use_gpu
-from swinray.storage import checkpoint_location, copy_to_local, local_path, ray_storage_path, shown
+from swinray.storage import (
+    checkpoint_location,
+    copy_to_local,
+    fetch,
+    local_path,
+    ray_storage_path,
+    shown,
+    write_json,
+)
 from swinray.train.pretrain_loop import train_fn_per_worker
 from swinray.train.state import ENCODER_FILE
 from swinray.train.trainer import loop_config, make_trainer, worker_resources
+
+
+def training_cases(split_file: Path, cached: list[str], log=print) -> list[str]:
+    """The run's cases: those it started with when it is resumed (a resume replays only on the same
+    cases, so cases added to the cache since wait for a new run), else every cached case."""
+    if not fetch(split_file, refresh=True):
+        return cached
+    started = json.loads(split_file.read_text())["training"]
+    if started == cached:
+        return cached
+    available = set(cached)
+    if all(case_id in available for case_id in started):
+        log(f"{shown(split_file)}: resuming on the {len(started)} case(s) the run started with "
+            f"({len(available.difference(started))} cached since are left for a new run)")
+        return started
+    log(f"warning: {shown(split_file)}: case(s) the run started with are no longer cached; it goes on with "
+        f"the {len(cached)} cached now, so the steps it redoes differ from the first time")
+    return cached
 
 
 def pretrain(resolved: Resolved, log=print) -> dict:
@@ -38,8 +62,9 @@ def pretrain(resolved: Resolved, log=print) -> dict:
     log(f"pretraining {cfg.run.name}: {cfg.run.num_workers} worker(s) on {'GPU' if gpu else 'CPU'} "
         f"({resources}), {len(cases)} case(s), {cfg.optim.num_steps} steps -> {shown(run_dir)}")
 
-    trainer = make_trainer(train_fn_per_worker, loop_config(cfg, resolved.paths, threads), cfg.run, gpu, resources,
-                           datasets={"train": ray.data.from_items([{"path": c["path"]} for c in cases])})
+    case_ids = training_cases(Path(resolved.paths.split), [c["case_id"] for c in cases], log)
+    write_json(resolved.paths.split, {"training": case_ids})      # rank r trains on every world-th from r
+    trainer = make_trainer(train_fn_per_worker, loop_config(cfg, resolved.paths, threads), cfg.run, gpu, resources)
     with follow_run(run_dir / "metrics.jsonl", cfg.optim.num_steps, f"pretrain {cfg.run.name}"):
         result = trainer.fit()
     encoder_path = run_dir / ENCODER_FILE

@@ -1,9 +1,10 @@
 """``train_fn_per_worker`` for SSL pretraining: what every Ray Train worker runs.
 
-Each worker rebuilds the config from the plain dict Ray carries, reads its shard of the cache
-(paths only; crops are read from memory-mapped files), and trains the Swin encoder with the three
+Each worker rebuilds the config from the plain dict Ray carries, takes every world-th case of the
+run's ``split.json`` (paths only; crops are read from memory-mapped files), and trains the Swin encoder with the three
 proxy tasks of Tang et al. (CVPR 2022). Every ``run.checkpoint_every_steps`` it reports a
-checkpoint with the whole training state; on a restart or a rerun it resumes from the latest.
+checkpoint with the whole training state; on a restart or a rerun it resumes from the latest and,
+its randomness being drawn per step (``replay``), redoes the steps after it as they first ran.
 """
 from __future__ import annotations
 
@@ -21,9 +22,10 @@ from swinray.pretext.losses import ssl_loss
 from swinray.pretext.pictures import CAPTION, views_side_by_side
 from swinray.pretext.views import make_ssl_batch
 from swinray.tracking import NullTracker, Tracker
-from swinray.train.crops import CropPrefetcher, step_generator
+from swinray.train.crops import CropPrefetcher
+from swinray.train.replay import VIEWS, seed_step, step_generator
 from swinray.train.state import ENCODER_FILE, make_optimizer, report, restore, training_state
-from swinray.train.trainer import ranks_agree, start_worker
+from swinray.train.trainer import case_files, ranks_agree, start_worker
 
 
 def train_fn_per_worker(config: dict) -> None:
@@ -40,7 +42,7 @@ def train_fn_per_worker(config: dict) -> None:
     restored = restore(net, optimizer, scheduler) or {}
     start = restored.get("step", 0)
 
-    paths_of_cases = [row["path"] for row in ray.train.get_dataset_shard("train").iter_rows()]
+    paths_of_cases = case_files(paths, "training")[rank::world]     # the same cases on every (re)start
     accum = cfg.optim.grad_accum_steps
     crops = CropPrefetcher(paths_of_cases, cfg.model.roi_size, cfg.optim.batch_size, cfg.run.seed, rank,
                            start * accum, cfg.optim.num_steps * accum)
@@ -53,10 +55,11 @@ def train_fn_per_worker(config: dict) -> None:
 
     for step in range(start, cfg.optim.num_steps):
         began, wait_before = time.perf_counter(), crops.wait_s
+        seed_step(cfg.run.seed, rank, step)         # drop-path: the same draws when this step is redone
         for micro in range(accum):
             crop = crops.next().to(device, non_blocking=True)
             batch = make_ssl_batch(crop, cfg.pretext.cutout_max_fraction,
-                                   step_generator(cfg.run.seed, rank, step * accum + micro, stream=1))
+                                   step_generator(cfg.run.seed, rank, step * accum + micro, VIEWS))
             sync = contextlib.nullcontext() if micro == accum - 1 or world == 1 else model.no_sync()
             with sync, torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 out = model(torch.cat([batch["view1"], batch["view2"]]))

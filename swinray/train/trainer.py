@@ -1,5 +1,6 @@
 """One way to build a ``TorchTrainer``: explicit fractional resources, checkpoints kept, restarts;
-and what every Train worker does first (``start_worker``) and can check at the end (``ranks_agree``).
+and what every Train worker does first (``start_worker``, ``case_files``) and can check at the end
+(``ranks_agree``).
 
 Pretraining, fine-tuning and every sweep trial build their trainer here, so resources, storage
 and failure handling cannot drift apart. Rebuilding it with the same ``run.name`` and
@@ -8,6 +9,7 @@ and failure handling cannot drift apart. Rebuilding it with the same ``run.name`
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
@@ -20,10 +22,11 @@ import torch.distributed as dist
 from ray.train.torch import TorchTrainer
 
 from swinray.config import RunConfig, from_dict, to_dict
+from swinray.data.cache import case_paths
 from swinray.resolve import RunPaths
-from swinray.storage import ray_storage_path
+from swinray.storage import fetch, ray_storage_path
 
-DATA_CPU_RESERVE = 0.5  # CPU left free for Ray Data's feeding tasks, or Train + Data deadlock on 2 CPUs
+DATA_CPU_RESERVE = 0.5  # CPU left free beside the workers: Ray Data tasks, a sweep trial's function actor
 
 
 def worker_resources(cpus: float, num_workers: int, gpu: bool) -> tuple[dict, int]:
@@ -65,6 +68,14 @@ def start_worker(config: dict, cls: type) -> Worker:
     torch.set_num_threads(env.pop("threads_per_worker"))
     torch.manual_seed(cfg.run.seed)
     return Worker(cfg, RunPaths(**env), ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device())
+
+
+def case_files(paths: RunPaths, part: str) -> list[str]:
+    """The cached case files of one part of the run's ``split.json`` ("training", "validation"), in
+    its listed order: every rank reads the same list and takes its own share, on every (re)start."""
+    fetch(paths.split, refresh=True)        # in object storage: never a stale copy of an earlier run's
+    case_ids = json.loads(Path(paths.split).read_text())[part]
+    return [str(case_paths(Path(paths.cache), case_id)[0]) for case_id in case_ids]
 
 
 def ranks_agree(module: torch.nn.Module) -> bool:

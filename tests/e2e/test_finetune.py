@@ -14,7 +14,15 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import aim_hparams, aim_images, run_module, shared_dataset, write_two_channel_mri
+from conftest import (
+    aim_hparams,
+    aim_images,
+    registered_checkpoint_steps,
+    run_killing_a_worker,
+    run_module,
+    shared_dataset,
+    write_two_channel_mri,
+)
 from swinray.bench.label_efficiency import bench_label_efficiency
 from swinray.config import BenchConfig, DataConfig, FinetuneConfig, apply_overrides
 from swinray.models.registry import build_ssl_head
@@ -50,24 +58,45 @@ def last_json(stdout: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def phantom_run(local_ray, tmp_path_factory):
-    """A debug fine-tuning run on the phantom from SSL weights, stopped after 3 of 6 steps and
-    continued by running the same command again; shared by the tests below."""
+def phantom_run(local_ray, ray_tmpdir, tmp_path_factory):
+    """A debug fine-tuning run on the phantom from SSL weights (6 steps, validating every 3) one of
+    whose Train workers is killed once its checkpoint at step 3 is registered, so that Ray Train
+    restarts it from there; and the same run uninterrupted, to compare. Shared by the tests below."""
     tmp = tmp_path_factory.mktemp("ft")
     encoder = ssl_encoder(tmp / "encoder.pt")
-    cfg = debug_config(tmp / "runs", **{"seg.pretrained": encoder})
-    first = run_finetune(apply_overrides(cfg, {"optim.num_steps": 3}), quiet)
-    return cfg, run_finetune(cfg, quiet), tmp, first
+    cfg = debug_config(tmp / "runs", **{"seg.pretrained": encoder, "model.drop_path_rate": 0.1})
+    reference = run_finetune(apply_overrides(cfg, {"run.name": "finetune-uninterrupted"}), quiet)
+    run_dir = tmp / "runs" / cfg.run.name
+    summary, killed_at = run_killing_a_worker(
+        lambda: run_finetune(cfg, quiet), ray_tmpdir, ready=lambda: 3 in registered_checkpoint_steps(run_dir),
+        too_late=lambda: cfg.optim.num_steps in registered_checkpoint_steps(run_dir))
+    return cfg, summary, tmp, {"reference": reference, "killed_at": killed_at}
+
+
+def test_a_killed_worker_resumes_and_redoes_its_steps_as_the_uninterrupted_run_did(phantom_run):
+    cfg, summary, _, uninterrupted = phantom_run
+    rows = [json.loads(line) for line in open(summary["metrics_log"])]
+    assert [r["step"] for r in rows] == list(range(1, cfg.optim.num_steps + 1))   # each step once
+    resumed = next((r["step"] for r in rows if r["time"] > uninterrupted["killed_at"]), None)
+    assert resumed in (4, 5), rows                          # after the checkpoint at step 3 (or 4)
+    # Cases, crops, augmentations and drop-path follow from (seed, rank, step): loss for loss, and
+    # the validations, the uninterrupted run's
+    expected = [json.loads(line) for line in open(uninterrupted["reference"]["metrics_log"])]
+    for got, want in zip(rows, expected, strict=True):
+        assert got["loss"] == pytest.approx(want["loss"], rel=1e-5, abs=1e-6), got["step"]
+        assert ("val_dice" in got) == ("val_dice" in want), got["step"]
+        if "val_dice" in want:
+            assert got["val_dice"] == pytest.approx(want["val_dice"], abs=1e-6), got["step"]
+    assert summary["test_dice"] == pytest.approx(uninterrupted["reference"]["test_dice"], abs=1e-6)
 
 
 def test_phantom_fine_tuning_resumes_keeps_the_best_model_and_reports_the_weight_loading(phantom_run):
-    cfg, summary, tmp, first = phantom_run
-    assert first["steps"] == 3 and first["best_step"] == 3
+    cfg, summary, tmp, _ = phantom_run
     assert summary["ok"] and summary["steps"] == cfg.optim.num_steps
     assert summary["pretrained_report"].startswith("126 encoder tensors loaded, 0 missing")
     assert len(summary["val_dice_per_class"]) == 13 and 0.0 <= summary["best_val_dice"] <= 1.0
     rows = [json.loads(line) for line in open(summary["metrics_log"])]
-    assert [r["step"] for r in rows] == list(range(1, cfg.optim.num_steps + 1))   # steps 1-3 not redone
+    assert [r["step"] for r in rows] == list(range(1, cfg.optim.num_steps + 1))
     validated = {r["step"]: r["val_dice"] for r in rows if "val_dice" in r}
     assert sorted(validated) == [3, 6]
     assert summary["best_val_dice"] == pytest.approx(max(validated.values()))
@@ -151,6 +180,16 @@ def test_label_efficiency_bench_compares_arms_on_one_split_and_reports_failed_ru
     assert "failed: DatasetError" in Path(result["table"]).read_text()
     assert Path(result["plot"]).read_bytes()[:4] == b"\x89PNG"
 
+
+
+def test_a_finished_run_asked_for_more_steps_continues_from_its_end(phantom_run):
+    """Runs last among the tests of ``phantom_run``: it extends that run."""
+    cfg, summary, _, _ = phantom_run
+    longer = run_finetune(apply_overrides(cfg, {"optim.num_steps": 8}), quiet)
+    assert longer["ok"] and longer["steps"] == 8
+    rows = [json.loads(line) for line in open(longer["metrics_log"])]
+    assert [r["step"] for r in rows] == list(range(1, 9))          # steps 1-6 kept, 7 and 8 added
+    assert [r["step"] for r in rows if "val_dice" in r] == [3, 6, 8]
 
 
 def test_two_channel_mri_fine_tunes_from_one_channel_weights_adapting_the_patch_embedding(local_ray, tmp_path):

@@ -35,7 +35,7 @@ def test_each_side_is_timed_to_its_first_dice_at_the_target():
                          {"step": 200, "loss": 0.4, "elapsed_s": 200.0},
                          {"step": 300, "loss": 0.4, "elapsed_s": 340.0, "val_dice": 0.72},
                          {"step": 450, "loss": 0.3, "elapsed_s": 520.0, "val_dice": 0.80}])
-    assert [p["step"] for p in ours] == [300 - 150, 300, 450]
+    assert [p["step"] for p in ours] == [150, 300, 450]
     figures = compare(curve, final, ours)
     # The baseline first reached its final 0.69 at its epoch-4 validation (0.70), before the end
     assert figures["target_dice"] == 0.69 and figures["baseline_seconds_to_target"] == 1760
@@ -48,3 +48,9 @@ def test_a_side_that_never_reaches_the_target_has_no_ratio():
     curve, final = parse_baseline(BASELINE_LOG)
     figures = compare(curve, final, [{"t_s": 100.0, "step": 10, "dice": 0.5}])
     assert figures["ours_seconds_to_target"] is None and figures["time_to_target_ratio"] is None
+
+
+def test_a_dice_equal_to_the_target_at_its_printed_precision_reaches_it():
+    curve, final = parse_baseline(BASELINE_LOG)
+    figures = compare(curve, final, [{"t_s": 100.0, "step": 10, "dice": 0.68996}])     # 0.6900 to 4 decimals
+    assert figures["ours_seconds_to_target"] == 100.0
