@@ -26,7 +26,9 @@ def step_generator(seed: int, rank: int, step: int, stream: int = CROPS) -> torc
 
 def seed_step(seed: int, rank: int, step: int) -> None:
     """Seed torch's global generators (CPU and every CUDA device) for ``step``: drop-path and
-    anything else drawing from them."""
+    anything else drawing from them. The checkpoint holds rank 0's generator state too, but every
+    rank restores that one; seeding by rank and step keeps each rank's draws its own after a restore
+    (and makes them differ between ranks, which shared the start seed)."""
     torch.manual_seed(step_seed(seed, rank, step, GLOBAL))
 
 
