@@ -342,7 +342,8 @@ class DoctorConfig:
 
 @dataclass(frozen=True)
 class BenchConfig:
-    target: Literal["preprocess", "train", "time-to-dice", "label-efficiency", "sweep", "inference"] = "preprocess"
+    target: Literal["preprocess", "train", "time-to-dice", "label-efficiency", "sweep", "inference",
+                    "gpu"] = "preprocess"
     budget_minutes: float = 22.0        # time-to-dice: the baseline's wall-time budget (ours gets half)
     baseline_log: str = ""              # time-to-dice: reuse the printed log of an earlier baseline run
                                         # on this machine instead of running it again
@@ -355,12 +356,22 @@ class BenchConfig:
     seeds: int = 3                      # sweep: seeds per search strategy (run.seed, run.seed + 1, ...)
     rounds: int = 3                     # train, preprocess, inference: alternating baseline/ours runs (speed drifts)
     volume_shape: tuple[int, int, int] = (256, 256, 96)   # inference: the synthetic volume's voxels
+    pretrain_preset: str = "default"    # gpu: the model, crops and batch every part runs (the paper's)
+    gpu_volume_shape: tuple[int, int, int] = (512, 512, 128)  # gpu: the inference part's synthetic CT volume
+    part_seconds: float = 60.0          # gpu: timed steps of each part stop once this is spent
+    peak_tflops: float = 0.0            # gpu: the device's peak bf16 TFLOP/s (0 = from the table by its name)
+    scaling_workers: int = 0            # gpu: Ray Train workers of the scaling part (0 = every GPU when > 1)
+    gpu_parts: tuple[str, ...] = ()     # gpu: the parts to run, by name (() = all)
     data: DataConfig = field(default_factory=DataConfig)
     out_dir: str = "outputs/bench"      # benchmark results (JSON) are written here
     run: RunConfig = field(default_factory=lambda: RunConfig(name="bench"))
 
     def __post_init__(self) -> None:
-        _positive_finite(budget_minutes=self.budget_minutes)
+        _positive_finite(budget_minutes=self.budget_minutes, part_seconds=self.part_seconds)
+        _non_negative_finite(peak_tflops=self.peak_tflops)
+        _at_least(0, scaling_workers=self.scaling_workers)
+        _require(all(side > 0 for side in self.gpu_volume_shape), "gpu_volume_shape", self.gpu_volume_shape,
+                 "three positive sides")
         _at_least(0, budget_steps=self.budget_steps)
         _at_least(1, sweep_trials=self.sweep_trials, seeds=self.seeds, rounds=self.rounds)
         _require(all(0.0 < f <= 1.0 for f in self.fractions) and bool(self.fractions), "fractions",

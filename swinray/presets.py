@@ -80,7 +80,8 @@ PRESETS: dict[type, dict[str, Any]] = {
     BenchConfig: {
         "default": BenchConfig(),
         "debug": BenchConfig(data=_DEBUG_DATA, out_dir="outputs/debug/bench", finetune_preset="debug",
-                             volume_shape=(96, 96, 64),
+                             volume_shape=(96, 96, 64), pretrain_preset="debug", gpu_volume_shape=(96, 96, 64),
+                             part_seconds=5.0,
                              run=RunConfig(name="bench", **_DEBUG_RUN)),
     },
     QuickstartConfig: {

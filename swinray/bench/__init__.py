@@ -8,7 +8,7 @@ from swinray.config import BenchConfig
 TARGETS = {"preprocess": "preprocess:bench_preprocess", "train": "train:bench_train",
            "time-to-dice": "time_to_dice:bench_time_to_dice",
            "label-efficiency": "label_efficiency:bench_label_efficiency", "sweep": "sweep:bench_sweep",
-           "inference": "inference:bench_inference"}
+           "inference": "inference:bench_inference", "gpu": "gpu:bench_gpu"}
 
 
 def run_bench(cfg: BenchConfig, log=print) -> dict:

@@ -45,7 +45,7 @@ class CropPrefetcher:
     """Yields the batch for each step from ``start`` to ``stop``; counts time spent waiting."""
 
     def __init__(self, paths: list[str], roi, batch_size: int, seed: int, rank: int,
-                 start: int, stop: int, depth: int = 2):
+                 start: int, stop: int, depth: int = 2, pin_memory: bool = False):
         if not paths:
             raise ValueError(f"rank {rank} received no cases: the dataset has fewer cases than workers")
         self.wait_s = 0.0
@@ -57,6 +57,8 @@ class CropPrefetcher:
                 if self._stop.is_set():
                     return
                 batch = crop_batch(paths, roi, batch_size, step_generator(seed, rank, step))
+                if pin_memory:          # page-locked: the copy to the GPU overlaps the step (non_blocking)
+                    batch = batch.pin_memory()
                 self._queue.put(batch)
 
         self._thread = threading.Thread(target=produce, daemon=True, name="crop-prefetch")

@@ -32,6 +32,7 @@ from swinray.tracking import NullTracker, Tracker
 from swinray.train.replay import seed_step
 from swinray.train.seg_data import StepBatches, load_validation_case
 from swinray.train.state import MODEL_FILE, make_optimizer, report, restore, training_state
+from swinray.train.steps import seg_forward_backward
 from swinray.train.trainer import case_files, start_worker
 
 PLACEMENT_GROUP_FILE = "placement_group.id"
@@ -159,10 +160,8 @@ def train_fn_per_worker(config: dict) -> None:
         seed_step(cfg.run.seed, rank, step)         # drop-path: the same draws when this step is redone
         batch = batch_of(step)
         began = time.perf_counter()
-        image, label = batch["image"].to(device), batch["label"].to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            loss = loss_fn(model(image).float(), label)
-        loss.backward()
+        image, label = batch["image"].to(device, non_blocking=True), batch["label"].to(device, non_blocking=True)
+        loss = seg_forward_backward(model, loss_fn, image, label, use_amp)
         if step < cfg.seg.freeze_encoder_steps:
             for p in frozen:            # after DDP's all-reduce; AdamW skips a None grad entirely
                 p.grad = None

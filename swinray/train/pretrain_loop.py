@@ -18,13 +18,12 @@ import torch
 from swinray.config import PretrainConfig
 from swinray.models.registry import build_ssl_head
 from swinray.models.weights import save_encoder
-from swinray.pretext.losses import ssl_loss
 from swinray.pretext.pictures import CAPTION, views_side_by_side
-from swinray.pretext.views import make_ssl_batch
 from swinray.tracking import NullTracker, Tracker
 from swinray.train.crops import CropPrefetcher
 from swinray.train.replay import VIEWS, seed_step, step_generator
 from swinray.train.state import ENCODER_FILE, make_optimizer, report, restore, training_state
+from swinray.train.steps import pretext_weights, ssl_forward_backward
 from swinray.train.trainer import case_files, ranks_agree, start_worker
 
 
@@ -34,7 +33,7 @@ def train_fn_per_worker(config: dict) -> None:
     net = build_ssl_head(in_channels=cfg.model.in_channels, feature_size=cfg.model.feature_size,
                          roi_size=cfg.model.roi_size, drop_path_rate=cfg.model.drop_path_rate,
                          use_checkpoint=cfg.model.gradient_checkpointing, window_size=cfg.model.window_size)
-    weights = (cfg.pretext.rotation_weight, cfg.pretext.contrastive_weight, cfg.pretext.reconstruction_weight)
+    weights = pretext_weights(cfg.pretext)
     # A switched-off task leaves its head without gradients, which DDP must be told about.
     model = ray.train.torch.prepare_model(
         net, parallel_strategy_kwargs={"find_unused_parameters": 0.0 in weights})
@@ -45,7 +44,7 @@ def train_fn_per_worker(config: dict) -> None:
     paths_of_cases = case_files(paths, "training")[rank::world]     # the same cases on every (re)start
     accum = cfg.optim.grad_accum_steps
     crops = CropPrefetcher(paths_of_cases, cfg.model.roi_size, cfg.optim.batch_size, cfg.run.seed, rank,
-                           start * accum, cfg.optim.num_steps * accum)
+                           start * accum, cfg.optim.num_steps * accum, pin_memory=device.type == "cuda")
     tracker = NullTracker()
     if rank == 0:
         tracker = Tracker(Path(paths.run_dir) / "metrics.jsonl", cfg.run.aim_repo, cfg.run.experiment,
@@ -58,15 +57,11 @@ def train_fn_per_worker(config: dict) -> None:
         seed_step(cfg.run.seed, rank, step)         # drop-path: the same draws when this step is redone
         for micro in range(accum):
             crop = crops.next().to(device, non_blocking=True)
-            batch = make_ssl_batch(crop, cfg.pretext.cutout_max_fraction,
-                                   step_generator(cfg.run.seed, rank, step * accum + micro, VIEWS))
             sync = contextlib.nullcontext() if micro == accum - 1 or world == 1 else model.no_sync()
-            with sync, torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                out = model(torch.cat([batch["view1"], batch["view2"]]))
-                halves = [tuple(t.float().chunk(2)) for t in out]
-                loss, parts = ssl_loss(tuple(h[0] for h in halves), tuple(h[1] for h in halves),
-                                       batch, weights, cfg.pretext.temperature)
-                (loss / accum).backward()
+            with sync:
+                loss, parts, batch, halves = ssl_forward_backward(
+                    model, crop, cfg.pretext, step_generator(cfg.run.seed, rank, step * accum + micro, VIEWS),
+                    use_amp, scale=1 / accum)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip_norm)
         optimizer.step()
         scheduler.step()

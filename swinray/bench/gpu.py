@@ -1,0 +1,375 @@
+"""The device benchmark: one prepared command that measures, in a few minutes, what a GPU (or a CPU) does
+with the paper's settings, for the minutes a GPU machine may be lent.
+
+    python -m platform.bench gpu                        # the paper's settings on this machine's GPU
+    python -m platform.bench gpu --preset debug         # tiny model: every part on a CPU in about a minute
+    ray job submit --entrypoint-num-gpus 1 --working-dir . -- python -m platform.bench gpu
+
+It checks the device first (a tiny forward and backward: a broken CUDA fails in seconds, with the
+reason), then runs its parts one after another, each capped at ``part_seconds`` and written to
+``<out_dir>/gpu.json`` and ``gpu.md`` as soon as it ends, so a later part's failure loses nothing:
+
+- ``pretrain`` and ``pretrain_checkpointing``: the SSL step of ``pretrain_preset`` (the paper's:
+  feature size 48, window 7, 96^3 crops, two views, batch 2) under bf16 autocast, gradient
+  checkpointing off and on, fed by the real crop pipeline from cached cases: steps/s, samples/s,
+  peak device memory, the data-wait fraction, and achieved TFLOP/s (``torch.utils.flop_counter`` on
+  one step, recomputation included) with its fraction of the device's peak bf16 rate;
+- ``finetune``: Swin UNETR steps/s at the same size, 14 classes (BTCV);
+- ``inference``: seconds for one ``gpu_volume_shape`` volume by sliding window (512 x 512 x 128);
+- ``data_supply_pretrain`` and ``data_supply_finetune``: samples/s of the crop and view pipeline per
+  CPU core (one thread), to size the CPU cores a GPU needs;
+- ``scaling``: on more than one GPU, the pretraining step with two Ray Train workers over NCCL, and
+  the ratio of their samples/s to one device's (on a CPU, ``scaling_workers=2`` runs it over gloo).
+"""
+from __future__ import annotations
+
+import resource
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from monai.losses import DiceCELoss
+
+from swinray.config import BenchConfig, PretrainConfig, SegConfig
+from swinray.data.cache import write_case
+from swinray.errors import ConfigError
+from swinray.models.registry import build_ssl_head, build_swin_unetr
+from swinray.presets import preset
+from swinray.pretext.views import make_ssl_batch
+from swinray.seg.inference import predict_probabilities
+from swinray.seg.model_input import count_windows
+from swinray.storage import write_json, write_text
+from swinray.train.crops import CropPrefetcher, crop_batch
+from swinray.train.replay import VIEWS, step_generator
+from swinray.train.seg_data import StepBatches
+from swinray.train.state import make_optimizer
+from swinray.train.steps import seg_forward_backward, ssl_forward_backward
+
+# Dense bf16 tensor-core peaks from the vendors' datasheets (no sparsity), TFLOP/s; the longest
+# matching name wins. Devices without bf16 (V100, T4) are absent: set ``peak_tflops`` for them.
+PEAK_BF16_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0, "GH200": 989.0, "A100": 312.0,
+                    "L40S": 362.0, "L40": 181.0, "L4": 121.0, "A10G": 70.0, "A10": 125.0, "A30": 165.0,
+                    "RTX 4090": 165.0, "RTX 3090": 71.0, "RTX A6000": 155.0, "RTX 6000 Ada": 365.0}
+NUM_CLASSES = 14                        # BTCV's 13 organs and background
+WARMUP_STEPS = 2                        # untimed: allocation, cuDNN autotuning, first-call overheads
+
+
+def peak_tflops(device_name: str, setting: float) -> float | None:
+    if setting:
+        return setting
+    matches = [name for name in PEAK_BF16_TFLOPS if name.lower() in device_name.lower()]
+    return PEAK_BF16_TFLOPS[max(matches, key=len)] if matches else None
+
+
+def choose_device(requested: str) -> torch.device:
+    """``run.device``: cuda, cpu or auto (cuda when PyTorch sees one). Asking for cuda where none is
+    usable is a ConfigError that says why."""
+    if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        import os
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        reason = (f"CUDA_VISIBLE_DEVICES={visible!r} hides every GPU" if visible is not None and not visible.strip()
+                  else "this PyTorch is a CPU build" if torch.version.cuda is None
+                  else "PyTorch finds no usable CUDA device or driver")
+        raise ConfigError(f"run.device=cuda: {reason}; set run.device=cpu or auto")
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+def check_device(device: torch.device, use_amp: bool) -> None:
+    """A tiny forward and backward on the device, in seconds, before minutes of measurements."""
+    try:
+        conv = torch.nn.Conv3d(1, 2, 3).to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            out = conv(torch.randn(2, 1, 8, 8, 8, device=device))
+        out.float().square().mean().backward()
+        _sync(device)
+    except (RuntimeError, AssertionError) as e:
+        raise ConfigError(f"the device check failed on {device} ({_device_name(device)}): "
+                          f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform as stdlib_platform
+    return stdlib_platform.processor() or stdlib_platform.machine() or "cpu"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak_memory_mb(device: torch.device) -> dict:
+    if device.type == "cuda":
+        return {"peak_memory_mb": round(torch.cuda.max_memory_allocated(device) / 2 ** 20, 1),
+                "peak_memory_kind": "device, max allocated by PyTorch"}
+    return {"peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "peak_memory_kind": "process peak RSS so far (CPU)"}
+
+
+def timed(step: Callable[[int], None], device: torch.device, cap_s: float, max_steps: int) -> list[float]:
+    """Seconds of each of up to ``max_steps`` steps after the untimed warm-up, stopping once ``cap_s``
+    is spent (at least one timed step)."""
+    for i in range(WARMUP_STEPS):
+        step(i)
+    _sync(device)
+    times: list[float] = []
+    while not times or (len(times) < max_steps and sum(times) < cap_s):
+        began = time.perf_counter()
+        step(WARMUP_STEPS + len(times))
+        _sync(device)
+        times.append(time.perf_counter() - began)
+    return times
+
+
+def flops_of(step: Callable[[int], None]) -> int:
+    """Floating-point operations of one step (forward, backward, recomputation), counted by PyTorch."""
+    from torch.utils.flop_counter import FlopCounterMode
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step(0)
+    return counter.get_total_flops()
+
+
+def synthetic_cases(folder: Path, roi, count: int, seed: int) -> list[str]:
+    """Cached cases as preprocessing writes them (float16 image, uint8 label with a few organs), half
+    as large again as the ROI on each side, so crops land anywhere."""
+    rng = np.random.default_rng(seed)
+    shape = tuple(side + side // 2 for side in roi)
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij"))
+    paths = []
+    for i in range(count):
+        label = np.zeros(shape, np.uint8)
+        for organ in range(1, 5):
+            centre = rng.uniform(-0.5, 0.5, 3)[:, None, None, None]
+            label[((grid - centre) ** 2).sum(0) < rng.uniform(0.02, 0.06)] = organ
+        image = (rng.normal(0, 1, shape) + label).astype(np.float16)[None]
+        write_case(folder, f"synthetic{i}", image, label, {})
+        paths.append(str(folder / "cases" / f"synthetic{i}.npy"))
+    return paths
+
+
+class Bench:
+    """What every part needs: the settings, the device and the synthetic cases."""
+
+    def __init__(self, cfg: BenchConfig, device: torch.device, cases: list[str]):
+        self.cfg, self.device, self.cases = cfg, device, cases
+        self.pre = preset(PretrainConfig, cfg.pretrain_preset)
+        self.roi = tuple(self.pre.model.roi_size)
+        self.use_amp = cfg.run.amp_bf16
+        self.max_steps = cfg.budget_steps or 20
+        self.peak = peak_tflops(_device_name(device), cfg.peak_tflops)
+
+    def rates(self, times: list[float], flops: int | None = None, samples_per_step: int = 0) -> dict:
+        seconds = sum(times) / len(times)
+        out = {"timed_steps": len(times), "seconds_per_step": round(seconds, 4), "steps_per_s": round(1 / seconds, 3)}
+        if samples_per_step:
+            out["samples_per_s"] = round(samples_per_step / seconds, 3)
+        if flops is not None:
+            achieved = flops / seconds / 1e12
+            out.update(tflop_per_step=round(flops / 1e12, 3), achieved_tflops=round(achieved, 3),
+                       fraction_of_peak=round(achieved / self.peak, 4) if self.peak else None)
+        return out
+
+    def pretrain(self, checkpointing: bool) -> dict:
+        m, device = self.pre.model, self.device
+        torch.manual_seed(self.cfg.run.seed)
+        model = build_ssl_head(in_channels=1, feature_size=m.feature_size, roi_size=self.roi,
+                               use_checkpoint=checkpointing, window_size=m.window_size).to(device)
+        optimizer, scheduler = make_optimizer(model, self.pre.optim)
+        batch_size = self.pre.optim.batch_size
+        crops = CropPrefetcher(self.cases, self.roi, batch_size, self.cfg.run.seed, 0, 0, 10 ** 9,
+                               pin_memory=device.type == "cuda")
+
+        def step(i: int) -> None:
+            crop = crops.next().to(device, non_blocking=True)
+            ssl_forward_backward(model, crop, self.pre.pretext, step_generator(self.cfg.run.seed, 0, i, VIEWS),
+                                 self.use_amp)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), self.pre.optim.grad_clip_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        try:
+            flops = flops_of(step)
+            _reset_peak(device)
+            wait_before = crops.wait_s
+            times = timed(step, device, self.cfg.part_seconds, self.max_steps)
+            waited = crops.wait_s - wait_before
+        finally:
+            crops.close()
+        return {"gradient_checkpointing": checkpointing, "batch_size": batch_size, "views": 2,
+                **self.rates(times, flops, batch_size), **_peak_memory_mb(device),
+                "data_wait_fraction": round(min(1.0, waited / sum(times)), 4)}
+
+    def finetune(self) -> dict:
+        m, device, batch_size = self.pre.model, self.device, self.pre.optim.batch_size
+        torch.manual_seed(self.cfg.run.seed)
+        model = build_swin_unetr(in_channels=1, out_channels=NUM_CLASSES, feature_size=m.feature_size,
+                                 window_size=m.window_size).to(device)
+        optimizer, scheduler = make_optimizer(model, self.pre.optim)
+        loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+        image = torch.randn((batch_size, 1, *self.roi), device=device)
+        label = torch.randint(0, NUM_CLASSES, (batch_size, 1, *self.roi), device=device)
+
+        def step(_: int) -> None:
+            seg_forward_backward(model, loss_fn, image, label, self.use_amp)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        flops = flops_of(step)
+        _reset_peak(device)
+        times = timed(step, device, self.cfg.part_seconds, self.max_steps)
+        return {"batch_size": batch_size, "classes": NUM_CLASSES, **self.rates(times, flops, batch_size),
+                **_peak_memory_mb(device)}
+
+    def inference(self) -> dict:
+        m, device, seg = self.pre.model, self.device, SegConfig()
+        model = build_swin_unetr(in_channels=1, out_channels=NUM_CLASSES, feature_size=m.feature_size,
+                                 window_size=m.window_size).to(device).eval()
+        shape = tuple(self.cfg.gpu_volume_shape)
+        with torch.no_grad():               # warm-up: one batch of windows
+            model(torch.zeros((seg.sw_batch_size, 1, *self.roi), device=device))
+        _reset_peak(device)
+        image = torch.randn((1, 1, *shape), device=device)
+        _sync(device)
+        began = time.perf_counter()
+        predict_probabilities(model, image, self.roi, seg.sw_batch_size, seg.sw_overlap, self.use_amp)
+        _sync(device)
+        seconds = time.perf_counter() - began
+        windows = count_windows(shape, self.roi, seg.sw_overlap)
+        return {"volume_shape": list(shape), "windows": windows, "sw_batch_size": seg.sw_batch_size,
+                "sw_overlap": seg.sw_overlap, "seconds_per_volume": round(seconds, 3),
+                "seconds_per_window": round(seconds / windows, 4), **_peak_memory_mb(device)}
+
+    def data_supply(self, draw: Callable[[int], int]) -> dict:
+        """Samples/s of a CPU pipeline on one thread: what one CPU core feeds a device."""
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            draw(0)                         # warm-up: page cache, caching the cases
+            samples, began, i = 0, time.perf_counter(), 1
+            while samples == 0 or time.perf_counter() - began < self.cfg.part_seconds / 2:
+                samples += draw(i)
+                i += 1
+            seconds = time.perf_counter() - began
+        finally:
+            torch.set_num_threads(threads)
+        return {"samples": samples, "seconds": round(seconds, 2), "samples_per_s_per_core": round(samples / seconds, 3)}
+
+    def data_supply_pretrain(self) -> dict:
+        seed, batch_size = self.cfg.run.seed, self.pre.optim.batch_size
+
+        def draw(i: int) -> int:
+            crop = crop_batch(self.cases, self.roi, batch_size, step_generator(seed, 0, i))
+            make_ssl_batch(crop, self.pre.pretext.cutout_max_fraction, step_generator(seed, 0, i, VIEWS))
+            return batch_size
+        return {"what": f"crops of {self.roi} and their two views (rotation, cutout, flips, intensity)",
+                **self.data_supply(draw)}
+
+    def data_supply_finetune(self) -> dict:
+        batches = StepBatches(self.cases, self.roi, SegConfig(), 1, self.cfg.run.seed, 0)
+
+        def draw(i: int) -> int:
+            batches(i)
+            return 1
+        return {"what": f"positive/negative crops of {self.roi} with flips, rotations and intensity jitter",
+                **self.data_supply(draw)}
+
+
+def needs_per_gpu(parts: dict) -> dict:
+    """CPU cores one device needs to be fed: its samples/s over one core's, per training kind."""
+    out = {}
+    for kind, supply in (("pretrain", "data_supply_pretrain"), ("finetune", "data_supply_finetune")):
+        demand = parts.get(kind, {}).get("samples_per_s")
+        per_core = parts.get(supply, {}).get("samples_per_s_per_core")
+        if demand and per_core:
+            out[kind] = round(demand / per_core, 2)
+    return out
+
+
+def markdown(result: dict) -> str:
+    lines = [f"# bench gpu: {result['device_name']} ({result['device']})", "",
+             f"Preset `{result['preset']}`: {result['model']}; bf16 autocast {result['amp_bf16']}; "
+             f"at most {result['part_seconds']:g} s per part.", "",
+             "| part | figures |", "|---|---|"]
+    for name, figures in result["parts"].items():
+        shown = ", ".join(f"{k} {v}" for k, v in figures.items() if not isinstance(v, (dict, list)))
+        lines.append(f"| {name} | {shown} |")
+    if result.get("cpu_cores_per_device"):
+        lines += ["", "CPU cores one device needs (its samples/s over one core's): "
+                  + ", ".join(f"{k} {v}" for k, v in result["cpu_cores_per_device"].items())]
+    return "\n".join(lines) + "\n"
+
+
+PART_NAMES = ("pretrain", "pretrain_checkpointing", "finetune", "inference", "data_supply_pretrain",
+              "data_supply_finetune", "scaling")
+
+
+def bench_gpu(cfg: BenchConfig, log=print) -> dict:
+    unknown = set(cfg.gpu_parts) - set(PART_NAMES)
+    if unknown:
+        raise ConfigError(f"gpu_parts: unknown part(s) {', '.join(sorted(unknown))}; "
+                          f"the parts are {', '.join(PART_NAMES)}")
+    device = choose_device(cfg.run.device)
+    check_device(device, cfg.run.amp_bf16)
+    pre = preset(PretrainConfig, cfg.pretrain_preset)
+    m = pre.model
+    result = {"command": "bench", "target": "gpu", "device": str(device), "device_name": _device_name(device),
+              "devices": torch.cuda.device_count() if device.type == "cuda" else 1,
+              "torch": torch.__version__, "cuda": torch.version.cuda, "preset": cfg.pretrain_preset,
+              "model": {"feature_size": m.feature_size, "window_size": m.window_size, "roi_size": list(m.roi_size),
+                        "batch_size": pre.optim.batch_size},
+              "amp_bf16": cfg.run.amp_bf16, "part_seconds": cfg.part_seconds,
+              "peak_bf16_tflops": peak_tflops(_device_name(device), cfg.peak_tflops), "parts": {}}
+    log(f"bench gpu: device check passed on {result['device_name']} ({device}); preset {cfg.pretrain_preset}: "
+        f"feature size {m.feature_size}, window {m.window_size}, ROI {tuple(m.roi_size)}, batch {pre.optim.batch_size}")
+    out_dir = Path(cfg.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="bench-gpu-", dir=out_dir))
+    try:
+        bench = Bench(cfg, device, synthetic_cases(work, tuple(m.roi_size), 4, cfg.run.seed))
+        parts: list[tuple[str, Callable[[], dict]]] = [
+            ("pretrain", lambda: bench.pretrain(checkpointing=False)),
+            ("pretrain_checkpointing", lambda: bench.pretrain(checkpointing=True)),
+            ("finetune", bench.finetune), ("inference", bench.inference),
+            ("data_supply_pretrain", bench.data_supply_pretrain),
+            ("data_supply_finetune", bench.data_supply_finetune)]
+        workers = cfg.scaling_workers or (result["devices"] if result["devices"] > 1 else 0)
+        if workers > 1:
+            from swinray.bench.gpu_scaling import scaling
+            parts.append(("scaling", lambda: scaling(cfg, pre, device, workers, result["parts"].get("pretrain"))))
+        if cfg.gpu_parts:
+            parts = [(name, part) for name, part in parts if name in cfg.gpu_parts]
+        for name, part in parts:
+            log(f"bench gpu: {name} ...")
+            began = time.perf_counter()
+            try:
+                result["parts"][name] = part()
+            except Exception as e:          # one part's failure loses neither the others nor what was measured
+                result["parts"][name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            log(f"bench gpu: {name} ({time.perf_counter() - began:.0f} s): {result['parts'][name]}")
+            result["cpu_cores_per_device"] = needs_per_gpu(result["parts"])
+            write_json(out_dir / "gpu.json", result)
+            write_text(out_dir / "gpu.md", markdown(result))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    result["ok"] = not any("error" in p for p in result["parts"].values())
+    result.update(json=str(out_dir / "gpu.json"), markdown=str(out_dir / "gpu.md"))
+    write_json(out_dir / "gpu.json", result)
+    return result
+
