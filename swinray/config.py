@@ -202,7 +202,7 @@ class RunConfig:
                                         # or s3://BUCKET/PREFIX (gs://): see swinray.storage
     num_workers: int = 2                # Ray Train workers
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when Ray sees GPUs
-    amp_bf16: bool = True               # used on GPU only
+    amp_bf16: bool = True               # bf16 autocast: training on GPU only; bench gpu on any device
     checkpoint_every_steps: int = 500
     num_checkpoints_kept: int = 2
     max_failures: int = 3               # worker restarts from the latest checkpoint

@@ -81,7 +81,7 @@ PRESETS: dict[type, dict[str, Any]] = {
         "default": BenchConfig(),
         "debug": BenchConfig(data=_DEBUG_DATA, out_dir="outputs/debug/bench", finetune_preset="debug",
                              volume_shape=(96, 96, 64), pretrain_preset="debug", gpu_volume_shape=(96, 96, 64),
-                             part_seconds=5.0,
+                             part_seconds=5.0, scaling_workers=2,
                              run=RunConfig(name="bench", **_DEBUG_RUN)),
     },
     QuickstartConfig: {

@@ -23,6 +23,7 @@ reason), then runs its parts one after another, each capped at ``part_seconds`` 
 """
 from __future__ import annotations
 
+import os
 import resource
 import shutil
 import tempfile
@@ -33,6 +34,7 @@ from typing import Callable
 import numpy as np
 import torch
 from monai.losses import DiceCELoss
+from torch.utils.flop_counter import FlopCounterMode
 
 from swinray.config import BenchConfig, PretrainConfig, SegConfig
 from swinray.data.cache import write_case
@@ -65,19 +67,30 @@ def peak_tflops(device_name: str, setting: float) -> float | None:
     return PEAK_BF16_TFLOPS[max(matches, key=len)] if matches else None
 
 
-def choose_device(requested: str) -> torch.device:
-    """``run.device``: cuda, cpu or auto (cuda when PyTorch sees one). Asking for cuda where none is
-    usable is a ConfigError that says why."""
-    if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
+def _no_cuda_reason() -> str:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and not visible.strip():
+        return f"CUDA_VISIBLE_DEVICES={visible!r} hides every GPU"
+    if torch.version.cuda is None:
+        return "this PyTorch is a CPU build"
+    return "PyTorch finds no usable CUDA device or driver"
+
+
+def choose_device(requested: str, small_model: bool = False) -> torch.device:
+    """``run.device``: cuda, cpu, or auto: cuda when PyTorch sees one, else the CPU only for a small
+    model (``--preset debug``). The paper's settings on a CPU would take hours, so auto without a GPU,
+    like cuda without one, is a ConfigError that says why."""
+    if requested == "cpu":
         return torch.device("cpu")
-    if not torch.cuda.is_available():
-        import os
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-        reason = (f"CUDA_VISIBLE_DEVICES={visible!r} hides every GPU" if visible is not None and not visible.strip()
-                  else "this PyTorch is a CPU build" if torch.version.cuda is None
-                  else "PyTorch finds no usable CUDA device or driver")
-        raise ConfigError(f"run.device=cuda: {reason}; set run.device=cpu or auto")
-    return torch.device("cuda", torch.cuda.current_device())
+    if torch.cuda.is_available():
+        try:
+            return torch.device("cuda", torch.cuda.current_device())
+        except RuntimeError as e:
+            raise ConfigError(f"run.device={requested}: CUDA is broken here: {str(e).splitlines()[0]}") from None
+    if requested == "auto" and small_model:
+        return torch.device("cpu")
+    raise ConfigError(f"run.device={requested}: {_no_cuda_reason()}; measure the CPU with run.device=cpu "
+                      "(slow at the paper's settings: see gpu_parts) or --preset debug")
 
 
 def check_device(device: torch.device, use_amp: bool) -> None:
@@ -89,15 +102,14 @@ def check_device(device: torch.device, use_amp: bool) -> None:
         out.float().square().mean().backward()
         _sync(device)
     except (RuntimeError, AssertionError) as e:
-        raise ConfigError(f"the device check failed on {device} ({_device_name(device)}): "
+        raise ConfigError(f"the device check failed on {device}: "
                           f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
 
 
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    import platform as stdlib_platform
-    return stdlib_platform.processor() or stdlib_platform.machine() or "cpu"
+    return f"CPU ({os.uname().machine}, {os.cpu_count()} cores)"
 
 
 def _sync(device: torch.device) -> None:
@@ -113,9 +125,16 @@ def _reset_peak(device: torch.device) -> None:
 def _peak_memory_mb(device: torch.device) -> dict:
     if device.type == "cuda":
         return {"peak_memory_mb": round(torch.cuda.max_memory_allocated(device) / 2 ** 20, 1),
-                "peak_memory_kind": "device, max allocated by PyTorch"}
+                "peak_memory_reserved_mb": round(torch.cuda.max_memory_reserved(device) / 2 ** 20, 1),
+                "device_memory_mb": round(torch.cuda.get_device_properties(device).total_memory / 2 ** 20, 1),
+                "peak_memory_kind": "device: max allocated by PyTorch tensors (reserved by its allocator beside it)"}
     return {"peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "peak_memory_kind": "process peak RSS so far (CPU)"}
+
+
+def _figure(value: float) -> float:
+    """Four significant digits: a CPU's TFLOP/s are thousandths."""
+    return float(f"{value:.4g}")
 
 
 def timed(step: Callable[[int], None], device: torch.device, cap_s: float, max_steps: int) -> list[float]:
@@ -135,7 +154,6 @@ def timed(step: Callable[[int], None], device: torch.device, cap_s: float, max_s
 
 def flops_of(step: Callable[[int], None]) -> int:
     """Floating-point operations of one step (forward, backward, recomputation), counted by PyTorch."""
-    from torch.utils.flop_counter import FlopCounterMode
     counter = FlopCounterMode(display=False)
     with counter:
         step(0)
@@ -178,8 +196,8 @@ class Bench:
             out["samples_per_s"] = round(samples_per_step / seconds, 3)
         if flops is not None:
             achieved = flops / seconds / 1e12
-            out.update(tflop_per_step=round(flops / 1e12, 3), achieved_tflops=round(achieved, 3),
-                       fraction_of_peak=round(achieved / self.peak, 4) if self.peak else None)
+            out.update(tflop_per_step=_figure(flops / 1e12), achieved_tflops=_figure(achieved),
+                       fraction_of_peak=_figure(achieved / self.peak) if self.peak else None)
         return out
 
     def pretrain(self, checkpointing: bool) -> dict:
@@ -261,7 +279,7 @@ class Bench:
         try:
             draw(0)                         # warm-up: page cache, caching the cases
             samples, began, i = 0, time.perf_counter(), 1
-            while samples == 0 or time.perf_counter() - began < self.cfg.part_seconds / 2:
+            while samples == 0 or time.perf_counter() - began < self.cfg.part_seconds / 3:
                 samples += draw(i)
                 i += 1
             seconds = time.perf_counter() - began
@@ -270,14 +288,21 @@ class Bench:
         return {"samples": samples, "seconds": round(seconds, 2), "samples_per_s_per_core": round(samples / seconds, 3)}
 
     def data_supply_pretrain(self) -> dict:
+        """The CPU side of pretraining: reading crops from the memory-mapped cache (the two views are
+        made on the device, from the crop); the views on a CPU are timed beside it, for CPU runs."""
         seed, batch_size = self.cfg.run.seed, self.pre.optim.batch_size
 
-        def draw(i: int) -> int:
+        def crops(i: int) -> int:
+            crop_batch(self.cases, self.roi, batch_size, step_generator(seed, 0, i))
+            return batch_size
+
+        def crops_and_views(i: int) -> int:
             crop = crop_batch(self.cases, self.roi, batch_size, step_generator(seed, 0, i))
             make_ssl_batch(crop, self.pre.pretext.cutout_max_fraction, step_generator(seed, 0, i, VIEWS))
             return batch_size
-        return {"what": f"crops of {self.roi} and their two views (rotation, cutout, flips, intensity)",
-                **self.data_supply(draw)}
+        with_views = self.data_supply(crops_and_views)["samples_per_s_per_core"]
+        return {"what": f"crops of {self.roi} from the cache (the prefetch thread's work)", **self.data_supply(crops),
+                "with_views_on_cpu_samples_per_s_per_core": with_views}
 
     def data_supply_finetune(self) -> dict:
         batches = StepBatches(self.cases, self.roi, SegConfig(), 1, self.cfg.run.seed, 0)
@@ -314,22 +339,22 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-PART_NAMES = ("pretrain", "pretrain_checkpointing", "finetune", "inference", "data_supply_pretrain",
-              "data_supply_finetune", "scaling")
+PARTS = ("pretrain", "pretrain_checkpointing", "finetune", "inference", "data_supply_pretrain",
+         "data_supply_finetune", "scaling")
 
 
 def bench_gpu(cfg: BenchConfig, log=print) -> dict:
-    unknown = set(cfg.gpu_parts) - set(PART_NAMES)
+    unknown = set(cfg.gpu_parts) - set(PARTS)
     if unknown:
-        raise ConfigError(f"gpu_parts: unknown part(s) {', '.join(sorted(unknown))}; "
-                          f"the parts are {', '.join(PART_NAMES)}")
-    device = choose_device(cfg.run.device)
-    check_device(device, cfg.run.amp_bf16)
+        raise ConfigError(f"gpu_parts: unknown part(s) {', '.join(sorted(unknown))}; the parts are {', '.join(PARTS)}")
     pre = preset(PretrainConfig, cfg.pretrain_preset)
     m = pre.model
+    device = choose_device(cfg.run.device, small_model=m.feature_size <= 12)
+    check_device(device, cfg.run.amp_bf16)
+    devices = torch.cuda.device_count() if device.type == "cuda" else 1
     result = {"command": "bench", "target": "gpu", "device": str(device), "device_name": _device_name(device),
-              "devices": torch.cuda.device_count() if device.type == "cuda" else 1,
-              "torch": torch.__version__, "cuda": torch.version.cuda, "preset": cfg.pretrain_preset,
+              "devices": devices, "torch": torch.__version__, "cuda": torch.version.cuda,
+              "preset": cfg.pretrain_preset,
               "model": {"feature_size": m.feature_size, "window_size": m.window_size, "roi_size": list(m.roi_size),
                         "batch_size": pre.optim.batch_size},
               "amp_bf16": cfg.run.amp_bf16, "part_seconds": cfg.part_seconds,
@@ -339,25 +364,23 @@ def bench_gpu(cfg: BenchConfig, log=print) -> dict:
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="bench-gpu-", dir=out_dir))
+    workers = cfg.scaling_workers or (2 if devices > 1 else 0)
     try:
         bench = Bench(cfg, device, synthetic_cases(work, tuple(m.roi_size), 4, cfg.run.seed))
-        parts: list[tuple[str, Callable[[], dict]]] = [
-            ("pretrain", lambda: bench.pretrain(checkpointing=False)),
-            ("pretrain_checkpointing", lambda: bench.pretrain(checkpointing=True)),
-            ("finetune", bench.finetune), ("inference", bench.inference),
-            ("data_supply_pretrain", bench.data_supply_pretrain),
-            ("data_supply_finetune", bench.data_supply_finetune)]
-        workers = cfg.scaling_workers or (result["devices"] if result["devices"] > 1 else 0)
-        if workers > 1:
-            from swinray.bench.gpu_scaling import scaling
-            parts.append(("scaling", lambda: scaling(cfg, pre, device, workers, result["parts"].get("pretrain"))))
-        if cfg.gpu_parts:
-            parts = [(name, part) for name, part in parts if name in cfg.gpu_parts]
-        for name, part in parts:
+        run_part: dict[str, Callable[[], dict]] = {
+            "pretrain": lambda: bench.pretrain(checkpointing=False),
+            "pretrain_checkpointing": lambda: bench.pretrain(checkpointing=True),
+            "finetune": bench.finetune, "inference": bench.inference,
+            "data_supply_pretrain": bench.data_supply_pretrain, "data_supply_finetune": bench.data_supply_finetune,
+            "scaling": lambda: scaling(cfg, pre, device, workers, result["parts"].get("pretrain"))}
+        for name in cfg.gpu_parts or PARTS:
+            if name == "scaling" and workers < 2:
+                result["parts"][name] = {"skipped": f"one device ({devices}); scaling_workers=2 runs it"}
+                continue
             log(f"bench gpu: {name} ...")
             began = time.perf_counter()
             try:
-                result["parts"][name] = part()
+                result["parts"][name] = run_part[name]()
             except Exception as e:          # one part's failure loses neither the others nor what was measured
                 result["parts"][name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
             if device.type == "cuda":
@@ -373,3 +396,7 @@ def bench_gpu(cfg: BenchConfig, log=print) -> dict:
     write_json(out_dir / "gpu.json", result)
     return result
 
+
+def scaling(cfg: BenchConfig, pre: PretrainConfig, device: torch.device, workers: int, one_device: dict | None) -> dict:
+    from swinray.bench.gpu_scaling import scaling as run_scaling  # imports Ray Train only when it runs
+    return run_scaling(cfg, pre, device, workers, one_device)

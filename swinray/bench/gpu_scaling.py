@@ -2,8 +2,9 @@
 (gloo between CPU workers), against one device's samples/s from the ``pretrain`` part.
 
 Every worker trains on random crops already on its device (the data supply is measured on its own),
-so the figure is the compute and the gradient all-reduce; the contrastive loss gathers its
-negatives from all workers, as in pretraining.
+so the figure is the compute and the gradient all-reduce (the one-device figure it is compared with
+is fed by the crop pipeline: with a data-wait fraction near 0 the two are comparable); the
+contrastive loss gathers its negatives from all workers, as in pretraining.
 """
 from __future__ import annotations
 
@@ -14,15 +15,15 @@ from dataclasses import replace
 import ray.train
 import torch
 
+from swinray.bench.gpu import WARMUP_STEPS
 from swinray.config import BenchConfig, PretrainConfig, from_dict, to_dict
+from swinray.errors import ConfigError
 from swinray.models.registry import build_ssl_head
-from swinray.runtime import init_ray
+from swinray.runtime import init_ray, shutdown_local_ray
 from swinray.train.replay import VIEWS, step_generator
 from swinray.train.state import make_optimizer
 from swinray.train.steps import ssl_forward_backward
 from swinray.train.trainer import make_trainer, worker_resources
-
-WARMUP_STEPS = 2
 
 
 def _worker(config: dict) -> None:
@@ -40,6 +41,7 @@ def _worker(config: dict) -> None:
         began = time.perf_counter()
         ssl_forward_backward(model, crop, pre.pretext, step_generator(bench.run.seed, rank, step, VIEWS),
                              bench.run.amp_bf16)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), pre.optim.grad_clip_norm)    # as the one-device part
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -57,13 +59,20 @@ def scaling(cfg: BenchConfig, pre: PretrainConfig, device: torch.device, workers
     gpu = device.type == "cuda"
     run = replace(cfg.run, device="cuda" if gpu else "cpu", num_workers=workers, max_failures=0)
     cluster = init_ray(run)
+    free = ray.available_resources().get("GPU" if gpu else "CPU", 0.0)
+    if gpu and free < workers:          # Train would wait for them forever
+        raise ConfigError(f"the scaling part needs {workers} free GPUs, the Ray cluster has {free:g} "
+                          "(a job started with --entrypoint-num-gpus holds one of them)")
     resources, _ = worker_resources(cluster["cpus"], workers, gpu)
     steps = max(3, min(cfg.budget_steps or 10, 20))
     with tempfile.TemporaryDirectory(prefix="bench-gpu-scaling-") as storage:
         trainer = make_trainer(_worker, {"bench": to_dict(cfg), "pretrain": to_dict(pre), "steps": steps},
                                run, gpu, resources, name="bench-gpu-scaling",
                                storage=storage)
-        metrics = trainer.fit().metrics or {}
+        try:
+            metrics = trainer.fit().metrics or {}
+        finally:
+            shutdown_local_ray()
     seconds = metrics["seconds_per_step"]
     samples = workers * pre.optim.batch_size / seconds
     single = (one_device or {}).get("samples_per_s")

@@ -160,7 +160,7 @@ def train_fn_per_worker(config: dict) -> None:
         seed_step(cfg.run.seed, rank, step)         # drop-path: the same draws when this step is redone
         batch = batch_of(step)
         began = time.perf_counter()
-        image, label = batch["image"].to(device, non_blocking=True), batch["label"].to(device, non_blocking=True)
+        image, label = batch["image"].to(device), batch["label"].to(device)
         loss = seg_forward_backward(model, loss_fn, image, label, use_amp)
         if step < cfg.seg.freeze_encoder_steps:
             for p in frozen:            # after DDP's all-reduce; AdamW skips a None grad entirely

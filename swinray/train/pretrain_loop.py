@@ -61,7 +61,7 @@ def train_fn_per_worker(config: dict) -> None:
             with sync:
                 loss, parts, batch, halves = ssl_forward_backward(
                     model, crop, cfg.pretext, step_generator(cfg.run.seed, rank, step * accum + micro, VIEWS),
-                    use_amp, scale=1 / accum)
+                    use_amp, accumulation=accum)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip_norm)
         optimizer.step()
         scheduler.step()

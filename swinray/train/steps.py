@@ -15,9 +15,9 @@ def pretext_weights(pretext: PretextConfig) -> tuple[float, float, float]:
 
 
 def ssl_forward_backward(model: torch.nn.Module, crop: torch.Tensor, pretext: PretextConfig,
-                         generator: torch.Generator, use_amp: bool, scale: float = 1.0):
+                         generator: torch.Generator, use_amp: bool, accumulation: int = 1):
     """Two views of ``crop`` (B, C, *roi) through the SSL head in one pass, the three losses, and
-    ``loss * scale`` backpropagated (``scale``: 1 / gradient-accumulation steps).
+    ``loss / accumulation`` backpropagated (``accumulation``: gradient-accumulation steps).
     Returns (loss, its parts, the views batch, the outputs split per view)."""
     batch = make_ssl_batch(crop, pretext.cutout_max_fraction, generator)
     with torch.autocast(crop.device.type, dtype=torch.bfloat16, enabled=use_amp):
@@ -25,7 +25,7 @@ def ssl_forward_backward(model: torch.nn.Module, crop: torch.Tensor, pretext: Pr
         halves = [tuple(t.float().chunk(2)) for t in out]
         loss, parts = ssl_loss(tuple(h[0] for h in halves), tuple(h[1] for h in halves),
                                batch, pretext_weights(pretext), pretext.temperature)
-    (loss * scale).backward()
+    (loss / accumulation).backward()
     return loss, parts, batch, halves
 
 

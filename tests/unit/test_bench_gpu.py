@@ -14,14 +14,17 @@ def test_cuda_hidden_by_cuda_visible_devices_is_a_clear_config_error(monkeypatch
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     if torch.cuda.is_available():                    # a GPU machine: the variable is read at CUDA init
         pytest.skip("CUDA initialised before the variable was set")
-    with pytest.raises(ConfigError, match="CUDA_VISIBLE_DEVICES='' hides every GPU; set run.device=cpu or auto"):
+    with pytest.raises(ConfigError, match="run.device=cuda: CUDA_VISIBLE_DEVICES='' hides every GPU"):
         choose_device("cuda")
 
 
-def test_auto_and_cpu_choose_the_cpu_where_no_gpu_is_usable():
+def test_without_a_gpu_auto_measures_the_cpu_only_for_a_small_model(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    assert choose_device("auto") == choose_device("cpu") == torch.device("cpu")
+    assert choose_device("auto", small_model=True) == choose_device("cpu") == torch.device("cpu")
+    with pytest.raises(ConfigError, match="run.device=auto: this PyTorch is a CPU build; measure the CPU with"):
+        choose_device("auto")
 
 
 @pytest.mark.parametrize("name, peak", [("NVIDIA H100 80GB HBM3", 989.0), ("NVIDIA H100 PCIe", 756.0),
@@ -42,20 +45,39 @@ def test_cpu_cores_per_device_divide_its_demand_by_one_cores_supply():
     assert needs_per_gpu(parts) == {"pretrain": 3.0}
 
 
+def recorder(module: torch.nn.Module) -> list:
+    """The output dtypes of ``module``'s forward calls, one entry per call."""
+    calls = []
+    module.register_forward_hook(lambda _, __, out: calls.append(out.dtype))
+    return calls
+
+
 def test_the_ssl_step_runs_under_bf16_autocast_with_gradient_checkpointing_on_a_cpu():
     torch.manual_seed(0)
     model = build_ssl_head(in_channels=1, feature_size=12, roi_size=(64, 64, 64), use_checkpoint=True, window_size=4)
-    loss, parts, batch, halves = ssl_forward_backward(model, torch.randn(2, 1, 64, 64, 64), PretextConfig(),
-                                                      torch.Generator().manual_seed(0), use_amp=True)
+    calls = recorder(model.swinViT.layers1[0].blocks[0].attn.qkv)
+    loss, parts, _, _ = ssl_forward_backward(model, torch.randn(2, 1, 64, 64, 64), PretextConfig(),
+                                             torch.Generator().manual_seed(0), use_amp=True)
     assert torch.isfinite(loss) and loss.dtype == torch.float32 and set(parts) == {"rot", "contrast", "recon"}
-    grads = [p.grad for p in model.parameters() if p.requires_grad]
-    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert calls == [torch.bfloat16, torch.bfloat16]      # under autocast; run again in backward: checkpointed
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
+
+
+def test_without_autocast_or_checkpointing_the_same_step_runs_once_in_float32():
+    torch.manual_seed(0)
+    model = build_ssl_head(in_channels=1, feature_size=12, roi_size=(64, 64, 64), window_size=4)
+    calls = recorder(model.swinViT.layers1[0].blocks[0].attn.qkv)
+    ssl_forward_backward(model, torch.randn(2, 1, 64, 64, 64), PretextConfig(), torch.Generator().manual_seed(0),
+                         use_amp=False)
+    assert calls == [torch.float32]
 
 
 def test_the_segmentation_step_runs_under_bf16_autocast_with_gradient_checkpointing_on_a_cpu():
     from monai.losses import DiceCELoss
     torch.manual_seed(0)
     model = build_swin_unetr(in_channels=1, out_channels=3, feature_size=12, use_checkpoint=True, window_size=4)
+    calls = recorder(model.swinViT.layers1[0].blocks[0].attn.qkv)
     image, label = torch.randn(1, 1, 64, 64, 64), torch.randint(0, 3, (1, 1, 64, 64, 64))
     loss = seg_forward_backward(model, DiceCELoss(to_onehot_y=True, softmax=True), image, label, use_amp=True)
-    assert torch.isfinite(loss) and all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    assert torch.isfinite(loss) and calls == [torch.bfloat16, torch.bfloat16]
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
