@@ -350,7 +350,8 @@ class BenchConfig:
     pretrained: tuple[str, ...] = ()    # label-efficiency: SSL encoder files, each an arm beside scratch
     fractions: tuple[float, ...] = (0.1, 0.25, 1.0)  # label-efficiency: fractions of the training cases
     finetune_preset: str = "cpu-hippocampus"  # label-efficiency, sweep: how every run fine-tunes
-    budget_steps: int = 0               # train, label-efficiency: training steps per run; sweep: x the preset's
+    budget_steps: int = 0               # train, label-efficiency: training steps per run; gpu: timed steps per part
+                                        # (0 = 20; scaling: 10); sweep: x the preset's
                                         # batch size x workers = samples per trial (0 = the preset's steps)
     sweep_trials: int = 8               # sweep: trials per search strategy
     seeds: int = 3                      # sweep: seeds per search strategy (run.seed, run.seed + 1, ...)
@@ -360,7 +361,7 @@ class BenchConfig:
     gpu_volume_shape: tuple[int, int, int] = (512, 512, 128)  # gpu: the inference part's synthetic CT volume
     part_seconds: float = 60.0          # gpu: timed steps of each part stop once this is spent
     peak_tflops: float = 0.0            # gpu: the device's peak bf16 TFLOP/s (0 = from the table by its name)
-    scaling_workers: int = 0            # gpu: Ray Train workers of the scaling part (0 = every GPU when > 1)
+    scaling_workers: int = 0            # gpu: Ray Train workers of the scaling part (0 = 2 on > 1 GPU)
     gpu_parts: tuple[str, ...] = ()     # gpu: the parts to run, by name (() = all)
     data: DataConfig = field(default_factory=DataConfig)
     out_dir: str = "outputs/bench"      # benchmark results (JSON) are written here

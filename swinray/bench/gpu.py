@@ -16,8 +16,9 @@ reason), then runs its parts one after another, each capped at ``part_seconds`` 
   one step, recomputation included) with its fraction of the device's peak bf16 rate;
 - ``finetune``: Swin UNETR steps/s at the same size, 14 classes (BTCV);
 - ``inference``: seconds for one ``gpu_volume_shape`` volume by sliding window (512 x 512 x 128);
-- ``data_supply_pretrain`` and ``data_supply_finetune``: samples/s of the crop and view pipeline per
-  CPU core (one thread), to size the CPU cores a GPU needs;
+- ``data_supply_pretrain`` and ``data_supply_finetune``: samples per CPU-second of one thread of
+  the crop pipelines (pretraining's views, made on the device, timed beside), to size the CPU cores
+  a GPU needs;
 - ``scaling``: on more than one GPU, the pretraining step with two Ray Train workers over NCCL, and
   the ratio of their samples/s to one device's (on a CPU, ``scaling_workers=2`` runs it over gloo).
 """

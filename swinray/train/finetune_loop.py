@@ -122,7 +122,7 @@ def train_fn_per_worker(config: dict) -> None:
     progress = Progress(**restored)
     step, elapsed_before = progress.step, progress.elapsed_s
 
-    # Paths, not Ray Data shards: streaming_split(equal=True) would drop the remainder cases.
+    # Each rank takes every world-th case, none dropped
     train_paths, val_paths = train_paths[rank::world], val_paths[rank::world]
     batch_of = StepBatches(train_paths, cfg.model.roi_size, cfg.seg, cfg.optim.batch_size, cfg.run.seed, rank)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=cfg.seg.dice_weight,

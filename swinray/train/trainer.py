@@ -94,7 +94,7 @@ def ranks_agree(module: torch.nn.Module) -> bool:
 
 
 def make_trainer(train_fn: Callable[[dict], None], loop_config: dict, run: RunConfig, gpu: bool,
-                 resources: dict, datasets: dict | None = None, callbacks: list | None = None,
+                 resources: dict, callbacks: list | None = None,
                  name: str | None = None, storage: str | Path | None = None) -> TorchTrainer:
     """A ``TorchTrainer`` for ``run``; ``name``/``storage`` default to ``run.name``/``run.storage``."""
     return TorchTrainer(
@@ -107,5 +107,4 @@ def make_trainer(train_fn: Callable[[dict], None], loop_config: dict, run: RunCo
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=run.num_checkpoints_kept),
             failure_config=ray.train.FailureConfig(max_failures=run.max_failures),
             callbacks=callbacks or None),
-        datasets=datasets,
     )
