@@ -99,6 +99,7 @@ def _rank_main(rank: int, init_file: str, z1: torch.Tensor, z2: torch.Tensor, ou
                     "local_only": nt_xent(local1.detach(), local2.detach(), 0.5, gather=False)},
                    f"{out_dir}/rank{rank}.pt")
     finally:
+        dist.barrier()                  # neither rank tears gloo down while the other is still in a collective
         dist.destroy_process_group()
 
 
