@@ -24,8 +24,6 @@ reason), then runs its parts one after another, each capped at ``part_seconds`` 
 """
 from __future__ import annotations
 
-import os
-import resource
 import shutil
 import tempfile
 import time
@@ -37,6 +35,15 @@ import torch
 from monai.losses import DiceCELoss
 from torch.utils.flop_counter import FlopCounterMode
 
+from swinray.bench.device import (
+    check_device,
+    choose_device,
+    device_name,
+    peak_memory_mb,
+    peak_tflops,
+    reset_peak,
+    sync,
+)
 from swinray.config import BenchConfig, PretrainConfig, SegConfig
 from swinray.data.cache import write_case
 from swinray.errors import ConfigError
@@ -52,85 +59,8 @@ from swinray.train.seg_data import StepBatches
 from swinray.train.state import make_optimizer
 from swinray.train.steps import seg_forward_backward, ssl_forward_backward
 
-# Dense bf16 tensor-core peaks from the vendors' datasheets (no sparsity), TFLOP/s; the longest
-# matching name wins. Devices without bf16 (V100, T4) are absent: set ``peak_tflops`` for them.
-PEAK_BF16_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0, "GH200": 989.0, "A100": 312.0,
-                    "L40S": 362.0, "L40": 181.0, "L4": 121.0, "A10G": 70.0, "A10": 125.0, "A30": 165.0,
-                    "RTX 4090": 165.0, "RTX 3090": 71.0, "RTX A6000": 155.0, "RTX 6000 Ada": 365.0}
 NUM_CLASSES = 14                        # BTCV's 13 organs and background
 WARMUP_STEPS = 2                        # untimed: allocation, cuDNN autotuning, first-call overheads
-
-
-def peak_tflops(device_name: str, setting: float) -> float | None:
-    if setting:
-        return setting
-    matches = [name for name in PEAK_BF16_TFLOPS if name.lower() in device_name.lower()]
-    return PEAK_BF16_TFLOPS[max(matches, key=len)] if matches else None
-
-
-def _no_cuda_reason() -> str:
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None and not visible.strip():
-        return f"CUDA_VISIBLE_DEVICES={visible!r} hides every GPU"
-    if torch.version.cuda is None:
-        return "this PyTorch is a CPU build"
-    return "PyTorch finds no usable CUDA device or driver"
-
-
-def choose_device(requested: str, small_model: bool = False) -> torch.device:
-    """``run.device``: cuda, cpu, or auto: cuda when PyTorch sees one, else the CPU only for a small
-    model (``--preset debug``). The paper's settings on a CPU would take hours, so auto without a GPU,
-    like cuda without one, is a ConfigError that says why."""
-    if requested == "cpu":
-        return torch.device("cpu")
-    if torch.cuda.is_available():
-        try:
-            return torch.device("cuda", torch.cuda.current_device())
-        except RuntimeError as e:
-            raise ConfigError(f"run.device={requested}: CUDA is broken here: {str(e).splitlines()[0]}") from None
-    if requested == "auto" and small_model:
-        return torch.device("cpu")
-    raise ConfigError(f"run.device={requested}: {_no_cuda_reason()}; measure the CPU with run.device=cpu "
-                      "(slow at the paper's settings: see gpu_parts) or --preset debug")
-
-
-def check_device(device: torch.device, use_amp: bool) -> None:
-    """A tiny forward and backward on the device, in seconds, before minutes of measurements."""
-    try:
-        conv = torch.nn.Conv3d(1, 2, 3).to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            out = conv(torch.randn(2, 1, 8, 8, 8, device=device))
-        out.float().square().mean().backward()
-        _sync(device)
-    except (RuntimeError, AssertionError) as e:
-        raise ConfigError(f"the device check failed on {device}: "
-                          f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU ({os.uname().machine}, {os.cpu_count()} cores)"
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _reset_peak(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def _peak_memory_mb(device: torch.device) -> dict:
-    if device.type == "cuda":
-        return {"peak_memory_mb": round(torch.cuda.max_memory_allocated(device) / 2 ** 20, 1),
-                "peak_memory_reserved_mb": round(torch.cuda.max_memory_reserved(device) / 2 ** 20, 1),
-                "device_memory_mb": round(torch.cuda.get_device_properties(device).total_memory / 2 ** 20, 1),
-                "peak_memory_kind": "device: max allocated by PyTorch tensors (reserved by its allocator beside it)"}
-    return {"peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            "peak_memory_kind": "process peak RSS so far (CPU)"}
 
 
 def _figure(value: float) -> float:
@@ -143,12 +73,12 @@ def timed(step: Callable[[int], None], device: torch.device, cap_s: float, max_s
     is spent (at least one timed step)."""
     for i in range(WARMUP_STEPS):
         step(i)
-    _sync(device)
+    sync(device)
     times: list[float] = []
     while not times or (len(times) < max_steps and sum(times) < cap_s):
         began = time.perf_counter()
         step(WARMUP_STEPS + len(times))
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - began)
     return times
 
@@ -188,7 +118,7 @@ class Bench:
         self.roi = tuple(self.pre.model.roi_size)
         self.use_amp = cfg.run.amp_bf16
         self.max_steps = cfg.budget_steps or 20
-        self.peak = peak_tflops(_device_name(device), cfg.peak_tflops)
+        self.peak = peak_tflops(device_name(device), cfg.peak_tflops)
 
     def rates(self, times: list[float], flops: int | None = None, samples_per_step: int = 0) -> dict:
         seconds = sum(times) / len(times)
@@ -222,14 +152,14 @@ class Bench:
 
         try:
             flops = flops_of(step)
-            _reset_peak(device)
+            reset_peak(device)
             wait_before = crops.wait_s
             times = timed(step, device, self.cfg.part_seconds, self.max_steps)
             waited = crops.wait_s - wait_before
         finally:
             crops.close()
         return {"gradient_checkpointing": checkpointing, "batch_size": batch_size, "views": 2,
-                **self.rates(times, flops, batch_size), **_peak_memory_mb(device),
+                **self.rates(times, flops, batch_size), **peak_memory_mb(device),
                 "data_wait_fraction": round(min(1.0, waited / sum(times)), 4)}
 
     def finetune(self) -> dict:
@@ -249,10 +179,10 @@ class Bench:
             optimizer.zero_grad(set_to_none=True)
 
         flops = flops_of(step)
-        _reset_peak(device)
+        reset_peak(device)
         times = timed(step, device, self.cfg.part_seconds, self.max_steps)
         return {"batch_size": batch_size, "classes": NUM_CLASSES, **self.rates(times, flops, batch_size),
-                **_peak_memory_mb(device)}
+                **peak_memory_mb(device)}
 
     def inference(self) -> dict:
         m, device, seg = self.pre.model, self.device, SegConfig()
@@ -261,17 +191,17 @@ class Bench:
         shape = tuple(self.cfg.gpu_volume_shape)
         with torch.no_grad():               # warm-up: one batch of windows
             model(torch.zeros((seg.sw_batch_size, 1, *self.roi), device=device))
-        _reset_peak(device)
+        reset_peak(device)
         image = torch.randn((1, 1, *shape), device=device)
-        _sync(device)
+        sync(device)
         began = time.perf_counter()
         predict_probabilities(model, image, self.roi, seg.sw_batch_size, seg.sw_overlap, self.use_amp)
-        _sync(device)
+        sync(device)
         seconds = time.perf_counter() - began
         windows = count_windows(shape, self.roi, seg.sw_overlap)
         return {"volume_shape": list(shape), "windows": windows, "sw_batch_size": seg.sw_batch_size,
                 "sw_overlap": seg.sw_overlap, "seconds_per_volume": round(seconds, 3),
-                "seconds_per_window": round(seconds / windows, 4), **_peak_memory_mb(device)}
+                "seconds_per_window": round(seconds / windows, 4), **peak_memory_mb(device)}
 
     def data_supply(self, draw: Callable[[int], int]) -> dict:
         """Samples per CPU-second of a pipeline on one thread: what one CPU core feeds a device. Timed in
@@ -356,13 +286,13 @@ def bench_gpu(cfg: BenchConfig, log=print) -> dict:
     device = choose_device(cfg.run.device, small_model=m.feature_size <= 12)
     check_device(device, cfg.run.amp_bf16)
     devices = torch.cuda.device_count() if device.type == "cuda" else 1
-    result = {"command": "bench", "target": "gpu", "device": str(device), "device_name": _device_name(device),
+    result = {"command": "bench", "target": "gpu", "device": str(device), "device_name": device_name(device),
               "devices": devices, "torch": torch.__version__, "cuda": torch.version.cuda,
               "preset": cfg.pretrain_preset,
               "model": {"feature_size": m.feature_size, "window_size": m.window_size, "roi_size": list(m.roi_size),
                         "batch_size": pre.optim.batch_size},
               "amp_bf16": cfg.run.amp_bf16, "part_seconds": cfg.part_seconds,
-              "peak_bf16_tflops": peak_tflops(_device_name(device), cfg.peak_tflops), "parts": {}}
+              "peak_bf16_tflops": peak_tflops(device_name(device), cfg.peak_tflops), "parts": {}}
     log(f"bench gpu: device check passed on {result['device_name']} ({device}); preset {cfg.pretrain_preset}: "
         f"feature size {m.feature_size}, window {m.window_size}, ROI {tuple(m.roi_size)}, batch {pre.optim.batch_size}")
     out_dir = Path(cfg.out_dir)

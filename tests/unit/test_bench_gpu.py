@@ -3,7 +3,8 @@ and the GPU code paths a CPU can run (bf16 autocast, gradient checkpointing) on 
 import pytest
 import torch
 
-from swinray.bench.gpu import choose_device, needs_per_gpu, peak_tflops
+from swinray.bench.device import choose_device, peak_tflops
+from swinray.bench.gpu import needs_per_gpu
 from swinray.config import PretextConfig
 from swinray.errors import ConfigError
 from swinray.models.registry import build_ssl_head, build_swin_unetr
