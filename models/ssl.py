@@ -89,8 +89,11 @@ class SSLHead(nn.Module):
     """Swin encoder with the rotation, contrastive and reconstruction heads of Tang et al.
 
     (B, C, *S) -> rotation logits (B, 4), contrastive embedding (B, 512), reconstruction (B, C, *S).
-    The two linear heads read the deepest stage (16 * feature_size channels at 1/32 scale)
-    averaged over space; the decoder upsamples that map 32x back to the input grid.
+    The two linear heads read the deepest stage (16 * feature_size channels at 1/32 scale); the
+    decoder upsamples that map 32x back to the input grid. The rotation head reads the first token
+    (the corner position), as the reference ``SSLHead`` does: a rotation turns the map, so one
+    position sees another part of the crop, while the spatial mean (what the contrastive head reads,
+    so that two views compare as wholes) barely changes. docs/benchmarks.md measures both.
 
     Args:
         in_channels: image channels C (1 for CT).
@@ -124,5 +127,6 @@ class SSLHead(nn.Module):
             raise ValueError(f"SSLHead input {tuple(x.shape)}: every spatial side must be divisible by "
                              f"{DOWNSAMPLING}; crop to model.roi_size first")
         deepest = self.swinViT(x.contiguous())[-1]     # (B, 16 * feature_size, *S/32), layer-normed
-        pooled = deepest.mean(dim=tuple(range(2, deepest.ndim)))   # (B, 16 * feature_size)
-        return self.rotation_head(pooled), self.contrastive_head(pooled), self.decoder(deepest)
+        tokens = deepest.flatten(2)                                 # (B, 16 * feature_size, N)
+        return (self.rotation_head(tokens[:, :, 0]), self.contrastive_head(tokens.mean(dim=2)),
+                self.decoder(deepest))

@@ -71,8 +71,12 @@ class DataConfig:
                                         # "" = <run.storage>/phantom
     unlabelled: tuple[str, ...] = ()    # pretraining corpus: folders of unlabelled volumes (or .txt files
                                         # listing folders), one collection each; replaces source
+    spacing_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)  # resample to this (R, A, S) instead of the
+                                        # task's; e.g. pretrain at the spacing the fine-tuning task uses
 
     def __post_init__(self) -> None:
+        _require(self.spacing_mm == (0.0, 0.0, 0.0) or all(math.isfinite(s) and s > 0 for s in self.spacing_mm),
+                 "spacing_mm", self.spacing_mm, "three voxel sizes in mm above 0, or (0, 0, 0) for the task's")
         _at_least(0, max_cases=self.max_cases)
         _at_least(1, num_phantom_cases=self.num_phantom_cases)
 
@@ -180,13 +184,16 @@ class SegConfig:
     dice_weight: float = 1.0            # DiceCE loss weights
     ce_weight: float = 1.0
     max_minutes: float = 0.0            # stop training after this wall time (0 = num_steps only)
+    patience_validations: int = 0       # stop once this many validations in a row bring no better Dice
+                                        # (0 = never: num_steps, max_minutes); num_steps stays the cap
     freeze_encoder_stages: int = 0      # freeze the patch embedding and the first k-1 Swin stages (0-5)...
     freeze_encoder_steps: int = 0       # ...for this many steps (pretrained features first, then everything)
     num_overlay_cases: int = 2          # validation cases drawn as ground truth / prediction overlays
 
     def __post_init__(self) -> None:
         _at_least(1, val_every_steps=self.val_every_steps, sw_batch_size=self.sw_batch_size)
-        _at_least(0, freeze_encoder_steps=self.freeze_encoder_steps, num_overlay_cases=self.num_overlay_cases)
+        _at_least(0, freeze_encoder_steps=self.freeze_encoder_steps, num_overlay_cases=self.num_overlay_cases,
+                  patience_validations=self.patience_validations)
         _require(0 <= self.freeze_encoder_stages <= 5, "freeze_encoder_stages", self.freeze_encoder_stages,
                  "must be 0 (none) to 5 (the patch embedding and all four Swin stages)")
         _require(0.0 <= self.sw_overlap < 1.0, "sw_overlap", self.sw_overlap, "must be in [0, 1)")
@@ -350,11 +357,15 @@ class BenchConfig:
     pretrained: tuple[str, ...] = ()    # label-efficiency: SSL encoder files, each an arm beside scratch
     fractions: tuple[float, ...] = (0.1, 0.25, 1.0)  # label-efficiency: fractions of the training cases
     finetune_preset: str = "cpu-hippocampus"  # label-efficiency, sweep: how every run fine-tunes
-    budget_steps: int = 0               # train, label-efficiency: training steps per run; gpu: timed steps per part
+    budget_steps: int = 0               # train: training steps per run; label-efficiency: the cap of each run's
+                                        # steps (0 = the preset's); gpu: timed steps per part
                                         # (0 = 20; scaling: 10); sweep: x the preset's
                                         # batch size x workers = samples per trial (0 = the preset's steps)
     sweep_trials: int = 8               # sweep: trials per search strategy
-    seeds: int = 3                      # sweep: seeds per search strategy (run.seed, run.seed + 1, ...)
+    seeds: int = 3                      # sweep: seeds per search strategy; label-efficiency: per arm and
+                                        # fraction (run.seed, run.seed + 1, ...)
+    patience_validations: int = 3       # label-efficiency: each run stops after this many validations
+                                        # without a better Dice (0 = the cap only)
     rounds: int = 3                     # train, preprocess, inference: alternating baseline/ours runs (speed drifts)
     volume_shape: tuple[int, int, int] = (256, 256, 96)   # inference: the synthetic volume's voxels
     pretrain_preset: str = "default"    # gpu: the model, crops and batch every part runs (the paper's)
@@ -373,7 +384,7 @@ class BenchConfig:
         _at_least(0, scaling_workers=self.scaling_workers)
         _require(all(side > 0 for side in self.gpu_volume_shape), "gpu_volume_shape", self.gpu_volume_shape,
                  "three positive sides")
-        _at_least(0, budget_steps=self.budget_steps)
+        _at_least(0, budget_steps=self.budget_steps, patience_validations=self.patience_validations)
         _at_least(1, sweep_trials=self.sweep_trials, seeds=self.seeds, rounds=self.rounds)
         _require(all(0.0 < f <= 1.0 for f in self.fractions) and bool(self.fractions), "fractions",
                  self.fractions, "one or more label fractions in (0, 1]")

@@ -168,6 +168,8 @@ def resolve_data(data: DataConfig, storage: str, log=print):
     from swinray.data.source import load_source
     data = place_folders(data, storage)
     dataset = load_source(data, log)
+    if any(data.spacing_mm):
+        dataset = replace(dataset, task=replace(dataset.task, spacing_mm=tuple(data.spacing_mm)))
     cache = cache_dir_for(dataset, data.cache_dir)
     return replace(data, task=dataset.task.name), dataset, cache
 

@@ -1,26 +1,36 @@
-"""Label efficiency: validation Dice against the fraction of labelled training cases, scratch vs SSL weights.
+"""Label efficiency: test-split Dice against the fraction of labelled training cases, scratch vs SSL weights.
 
-Every arm (``scratch``, then one per ``pretrained`` file) fine-tunes with the same preset, split,
-seed and step budget at each fraction; smaller fractions are subsets of larger ones (``split_cases``).
-Runs are ``<out_dir>/label_efficiency/<arm>-f<fraction>``: running the bench again resumes unfinished
-runs and reuses finished ones. A run that fails is reported in the table and the others go on.
+Every arm (``scratch``, then one per ``pretrained`` file) fine-tunes with the same preset at each
+fraction and seed; a seed changes the split's shuffle (which cases form each fraction; smaller
+fractions are subsets of larger ones, ``split_cases``) and the training's randomness, and both arms of
+a seed share them, so the SSL - scratch difference is paired by seed. Each run trains until
+``patience_validations`` validations bring no better validation Dice (``budget_steps`` caps it) and
+is scored once on the test split, which chose nothing: the held-out cases are the same for every seed.
 
-    python -m platform.bench label-efficiency --data ../shared/data/Task04_Hippocampus \\
-        --pretrained outputs/ssl-openkbp/encoder.pt --fractions 0.1,0.25,1.0
+Runs are ``<out_dir>/label_efficiency/<arm>-f<fraction>-s<seed>``. A finished run leaves its row
+beside it, and running the bench again reuses every row whose run config is unchanged and resumes
+unfinished runs: the study can be run in parts (``--fractions 0.1`` first). A run that fails is
+reported in the table and the others go on.
+
+    python -m platform.bench label-efficiency --data ../shared/data/OpenKBP_HN_OAR \\
+        --pretrained outputs/ssl-openkbp/encoder.pt --set finetune_preset=cpu-headneck-oar
 """
 from __future__ import annotations
 
 import json
+import math
+import statistics
 from dataclasses import replace
 from pathlib import Path
 
-from swinray.config import BenchConfig, ConfigError, FinetuneConfig, apply_overrides
+from swinray.config import BenchConfig, ConfigError, FinetuneConfig, apply_overrides, to_dict
 from swinray.presets import preset
 from swinray.resolve import locate_pretrained
 from swinray.storage import local_file, write_json
 from swinray.train.finetune import run_finetune
 
 SCRATCH = "scratch"
+ROW_FILE = "label_efficiency_row.json"
 
 
 def arms(pretrained: tuple[str, ...]) -> list[tuple[str, str]]:
@@ -38,16 +48,22 @@ def arms(pretrained: tuple[str, ...]) -> list[tuple[str, str]]:
     return out
 
 
-def run_config(cfg: BenchConfig, arm: str, encoder: str, fraction: float) -> FinetuneConfig:
-    """The fine-tuning config of one arm at one fraction; only the weights and the fraction differ."""
+def run_config(cfg: BenchConfig, arm: str, encoder: str, fraction: float, seed: int) -> FinetuneConfig:
+    """The fine-tuning config of one arm at one fraction and seed; arms differ only in their weights."""
     base = preset(FinetuneConfig, cfg.finetune_preset)
-    base = replace(base, data=cfg.data, run=replace(base.run, name=f"{arm}-f{fraction:g}",
+    base = replace(base, data=cfg.data, run=replace(base.run, name=f"{arm}-f{fraction:g}-s{seed}",
                                                     storage=str(Path(cfg.out_dir) / "label_efficiency"),
                                                     ray_address=cfg.run.ray_address))
-    overrides = {"seg.pretrained": encoder, "split.label_fraction": fraction}
+    overrides = {"seg.pretrained": encoder, "split.label_fraction": fraction, "split.seed": seed, "run.seed": seed,
+                 "seg.patience_validations": cfg.patience_validations}
     if cfg.budget_steps:
         overrides["optim.num_steps"] = cfg.budget_steps
     return apply_overrides(base, overrides)
+
+
+def _reuse_key(run_cfg: FinetuneConfig) -> dict:
+    """What makes a finished row reusable: the run config as requested, wherever Ray runs."""
+    return to_dict(replace(run_cfg, run=replace(run_cfg.run, ray_address="")))
 
 
 def _train_seconds(metrics_log: str) -> float | None:
@@ -55,48 +71,120 @@ def _train_seconds(metrics_log: str) -> float | None:
     return rows[-1].get("elapsed_s") if rows else None
 
 
-def markdown_table(rows: list[dict], arm_names: list[str]) -> str:
-    """Fractions down, arms across: best validation Dice (per class), and each arm's gain over scratch."""
-    fractions = sorted({r["fraction"] for r in rows})
-    by_key = {(r["arm"], r["fraction"]): r for r in rows}
+def one_run(run_cfg: FinetuneConfig, row: dict, log) -> dict:
+    """A finished run's row (reused when its config is unchanged), else the run itself."""
+    row_file = Path(run_cfg.run.storage) / run_cfg.run.name / ROW_FILE
+    if row_file.is_file():
+        saved = json.loads(row_file.read_text())
+        if saved.get("config") == _reuse_key(run_cfg):
+            log(f"label efficiency: {row['run']} finished before: test Dice {saved['row']['test_dice']:.4f} (reused)")
+            return saved["row"]
+    try:
+        summary = run_finetune(run_cfg, log)
+    except Exception as e:  # one failed run is a row in the table, not the end of the bench
+        log(f"label efficiency: {row['run']} failed: {type(e).__name__}: {e}")
+        return {**row, "test_dice": None, "error": f"{type(e).__name__}: {e}"}
+    row = {**row, "test_dice": summary["test_dice"], "test_dice_per_class": summary["test_dice_per_class"],
+           "val_dice": summary["best_val_dice"], "best_step": summary["best_step"], "steps": summary["steps"],
+           "training_cases": summary["num_training_cases"], "validation_cases": summary["num_validation_cases"],
+           "test_cases": summary["num_test_cases"], "train_seconds": _train_seconds(summary["metrics_log"]),
+           "model": summary["model"], "task": summary["task"]}
+    if row["test_dice"] is None:
+        return {**row, "error": "no test split to score (split.test_fraction is 0)"}
+    write_json(row_file, {"config": _reuse_key(run_cfg), "row": row})
+    log(f"label efficiency: {row['run']}: test Dice {row['test_dice']:.4f} (validation {row['val_dice']:.4f}, "
+        f"best at step {row['best_step']} of {row['steps']})")
+    return row
+
+
+# --------------------------------------------------------------------------------------------
+# Statistics over seeds
+# --------------------------------------------------------------------------------------------
+
+def mean_sd(values: list[float]) -> dict:
+    """Mean, sample standard deviation (None for one value) and count."""
+    return {"mean": statistics.fmean(values) if values else None,
+            "sd": statistics.stdev(values) if len(values) > 1 else None, "n": len(values)}
+
+
+def paired_difference(ours: dict[int, float], scratch: dict[int, float], level: float = 0.95) -> dict:
+    """Mean of ours - scratch over the seeds both finished, with a Student t interval (n - 1 degrees of
+    freedom): the seeds are the replicates, each pairing two runs that share cases and randomness."""
+    from scipy.stats import t
+
+    seeds = sorted(set(ours) & set(scratch))
+    diffs = [ours[s] - scratch[s] for s in seeds]
+    out = {**mean_sd(diffs), "seeds": seeds, "low": None, "high": None}
+    if len(diffs) > 1:
+        half = float(t.ppf(0.5 + level / 2, len(diffs) - 1)) * out["sd"] / math.sqrt(len(diffs))
+        out.update(low=out["mean"] - half, high=out["mean"] + half)
+    return out
+
+
+def summarise(rows: list[dict], arm_names: list[str]) -> list[dict]:
+    """One cell per fraction and arm: test Dice mean ± sd over seeds, and each SSL arm's paired difference."""
+    cells = []
+    for fraction in sorted({r["fraction"] for r in rows}):
+        at = [r for r in rows if r["fraction"] == fraction]
+        by_arm = {arm: {r["seed"]: r["test_dice"] for r in at if r["arm"] == arm and r.get("test_dice") is not None}
+                  for arm in arm_names}
+        cases = sorted({r["training_cases"] for r in at if r.get("training_cases")})
+        cells.append({"fraction": fraction, "training_cases": cases,
+                      "failed": sum(1 for r in at if r.get("test_dice") is None),
+                      "arms": {arm: mean_sd(list(by_arm[arm].values())) for arm in arm_names},
+                      "differences": {arm: paired_difference(by_arm[arm], by_arm[SCRATCH])
+                                      for arm in arm_names if arm != SCRATCH}})
+    return cells
+
+
+def _fmt(stat: dict) -> str:
+    if stat["mean"] is None:
+        return "-"
+    sd = f" ± {stat['sd']:.3f}" if stat["sd"] is not None else ""
+    return f"{stat['mean']:.3f}{sd} (n={stat['n']})"
+
+
+def _fmt_difference(d: dict) -> str:
+    if d["mean"] is None:
+        return "-"
+    interval = f" [{d['low']:+.3f}, {d['high']:+.3f}]" if d["low"] is not None else " (one seed: no interval)"
+    return f"{d['mean']:+.3f}{interval} (n={d['n']})"
+
+
+def markdown_table(cells: list[dict], arm_names: list[str]) -> str:
+    """Fractions down, arms across: test Dice mean ± sd over seeds, then SSL - scratch with its 95% interval."""
     gains = [a for a in arm_names if a != SCRATCH]
-    head = ["fraction", "training cases", *arm_names, *(f"{a} - scratch" for a in gains)]
+    head = ["fraction", "training cases", *arm_names, *(f"{a} - scratch (95% CI)" for a in gains), "failed runs"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for f in fractions:
-        cells = [f"{f:g}", str(next((r["training_cases"] for r in rows if r["fraction"] == f
-                                     and r.get("training_cases")), "?"))]
-        for arm in arm_names:
-            r = by_key.get((arm, f), {})
-            if r.get("dice") is None:
-                cells.append(f"failed: {r.get('error', 'not run')[:120]}")
-            else:
-                per_class = ", ".join(f"{v:.3f}" for v in r["dice_per_class"].values())
-                cells.append(f"{r['dice']:.4f} ({per_class})")
-        for arm in gains:
-            ours, scratch = by_key.get((arm, f), {}).get("dice"), by_key.get((SCRATCH, f), {}).get("dice")
-            cells.append(f"{ours - scratch:+.4f}" if ours is not None and scratch is not None else "-")
-        lines.append("| " + " | ".join(cells) + " |")
+    for c in cells:
+        lines.append("| " + " | ".join([
+            f"{c['fraction']:g}", "/".join(map(str, c["training_cases"])) or "?",
+            *(_fmt(c["arms"][a]) for a in arm_names), *(_fmt_difference(c["differences"][a]) for a in gains),
+            str(c["failed"])]) + " |")
     return "\n".join(lines) + "\n"
 
 
-def plot(rows: list[dict], arm_names: list[str], title: str, path: Path) -> Path:
-    """Dice against label fraction, one line per arm, as a PNG."""
+def plot(cells: list[dict], arm_names: list[str], title: str, path: Path) -> Path:
+    """Test Dice (mean ± sd over seeds) against label fraction, one line per arm, as a PNG."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for arm in arm_names:
-        points = sorted((r["fraction"], r["dice"]) for r in rows if r["arm"] == arm and r.get("dice") is not None)
+    for i, arm in enumerate(arm_names):
+        points = [(c["fraction"], c["arms"][arm]["mean"], c["arms"][arm]["sd"] or 0.0)
+                  for c in cells if c["arms"][arm]["mean"] is not None]
         if points:
-            ax.plot(*zip(*points), marker="o", label=arm)
-    fractions = sorted({r["fraction"] for r in rows})
+            x, y, sd = zip(*points)
+            shift = 1 + 0.03 * (i - (len(arm_names) - 1) / 2)      # side by side, not on top of each other
+            ax.errorbar([v * shift for v in x], y, yerr=sd, marker="o", capsize=3, label=arm)
+    fractions = [c["fraction"] for c in cells]
     ax.set_xscale("log")
     ax.set_xticks(fractions, [f"{f:g}" for f in fractions])
     ax.minorticks_off()
     ax.set_xlabel("fraction of labelled training cases")
-    ax.set_ylabel("best validation Dice (mean foreground)")
-    ax.set_title(title)
+    ax.set_ylabel("test Dice (mean foreground), mean ± sd over seeds")
+    ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -107,41 +195,32 @@ def plot(rows: list[dict], arm_names: list[str], title: str, path: Path) -> Path
 
 def bench_label_efficiency(cfg: BenchConfig, log=print) -> dict:
     fractions = sorted(set(cfg.fractions))     # BenchConfig checked them
+    seeds = [cfg.run.seed + i for i in range(cfg.seeds)]
     arm_list = arms(cfg.pretrained)
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
-    for fraction in fractions:
-        for arm, encoder in arm_list:
-            run_cfg = run_config(cfg, arm, encoder, fraction)
-            log(f"label efficiency: {arm} at fraction {fraction:g} ({run_cfg.optim.num_steps} steps, "
-                f"seed {run_cfg.run.seed}) -> {run_cfg.run.name}")
-            row = {"arm": arm, "pretrained": encoder or None, "fraction": fraction, "run": run_cfg.run.name}
-            try:
-                summary = run_finetune(run_cfg, log)
-            except Exception as e:  # one failed run is a row in the table, not the end of the bench
-                log(f"label efficiency: {arm} at fraction {fraction:g} failed: {type(e).__name__}: {e}")
-                rows.append({**row, "dice": None, "error": f"{type(e).__name__}: {e}"})
-                continue
-            rows.append({**row, "dice": summary["best_val_dice"], "dice_per_class": summary["val_dice_per_class"],
-                         "best_step": summary["best_step"], "steps": summary["steps"],
-                         "training_cases": summary["num_training_cases"],
-                         "validation_cases": summary["num_validation_cases"],
-                         "train_seconds": _train_seconds(summary["metrics_log"]), "model": summary["model"],
-                         "task": summary["task"]})
-            log(f"label efficiency: {arm} at fraction {fraction:g}: Dice {summary['best_val_dice']:.4f}")
+    for fraction in fractions:                 # the smallest fraction first: the headline comes first
+        for seed in seeds:
+            for arm, encoder in arm_list:
+                run_cfg = run_config(cfg, arm, encoder, fraction, seed)
+                log(f"label efficiency: {arm} at fraction {fraction:g}, seed {seed} (up to {run_cfg.optim.num_steps} "
+                    f"steps, patience {run_cfg.seg.patience_validations} validations) -> {run_cfg.run.name}")
+                row = {"arm": arm, "pretrained": encoder or None, "fraction": fraction, "seed": seed,
+                       "run": run_cfg.run.name}
+                rows.append(one_run(run_cfg, row, log))
     names = [a for a, _ in arm_list]
     task = next((r["task"] for r in rows if r.get("task")), cfg.data.task)
-    table = markdown_table(rows, names)
-    log("label efficiency (best validation Dice):\n" + table)
+    cells = summarise(rows, names)
+    table = markdown_table(cells, names)
+    log("label efficiency (test Dice, mean ± sd over seeds; the test split chose nothing):\n" + table)
     (out_dir / "label_efficiency.md").write_text(table)
-    png = plot(rows, names, f"{task}: {cfg.finetune_preset}, "
-               f"{rows[0].get('steps') or cfg.budget_steps} steps per run", out_dir / "label_efficiency.png")
-    failed = [r for r in rows if r.get("dice") is None]
+    png = plot(cells, names, f"{task}: {cfg.finetune_preset}, {len(seeds)} seed(s), patience "
+               f"{cfg.patience_validations} validations", out_dir / "label_efficiency.png")
+    failed = [r for r in rows if r.get("test_dice") is None]
     result = {"command": "bench", "target": "label-efficiency", "task": task, "preset": cfg.finetune_preset,
-              "fractions": fractions, "arms": names, "runs": len(rows), "failed": len(failed),
-              "dice": {arm: {f"{r['fraction']:g}": r.get("dice") for r in rows if r["arm"] == arm} for arm in names},
-              "table": str(out_dir / "label_efficiency.md"), "plot": str(png),
+              "fractions": fractions, "seeds": seeds, "arms": names, "runs": len(rows), "failed": len(failed),
+              "cells": cells, "table": str(out_dir / "label_efficiency.md"), "plot": str(png),
               "results": str(out_dir / "label_efficiency.json"), "ok": not failed}
     write_json(out_dir / "label_efficiency.json", {**result, "rows": rows})
     return result

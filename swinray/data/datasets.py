@@ -19,7 +19,8 @@ import numpy as np
 from monai.data import load_decathlon_datalist
 
 from swinray.data.nifti import ras_spacing
-from swinray.data.tasks import TASKS, TaskSpec
+from swinray.data.tasks import TASKS, TaskSpec, check_label_pairs
+from swinray.data.transforms import CT_BODY_HU
 from swinray.errors import DatasetError
 
 DATASET_FILES = ("dataset.json", "dataset_0.json")
@@ -272,15 +273,24 @@ def infer_task(name: str, meta: dict, cases: list[Case], where: Path) -> TaskSpe
     if not sample:
         raise DatasetError(f"{where}: none of the first cases can be read to derive the task settings")
     spacing = np.median([g[0] for g in geometry], axis=0)
-    extent = np.median([g[0] * g[1] for g in geometry], axis=0) / spacing
-    window = _foreground_window(sample) if is_ct else None
+    extent_mm = [g[0] * g[1] for g in geometry]
+    window = None
+    if is_ct:
+        window, body_mm = _foreground_window(sample)
+        extent_mm = body_mm or extent_mm     # the body, not the air around it, sets a CT's ROI
+    labels = _label_names(meta, where)
+    try:
+        pairs = check_label_pairs(meta["label_pairs"], labels, str(where)) if "label_pairs" in meta else None
+    except ValueError as e:
+        raise DatasetError(str(e)) from None
     return TaskSpec(
         name=name, modality="CT" if is_ct else "MRI", channel_names=channels,
-        label_names=_label_names(meta, where),
+        label_names=labels,
         spacing_mm=tuple(round(float(s), 3) for s in spacing),
         intensity="ct_window" if is_ct else "zscore_nonzero", window_hu=window,
-        roi_size=tuple(_ceil_roi(e) for e in extent),
+        roi_size=tuple(_ceil_roi(e) for e in np.median(extent_mm, axis=0) / spacing),
         dataset_file=where.name if where.is_file() else "dataset.json",
+        label_pairs=pairs,
     )
 
 
@@ -289,19 +299,29 @@ def _looks_like_ct(case: Case) -> bool:
     return float(np.min(_header(case.image[0])[2]())) <= -500
 
 
-def _foreground_window(sample: list[Case]) -> tuple[float, float]:
-    """nnU-Net's CT normalisation: the 0.5 and 99.5 percentiles of HU inside the labels."""
-    values = []
+def _foreground_window(sample: list[Case]) -> tuple[tuple[float, float], list[np.ndarray]]:
+    """nnU-Net's CT normalisation: the 0.5 and 99.5 percentiles of HU inside the labels; and the
+    extent of each case's body (HU above ``CT_BODY_HU``) in mm along R, A, S, which preprocessing crops to."""
+    values, body_mm = [], []
     for case in (c for c in sample if c.label):
         try:
-            image = np.asanyarray(nib.load(case.image[0]).dataobj)
+            img = nib.load(case.image[0])
+            image = np.asanyarray(img.dataobj)
             label = np.asanyarray(nib.load(case.label).dataobj)
         except Exception:
             continue
         if image.shape == label.shape:
             values.append(image[label > 0][::10])
+        body = image > CT_BODY_HU
+        if body.ndim == 3 and body.any():
+            voxels = [np.ptp(np.flatnonzero(body.any(axis=tuple(a for a in range(3) if a != axis)))) + 1
+                      for axis in range(3)]
+            order = np.argsort(nib.orientations.io_orientation(img.affine)[:, 0].astype(int))
+            body_mm.append(np.asarray(voxels, float)[order] * np.asarray(ras_spacing(img.affine)))
     values = np.concatenate(values) if values else np.empty(0)
     if values.size < 100:
-        return _CT_FALLBACK_WINDOW
-    low, high = np.percentile(values, [0.5, 99.5])
-    return (float(round(low)), float(round(high)))
+        return _CT_FALLBACK_WINDOW, body_mm
+    low, high = (float(round(v)) for v in np.percentile(values, [0.5, 99.5]))
+    if high - low < 1:                    # labels of one HU value: no window to scale by
+        return _CT_FALLBACK_WINDOW, body_mm
+    return (low, high), body_mm

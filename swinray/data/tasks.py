@@ -9,10 +9,63 @@ MSD-format ``dataset.json`` that is not listed here is still a valid task: see
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
 IntensityKind = Literal["ct_window", "zscore_nonzero"]
+LabelPairs = tuple[tuple[int, int], ...]
+
+# A side word at the start or the end of a label name: LeftParotid, left_kidney, "right lung",
+# Parotid_L, kidney-right. What remains (lower case, separators dropped) names the organ.
+_SEP = r"[\s_\-]+"
+_SIDE_FIRST = re.compile(rf"^(?:(?P<word>(?i:left|right))(?:{_SEP}|(?=[A-Z]))|(?P<letter>[LlRr]){_SEP})(?P<organ>.+)$")
+_SIDE_LAST = re.compile(rf"^(?P<organ>.+?)(?:{_SEP}(?P<word>(?i:left|right|l|r))|(?<=[a-z])(?P<camel>Left|Right))$")
+
+
+def _side_and_organ(name: str) -> tuple[str, str] | None:
+    """("l" or "r", organ) of a label name with a side word; camel case only with capitals."""
+    for pattern in (_SIDE_FIRST, _SIDE_LAST):
+        match = pattern.match(name.strip())
+        if match:
+            side = next(g for k, g in match.groupdict().items() if k != "organ" and g)
+            return side[0].lower(), re.sub(_SEP, "", match["organ"]).lower()
+    return None
+
+
+def left_right_pairs(label_names: tuple[str, ...]) -> LabelPairs:
+    """(left, right) label values whose names differ only by their side word.
+
+    A left-right flip moves a right organ to where the left one lies, so these labels must swap with
+    it. Single letters (Parotid_L) count only as a separate word; "Lens" stays an organ.
+    """
+    sides: dict[str, dict[str, int]] = {}
+    for value, name in enumerate(label_names[1:], start=1):
+        parsed = _side_and_organ(name)
+        if parsed:
+            sides.setdefault(parsed[1], {}).setdefault(parsed[0], value)
+    return tuple(sorted((found["l"], found["r"]) for found in sides.values() if set(found) == {"l", "r"}))
+
+
+def check_label_pairs(pairs, label_names: tuple[str, ...], where: str) -> LabelPairs:
+    """Pairs as (left, right) value tuples, each value a foreground label used once; names or values."""
+    def value(v) -> int:
+        if isinstance(v, str) and v in label_names:
+            return label_names.index(v)
+        if isinstance(v, int) and not isinstance(v, bool) and 0 < v < len(label_names):
+            return v
+        raise ValueError(f"{where}: label_pairs entry {v!r} is neither a foreground label value "
+                         f"(1..{len(label_names) - 1}) nor a label name")
+    try:
+        out = tuple((value(a), value(b)) for a, b in pairs)
+    except (TypeError, ValueError) as e:
+        if isinstance(e, ValueError) and str(e).startswith(where):
+            raise
+        raise ValueError(f"{where}: label_pairs must be a list of [left, right] pairs, got {pairs!r}") from None
+    used = [v for pair in out for v in pair]
+    if len(used) != len(set(used)):
+        raise ValueError(f"{where}: label_pairs {pairs!r}: a label may be in one pair only, and not twice")
+    return out
 
 # BTCV's numbering, as in the reference Swin UNETR dataset_0.json.
 BTCV_LABELS = (
@@ -35,8 +88,13 @@ class TaskSpec:
     window_hu: tuple[float, float] | None       # (low, high) HU for ct_window, else None
     roi_size: tuple[int, int, int]              # training crop; each side divisible by 32 (Swin's 5 halvings)
     dataset_file: str = "dataset.json"          # BTCV's reference layout uses dataset_0.json
+    label_pairs: LabelPairs | None = None       # (left, right) values a left-right flip swaps;
+                                                # None = from Left*/Right* label names
 
     def __post_init__(self) -> None:
+        pairs = (left_right_pairs(self.label_names) if self.label_pairs is None
+                 else check_label_pairs(self.label_pairs, self.label_names, f"task {self.name}"))
+        object.__setattr__(self, "label_pairs", pairs)   # frozen: settled once, JSON lists back to tuples
         if any(side % 32 or side < 64 for side in self.roi_size):
             raise ValueError(f"task {self.name}: roi_size {self.roi_size} must have sides that are "
                              "multiples of 32 and at least 64 (Swin UNETR downsamples 5 times)")
@@ -93,5 +151,6 @@ def get_task(name: str) -> TaskSpec:
 
 
 def task_from_dict(data: dict) -> TaskSpec:
-    """A TaskSpec from its JSON form (``task.json``, a model file): lists back to tuples."""
+    """A TaskSpec from its JSON form (``task.json``, a model file): lists back to tuples. A file
+    written before label pairs existed gets them from its label names."""
     return TaskSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})

@@ -39,6 +39,15 @@ def foreground_threshold(task: TaskSpec) -> float:
     return CT_BODY_HU if task.intensity == "ct_window" else 0.0
 
 
+def normalised_body_threshold(task: TaskSpec) -> float:
+    """``foreground_threshold`` in the units of a preprocessed case: a CT window maps HU to [0, 1] (a
+    window above the body's edge leaves its lower end), MRI z-scores only non-zero voxels, keeping 0."""
+    if task.intensity != "ct_window":
+        return 0.0
+    low, high = task.window_hu
+    return max(0.0, (CT_BODY_HU - low) / (high - low))
+
+
 class ResampleToSpacingd(MapTransform):
     """Resample RAS-oriented MetaTensors to ``spacing_mm`` with MONAI's ``Zoom``, per key mode."""
 

@@ -8,7 +8,6 @@ checkpoints (whole training state plus the best model file) that a restart or a 
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ import torch.distributed as dist
 from monai.losses import DiceCELoss
 
 from swinray.config import FinetuneConfig, ModelConfig
+from swinray.data.tasks import task_from_dict
 from swinray.models.registry import build_swin_unetr, encoder_stage_parameters
 from swinray.models.segmenter import save_segmenter
 from swinray.models.weights import load_encoder
@@ -27,13 +27,13 @@ from swinray.resolve import RunPaths
 from swinray.seg.inference import predict_probabilities
 from swinray.seg.metrics import DiceMean, dice_per_case
 from swinray.seg.overlay import legend, overlay_pair
-from swinray.storage import fetch, local_file, write_text
+from swinray.storage import local_file, write_text
 from swinray.tracking import NullTracker, Tracker
 from swinray.train.replay import seed_step
 from swinray.train.seg_data import StepBatches, load_validation_case
 from swinray.train.state import MODEL_FILE, make_optimizer, report, restore, training_state
 from swinray.train.steps import seg_forward_backward
-from swinray.train.trainer import case_files, start_worker
+from swinray.train.trainer import cached_task, case_files, start_worker
 
 PLACEMENT_GROUP_FILE = "placement_group.id"
 AIM_RUN_FILE = "aim_run.hash"
@@ -48,10 +48,7 @@ def model_kwargs(model: ModelConfig) -> dict:
 
 def split_paths(paths: RunPaths) -> tuple[list[str], list[str], dict]:
     """(training case files, validation case files, task) of a run: its split.json and the cache."""
-    task_file = Path(paths.cache) / "task.json"
-    fetch(task_file, refresh=True)
-    task = json.loads(task_file.read_text())
-    return case_files(paths, "training"), case_files(paths, "validation"), task
+    return case_files(paths, "training"), case_files(paths, "validation"), cached_task(paths)
 
 
 @dataclass
@@ -95,6 +92,12 @@ def _record_for_cleanup(run_dir: Path, tracker) -> None:
         write_text(run_dir / AIM_RUN_FILE, tracker.run_hash)
 
 
+def _out_of_patience(progress: Progress, step: int, seg) -> bool:
+    """Whether ``seg.patience_validations`` validations since the best brought nothing better."""
+    return bool(seg.patience_validations) and progress.best_step > 0 and (
+        step - progress.best_step >= seg.patience_validations * seg.val_every_steps)
+
+
 def _stop_now(deadline_passed: bool, device) -> bool:
     """Every rank stops at the same step: rank 0's clock decides."""
     flag = torch.tensor([float(deadline_passed)], device=device)
@@ -124,7 +127,8 @@ def train_fn_per_worker(config: dict) -> None:
 
     # Each rank takes every world-th case, none dropped
     train_paths, val_paths = train_paths[rank::world], val_paths[rank::world]
-    batch_of = StepBatches(train_paths, cfg.model.roi_size, cfg.seg, cfg.optim.batch_size, cfg.run.seed, rank)
+    batch_of = StepBatches(train_paths, cfg.model.roi_size, cfg.seg, cfg.optim.batch_size, cfg.run.seed, rank,
+                           task_from_dict(task).label_pairs)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=cfg.seg.dice_weight,
                          lambda_ce=cfg.seg.ce_weight)
     tracker = NullTracker()
@@ -136,7 +140,8 @@ def train_fn_per_worker(config: dict) -> None:
     use_amp = cfg.run.amp_bf16 and device.type == "cuda"
     started = time.perf_counter()
     deadline = cfg.seg.max_minutes * 60 if cfg.seg.max_minutes > 0 else float("inf")
-    metrics, stop = {}, step >= cfg.optim.num_steps or elapsed_before >= deadline or bool(progress.diverged_step)
+    metrics, stop = {}, (step >= cfg.optim.num_steps or elapsed_before >= deadline or bool(progress.diverged_step)
+                         or _out_of_patience(progress, step, cfg.seg))
 
     def checkpoint() -> None:
         """Report metrics on every rank; rank 0 attaches the training state and the best model so far."""
@@ -189,10 +194,17 @@ def train_fn_per_worker(config: dict) -> None:
                                        cfg.seg.num_overlay_cases if rank == 0 else 0)
             metrics.update(val_dice=dice.mean(), elapsed_s=elapsed_before + time.perf_counter() - started,
                            **{f"val_dice_{name}": d for name, d in zip(task["label_names"][1:], dice.per_class())})
-            if rank == 0 and dice.mean() > progress.best_dice:
+            if dice.mean() > progress.best_dice:      # all-reduced: every rank agrees
                 progress.best_dice, progress.best_step = dice.mean(), step
                 progress.best_per_class = dice.per_class()
-                best_state = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
+                if rank == 0:
+                    best_state = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
+            if not stop and _out_of_patience(progress, step, cfg.seg):
+                stop = True
+                if rank == 0:
+                    print(f"[swinray] {cfg.run.name}: no better validation Dice in {cfg.seg.patience_validations} "
+                          f"validations since step {progress.best_step} ({progress.best_dice:.4f}); "
+                          f"stopping at step {step} (seg.patience_validations)", flush=True)
             for i, (img, truth, pred) in enumerate(pictures):
                 tracker.log_image(f"val_overlay_{i}", overlay_pair(img, truth, pred), step,
                                   caption="ground truth | prediction; " + legend(task["label_names"]))

@@ -16,6 +16,8 @@ import ray.train
 import torch
 
 from swinray.config import PretrainConfig
+from swinray.data.tasks import task_from_dict
+from swinray.data.transforms import normalised_body_threshold
 from swinray.models.registry import build_ssl_head
 from swinray.models.weights import save_encoder
 from swinray.pretext.pictures import CAPTION, views_side_by_side
@@ -24,7 +26,7 @@ from swinray.train.crops import CropPrefetcher
 from swinray.train.replay import VIEWS, seed_step, step_generator
 from swinray.train.state import ENCODER_FILE, make_optimizer, report, restore, training_state
 from swinray.train.steps import pretext_weights, ssl_forward_backward
-from swinray.train.trainer import case_files, ranks_agree, start_worker
+from swinray.train.trainer import cached_task, case_files, ranks_agree, start_worker
 
 
 def train_fn_per_worker(config: dict) -> None:
@@ -43,8 +45,10 @@ def train_fn_per_worker(config: dict) -> None:
 
     paths_of_cases = case_files(paths, "training")[rank::world]     # the same cases on every (re)start
     accum = cfg.optim.grad_accum_steps
+    body_above = normalised_body_threshold(task_from_dict(cached_task(paths)))
     crops = CropPrefetcher(paths_of_cases, cfg.model.roi_size, cfg.optim.batch_size, cfg.run.seed, rank,
-                           start * accum, cfg.optim.num_steps * accum, pin_memory=device.type == "cuda")
+                           start * accum, cfg.optim.num_steps * accum, pin_memory=device.type == "cuda",
+                           body_above=body_above)
     tracker = NullTracker()
     if rank == 0:
         tracker = Tracker(Path(paths.run_dir) / "metrics.jsonl", cfg.run.aim_repo, cfg.run.experiment,

@@ -16,9 +16,11 @@ from monai.data import CacheDataset, list_data_collate
 from monai.transforms import (
     Compose,
     FgBgToIndicesd,
+    Flipd,
     MapTransform,
     RandCropByPosNegLabeld,
     RandFlipd,
+    RandomizableTransform,
     RandRotated,
     RandScaleIntensityd,
     RandShiftIntensityd,
@@ -28,6 +30,7 @@ from monai.transforms import (
 
 from swinray.config import SegConfig, SplitConfig
 from swinray.data.cache import read_case
+from swinray.data.tasks import LabelPairs
 from swinray.train.replay import AUGMENT, batch_indices, step_seed
 
 
@@ -93,7 +96,44 @@ class LoadCachedCased(MapTransform):
                 "label": torch.from_numpy(np.ascontiguousarray(label[None]))}
 
 
-def train_transforms(roi_size, seg: SegConfig) -> Compose:
+LEFT_RIGHT_AXIS = 0      # cached cases are RAS: spatial axis 0 runs from the patient's left to right
+
+
+class RandLeftRightFlipd(RandomizableTransform, MapTransform):
+    """``RandFlipd`` along left-right that also swaps the labels of each (left, right) pair.
+
+    Mirroring a patient puts the right parotid where the left one lies; keeping its label would teach
+    the model that right is left. One draw per call, as ``RandFlipd`` (so seeded runs replay alike).
+    """
+
+    def __init__(self, keys, label_key: str, pairs: LabelPairs, prob: float = 0.5) -> None:
+        RandomizableTransform.__init__(self, prob)
+        MapTransform.__init__(self, keys)
+        self.flip = Flipd(keys, spatial_axis=LEFT_RIGHT_AXIS)
+        self.label_key = label_key
+        self.swap = torch.arange(max(v for pair in pairs for v in pair) + 1)
+        for left, right in pairs:
+            self.swap[left], self.swap[right] = right, left
+
+    def __call__(self, data: dict) -> dict:
+        self.randomize(None)
+        if not self._do_transform:
+            return dict(data)
+        out = self.flip(data)
+        label = out[self.label_key]
+        inside = label < len(self.swap)        # values above every pair's stay as they are
+        out[self.label_key] = torch.where(inside, self.swap.to(label.device)[label.long() * inside], label.long()
+                                          ).to(label.dtype)
+        return out
+
+
+def flips(keys: list[str], seg: SegConfig, label_pairs: LabelPairs) -> list:
+    """Random flips along ``seg.flip_axes``; the left-right one swaps paired labels when there are any."""
+    return [RandLeftRightFlipd(keys, "label", label_pairs) if axis == LEFT_RIGHT_AXIS and label_pairs
+            else RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in seg.flip_axes]
+
+
+def train_transforms(roi_size, seg: SegConfig, label_pairs: LabelPairs = ()) -> Compose:
     keys = ["image", "label"]
     roi = tuple(roi_size)
     rad = np.deg2rad(seg.rotate_degrees)
@@ -101,7 +141,7 @@ def train_transforms(roi_size, seg: SegConfig) -> Compose:
         RandCropByPosNegLabeld(keys, "label", roi, pos=seg.pos_neg_ratio, neg=1.0, num_samples=1,
                                fg_indices_key="label_fg_indices", bg_indices_key="label_bg_indices",
                                allow_smaller=True),
-        *[RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in seg.flip_axes],
+        *flips(keys, seg, label_pairs),
     ]
     if seg.rotate_degrees > 0:
         random_part.append(RandRotated(keys, range_x=rad, range_y=rad, range_z=rad, prob=0.2,
@@ -121,8 +161,9 @@ class StepBatches:
     case takes ~15 ms, and a prefetch thread or process competing with the model for 2 cores
     measured 35% slower steps."""
 
-    def __init__(self, paths: list[str], roi_size, seg: SegConfig, batch_size: int, seed: int, rank: int):
-        self.transform = train_transforms(roi_size, seg)
+    def __init__(self, paths: list[str], roi_size, seg: SegConfig, batch_size: int, seed: int, rank: int,
+                 label_pairs: LabelPairs = ()):
+        self.transform = train_transforms(roi_size, seg, label_pairs)
         self.dataset = CacheDataset([{"path": p} for p in paths], self.transform, progress=False, copy_cache=False)
         self.batch_size, self.seed, self.rank = batch_size, seed, rank
 

@@ -78,6 +78,13 @@ def case_files(paths: RunPaths, part: str) -> list[str]:
     return [str(case_paths(Path(paths.cache), case_id)[0]) for case_id in case_ids]
 
 
+def cached_task(paths: RunPaths) -> dict:
+    """The task the cache was made for (``task.json``): label names and pairs, intensity settings."""
+    task_file = Path(paths.cache) / "task.json"
+    fetch(task_file, refresh=True)
+    return json.loads(task_file.read_text())
+
+
 def ranks_agree(module: torch.nn.Module) -> bool:
     """Whether every rank holds the same weights, as DDP promises: position-weighted checksums of
     all parameters, compared by an all-reduced max and min (exact: DDP keeps replicas bitwise equal)."""

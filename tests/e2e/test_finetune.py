@@ -159,27 +159,43 @@ def test_a_model_file_that_is_not_a_segmenter_is_refused_clearly(phantom_run, tm
     assert "not a fine-tuned model" in last_json(out.stdout)["error"]
 
 
-def test_label_efficiency_bench_compares_arms_on_one_split_and_reports_failed_runs(phantom_run):
+def test_label_efficiency_bench_scores_arms_on_the_test_split_reports_failures_and_reuses_finished_runs(phantom_run):
     cfg, _, tmp, _ = phantom_run
     bench = apply_overrides(preset(BenchConfig, "debug"), {
         "out_dir": str(tmp / "bench"), "pretrained": [str(tmp / "encoder.pt")], "fractions": [1.0, 0.34],
-        "budget_steps": 2})
+        "budget_steps": 2, "seeds": 1})
     result = bench_label_efficiency(replace(bench, data=cfg.data), quiet)
     assert (result["arms"], result["fractions"], result["runs"]) == (["scratch", tmp.name], [0.34, 1.0], 4)
     # 0.34 of 2 training cases is 1 case for 2 workers: both arms fail there, and the bench goes on
     assert result["failed"] == 2 and not result["ok"]
-    assert result["dice"]["scratch"]["0.34"] is None and 0.0 <= result["dice"][tmp.name]["1"] <= 1.0
     rows = json.loads(Path(result["results"]).read_text())["rows"]
     assert all("training case per worker" in r["error"] for r in rows if r["fraction"] == 0.34)
+    finished = [r for r in rows if r["fraction"] == 1.0]
+    assert all(0.0 <= r["test_dice"] <= 1.0 and r["test_cases"] == 1 and r["steps"] == 2 for r in finished)
     runs = tmp / "bench" / "label_efficiency"
-    splits = [json.loads((runs / name / "split.json").read_text()) for name in ("scratch-f1", f"{tmp.name}-f1")]
+    splits = [json.loads((runs / name / "split.json").read_text()) for name in ("scratch-f1-s0", f"{tmp.name}-f1-s0")]
     assert splits[0] == splits[1]                            # same split and seed for every arm
-    assert (runs / f"{tmp.name}-f1" / "pretrained_report.json").exists()
-    assert not (runs / "scratch-f1" / "pretrained_report.json").exists()
-    assert all(r["steps"] == 2 for r in rows if r["fraction"] == 1.0)
-    assert "failed: DatasetError" in Path(result["table"]).read_text()
+    assert (runs / f"{tmp.name}-f1-s0" / "pretrained_report.json").exists()
+    assert not (runs / "scratch-f1-s0" / "pretrained_report.json").exists()
+    assert "| 0.34 | ? | - | - | - | 2 |" in Path(result["table"]).read_text()
     assert Path(result["plot"]).read_bytes()[:4] == b"\x89PNG"
 
+    lines = []
+    again = bench_label_efficiency(replace(bench, data=cfg.data), lines.append)
+    assert sum("(reused)" in line for line in lines) == 2                # the finished runs did not run again
+    assert again["cells"][1] == result["cells"][1]
+
+
+def test_a_run_with_patience_stops_once_that_many_validations_bring_nothing_better(local_ray, tmp_path):
+    cfg = debug_config(tmp_path / "runs", **{"optim.num_steps": 12, "seg.val_every_steps": 1,
+                                             "seg.patience_validations": 2, "run.name": "ft-patience",
+                                             "seg.num_overlay_cases": 0})
+    summary = run_finetune(cfg, quiet)
+    dice = [json.loads(line)["val_dice"] for line in open(summary["metrics_log"])]
+    # the first step at which the best so far came 2 or more validations ago; else the cap
+    expected = next((i + 1 for i in range(len(dice)) if i - dice.index(max(dice[:i + 1])) >= 2), cfg.optim.num_steps)
+    assert summary["steps"] == len(dice) == expected, dice
+    assert summary["best_step"] == dice.index(max(dice)) + 1
 
 
 def test_a_finished_run_asked_for_more_steps_continues_from_its_end(phantom_run):
@@ -205,6 +221,23 @@ def test_two_channel_mri_fine_tunes_from_one_channel_weights_adapting_the_patch_
     assert list(summary["val_dice_per_class"]) == ["pz", "tz"]
     saved = torch.load(summary["model"], weights_only=True)
     assert saved["model"]["in_channels"] == 2
+
+
+def test_real_head_and_neck_ct_fine_tunes_five_organs_and_scores_the_test_split(local_ray, tmp_path):
+    """Three real OpenKBP CTs (one each for training, validation and test), the task inferred from
+    the data: a CT window, label pairs from the parotids' names, every organ scored."""
+    data = shared_dataset("OpenKBP_HN_OAR")
+    cfg = debug_config(tmp_path / "runs", DataConfig(source=str(data), cache_dir=str(tmp_path / "cache"), max_cases=3),
+                       **{"optim.num_steps": 2, "seg.val_every_steps": 2, "run.name": "ft-oar",
+                          "run.num_workers": 1, "split.num_folds": 2, "seg.num_overlay_cases": 0})
+    summary = run_finetune(cfg, quiet)
+    organs = ["Brainstem", "SpinalCord", "RightParotid", "LeftParotid", "Mandible"]
+    assert summary["ok"] and summary["task"] == "OpenKBP_HN_OAR"
+    assert (summary["num_training_cases"], summary["num_validation_cases"], summary["num_test_cases"]) == (1, 1, 1)
+    assert list(summary["val_dice_per_class"]) == organs and list(summary["test_dice_per_class"]) == organs
+    assert 0.0 <= summary["test_dice"] <= 1.0
+    task = json.loads(next((tmp_path / "cache").glob("OpenKBP_HN_OAR-*/task.json")).read_text())
+    assert task["modality"] == "CT" and task["intensity"] == "ct_window" and task["label_pairs"] == [[4, 3]]
 
 
 def test_real_hippocampus_fine_tunes_and_evaluates(local_ray, tmp_path):

@@ -140,3 +140,47 @@ def test_unset_cache_and_phantom_folders_follow_the_run_storage_and_set_ones_sta
     assert (placed.cache_dir, placed.phantom_dir) == ("/mnt/shared/runs/cache", "/mnt/shared/runs/phantom")
     kept = place_folders(DataConfig(cache_dir="/fast/cache", phantom_dir="p"), "/mnt/shared/runs")
     assert (kept.cache_dir, kept.phantom_dir) == ("/fast/cache", str(Path("p").resolve()))   # as workers find it
+
+
+def write_ct_with_a_small_body(folder, name):
+    """A 192 x 192 x 64 CT at 2 x 2 x 3 mm: a 60 x 50 x 40-voxel body in air, two parotid-like labels."""
+    for sub in ("imagesTr", "labelsTr"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    image = np.full((192, 192, 64), -1000, np.int16)
+    image[60:120, 70:120, 10:50] = np.random.default_rng(0).normal(40, 10, (60, 50, 40))
+    seg = np.zeros(image.shape, np.uint8)
+    seg[65:75, 80:90, 20:30], seg[100:110, 80:90, 20:30] = 1, 2
+    affine = np.diag([2.0, 2.0, 3.0, 1.0])
+    nib.save(nib.Nifti1Image(image, affine), folder / "imagesTr" / f"{name}.nii.gz")
+    nib.save(nib.Nifti1Image(seg, affine), folder / "labelsTr" / f"{name}.nii.gz")
+    return {"image": f"./imagesTr/{name}.nii.gz", "label": f"./labelsTr/{name}.nii.gz"}
+
+
+def test_a_ct_task_takes_its_roi_from_the_body_and_its_label_pairs_from_left_right_names(tmp_path):
+    root = tmp_path / "HeadNeck"
+    write_msd(root, [write_ct_with_a_small_body(root, f"p{i}") for i in range(2)],
+              labels={"0": "background", "1": "LeftParotid", "2": "RightParotid"})
+    task = load_dataset(root).task
+    assert task.roi_size == (64, 64, 64)        # the body (120 x 100 x 120 mm), not the array (384 x 384 x 192 mm)
+    assert task.label_pairs == ((1, 2),)
+    assert task.window_hu[0] < 40 < task.window_hu[1]
+
+
+def test_label_pairs_can_be_given_in_dataset_json_and_a_wrong_one_names_the_file(tmp_path):
+    root = tmp_path / "Eyes"
+    entries = [write_case(root, "e0")]
+    write_msd(root, entries, labels={"0": "background", "1": "globe_a", "2": "globe_b"}, label_pairs=[["globe_a", 2]])
+    assert load_dataset(root).task.label_pairs == ((1, 2),)
+    write_msd(root, entries, labels={"0": "background", "1": "globe_a", "2": "globe_b"}, label_pairs=[[1, 7]])
+    with pytest.raises(DatasetError, match=r"dataset.json: label_pairs entry 7 is neither"):
+        load_dataset(root)
+
+
+def test_real_head_and_neck_ct_gets_a_ct_setting_with_the_parotids_paired():
+    task = load_dataset(shared_dataset("OpenKBP_HN_OAR")).task
+    assert (task.modality, task.intensity) == ("CT", "ct_window")
+    assert task.label_names[3:5] == ("RightParotid", "LeftParotid") and task.label_pairs == ((4, 3),)
+    assert all(3.5 < s < 4.5 for s in task.spacing_mm[:2]) and 2.0 <= task.spacing_mm[2] <= 3.0   # the data's own
+    low, high = task.window_hu
+    assert -200 < low < 0 and 1000 < high < 2000      # soft tissue to the mandible's bone
+    assert all(side in (64, 96) for side in task.roi_size)

@@ -1,7 +1,19 @@
-"""Label-efficiency bench: arms, fractions, the per-arm fine-tuning configs, the table and the plot."""
+"""Label-efficiency bench: arms, the per-run configs, statistics over seeds, reuse, the table and the plot."""
+import json
+
 import pytest
 
-from swinray.bench.label_efficiency import arms, markdown_table, plot, run_config
+from swinray.bench.label_efficiency import (
+    ROW_FILE,
+    _reuse_key,
+    arms,
+    markdown_table,
+    one_run,
+    paired_difference,
+    plot,
+    run_config,
+    summarise,
+)
 from swinray.config import BenchConfig, ConfigError, apply_overrides
 from swinray.presets import preset
 
@@ -26,33 +38,65 @@ def test_fractions_outside_zero_to_one_are_refused_when_the_config_is_read(fract
         apply_overrides(BenchConfig(), {"fractions": fractions})
 
 
-def test_arms_differ_only_in_weights_and_fraction_with_the_budget_applied(tmp_path):
-    cfg = preset(BenchConfig, "debug")
-    cfg = type(cfg)(**{**cfg.__dict__, "budget_steps": 5, "out_dir": str(tmp_path)})
-    scratch = run_config(cfg, "scratch", "", 0.25)
-    ssl = run_config(cfg, "ssl", "/w/encoder.pt", 0.25)
-    assert scratch.optim.num_steps == ssl.optim.num_steps == 5
+def test_the_arms_of_a_seed_differ_only_in_weights_and_seeds_change_cases_and_training(tmp_path):
+    cfg = apply_overrides(preset(BenchConfig, "debug"), {"budget_steps": 50, "out_dir": str(tmp_path),
+                                                         "patience_validations": 2})
+    scratch, ssl = run_config(cfg, "scratch", "", 0.25, 1), run_config(cfg, "ssl", "/w/encoder.pt", 0.25, 1)
+    assert scratch.optim.num_steps == ssl.optim.num_steps == 50                  # the cap
+    assert scratch.seg.patience_validations == ssl.seg.patience_validations == 2
     assert (scratch.split, scratch.run.seed, scratch.model) == (ssl.split, ssl.run.seed, ssl.model)
     assert scratch.split.label_fraction == 0.25 and ssl.seg.pretrained == "/w/encoder.pt"
-    assert scratch.run.name == "scratch-f0.25" and ssl.run.storage == str(tmp_path / "label_efficiency")
+    assert scratch.run.name == "scratch-f0.25-s1" and ssl.run.storage == str(tmp_path / "label_efficiency")
+    other = run_config(cfg, "scratch", "", 0.25, 2)
+    assert (other.split.seed, other.run.seed) == (2, 2) and (scratch.split.seed, scratch.run.seed) == (1, 1)
+    assert other.split.test_fraction == scratch.split.test_fraction        # the test cases do not move
 
 
-ROWS = [
-    {"arm": "scratch", "fraction": 0.1, "dice": 0.70, "dice_per_class": {"a": 0.71, "p": 0.69}, "training_cases": 17},
-    {"arm": "ssl", "fraction": 0.1, "dice": 0.75, "dice_per_class": {"a": 0.76, "p": 0.74}, "training_cases": 17},
-    {"arm": "scratch", "fraction": 1.0, "dice": 0.85, "dice_per_class": {"a": 0.86, "p": 0.84}, "training_cases": 166},
-    {"arm": "ssl", "fraction": 1.0, "dice": None, "error": "RuntimeError: worker died"},
-]
+def test_the_paired_difference_has_a_student_t_interval_over_seeds():
+    d = paired_difference({0: 0.80, 1: 0.82, 2: 0.84, 3: 0.9}, {0: 0.78, 1: 0.79, 2: 0.80})
+    assert d["seeds"] == [0, 1, 2] and d["n"] == 3                          # seed 3 has no scratch run
+    assert d["mean"] == pytest.approx(0.03) and d["sd"] == pytest.approx(0.01)
+    assert (d["low"], d["high"]) == (pytest.approx(0.03 - 4.3027 * 0.01 / 3 ** 0.5, abs=1e-5),
+                                     pytest.approx(0.03 + 4.3027 * 0.01 / 3 ** 0.5, abs=1e-5))
+    single = paired_difference({0: 0.8}, {0: 0.7})
+    assert single["mean"] == pytest.approx(0.1) and single["low"] is None and single["sd"] is None
 
 
-def test_the_table_shows_dice_per_class_and_the_gain_over_scratch():
-    lines = markdown_table(ROWS, ["scratch", "ssl"]).splitlines()
-    assert lines[0] == "| fraction | training cases | scratch | ssl | ssl - scratch |"
-    assert lines[2] == "| 0.1 | 17 | 0.7000 (0.710, 0.690) | 0.7500 (0.760, 0.740) | +0.0500 |"
-    assert lines[3] == "| 1 | 166 | 0.8500 (0.860, 0.840) | failed: RuntimeError: worker died | - |"
+def rows():
+    out = []
+    for seed, (s, o) in enumerate([(0.70, 0.74), (0.72, 0.73), (0.71, 0.75)]):
+        out += [{"arm": "scratch", "fraction": 0.1, "seed": seed, "test_dice": s, "training_cases": 7},
+                {"arm": "ssl", "fraction": 0.1, "seed": seed, "test_dice": o, "training_cases": 7}]
+    out += [{"arm": "scratch", "fraction": 1.0, "seed": 0, "test_dice": 0.85, "training_cases": 73},
+            {"arm": "ssl", "fraction": 1.0, "seed": 0, "test_dice": None, "error": "RuntimeError: worker died"}]
+    return out
+
+
+def test_the_table_gives_mean_sd_per_cell_and_the_paired_difference_with_its_interval():
+    cells = summarise(rows(), ["scratch", "ssl"])
+    assert cells[0]["arms"]["scratch"]["mean"] == pytest.approx(0.71)
+    assert cells[0]["differences"]["ssl"]["mean"] == pytest.approx(0.03)
+    lines = markdown_table(cells, ["scratch", "ssl"]).splitlines()
+    assert lines[0] == "| fraction | training cases | scratch | ssl | ssl - scratch (95% CI) | failed runs |"
+    assert lines[2] == "| 0.1 | 7 | 0.710 ± 0.010 (n=3) | 0.740 ± 0.010 (n=3) | +0.030 [-0.013, +0.073] (n=3) | 0 |"
+    assert lines[3] == "| 1 | 73 | 0.850 (n=1) | - | - | 1 |"
 
 
 def test_the_plot_is_a_png(tmp_path):
-    path = plot(ROWS, ["scratch", "ssl"], "Task04", tmp_path / "curve.png")
+    path = plot(summarise(rows(), ["scratch", "ssl"]), ["scratch", "ssl"], "OAR", tmp_path / "curve.png")
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+def test_a_finished_row_is_reused_only_while_its_run_config_is_unchanged(tmp_path):
+    cfg = apply_overrides(preset(BenchConfig, "debug"), {"out_dir": str(tmp_path)})
+    cfg = apply_overrides(cfg, {"data.source": str(tmp_path / "no-such-dataset")})
+    run_cfg = run_config(cfg, "scratch", "", 0.1, 0)
+    row_file = tmp_path / "label_efficiency" / run_cfg.run.name / ROW_FILE
+    row_file.parent.mkdir(parents=True)
+    finished = {"arm": "scratch", "fraction": 0.1, "seed": 0, "run": run_cfg.run.name, "test_dice": 0.5}
+    row_file.write_text(json.dumps({"config": _reuse_key(run_cfg), "row": finished}))
+    assert one_run(run_cfg, {"run": run_cfg.run.name}, lambda *_: None) == finished      # nothing ran
+    longer = apply_overrides(run_cfg, {"optim.num_steps": run_cfg.optim.num_steps + 1})
+    again = one_run(longer, {"run": run_cfg.run.name}, lambda *_: None)                 # runs, and fails here
+    assert again["test_dice"] is None and "no-such-dataset" in again["error"]

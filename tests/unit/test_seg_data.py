@@ -4,6 +4,8 @@ import torch
 
 from swinray.config import SegConfig
 from swinray.data.cache import write_case
+from swinray.data.tasks import TaskSpec
+from swinray.data.transforms import as_meta_tensor, preprocess_transforms
 from swinray.train.seg_data import StepBatches, load_validation_case, train_transforms
 
 
@@ -60,3 +62,43 @@ def test_a_steps_batch_is_the_same_whether_drawn_first_after_others_or_again(tmp
         assert torch.equal(batch["image"], first["image"]) and torch.equal(batch["label"], first["label"])
     assert first["image"].shape == (2, 1, 16, 32, 16)
     assert not torch.equal(run[4]["image"], run[5]["image"])         # steps differ
+
+
+def test_a_left_right_flip_keeps_each_paired_label_on_its_anatomical_side(tmp_path):
+    """Head-and-neck CT stored as OpenKBP stores it (rows posterior, columns toward the patient's left,
+    slices inferior): after reorientation to RAS and any number of training flips, the right parotid
+    still lies on the patient's right (high X in RAS) and the left one on the left."""
+    task = TaskSpec("HN", "CT", ("CT",), ("background", "Brainstem", "RightParotid", "LeftParotid"),
+                    (4.0, 4.0, 2.5), "ct_window", (-160.0, 240.0), (64, 64, 64))
+    assert task.label_pairs == ((3, 2),)
+    shape = (24, 32, 16)                                # P, L, I voxel axes
+    image = np.full(shape, -1000.0, np.float32)
+    image[4:20, 4:28, 2:14] = 40.0                      # the body
+    image[4:20, :, :] += np.arange(shape[1])[None, :, None]   # a left-right ramp: shows whether a crop was flipped
+    label = np.zeros(shape, np.uint8)
+    label[10:14, 14:18, 6:10] = 1                       # brainstem on the midline
+    label[8:12, 6:10, 6:10] = 2                         # right parotid: low columns, the patient's right
+    label[8:12, 22:26, 6:10] = 3                        # left parotid: high columns
+    pli = np.array([[0.0, -4.0, 0.0, 0.0],             # as OpenKBP's headers: +column = -x (left),
+                    [-4.0, 0.0, 0.0, 0.0],             # +row = -y (posterior),
+                    [0.0, 0.0, -2.5, 0.0],             # +slice = -z (inferior)
+                    [0.0, 0.0, 0.0, 1.0]])
+    data = {"image": as_meta_tensor(image[None], pli), "label": as_meta_tensor(label[None], pli)}
+    out = preprocess_transforms(task, labelled=True)(data)
+    write_case(tmp_path, "hn", out["image"].numpy(), out["label"][0].numpy(), {})
+    path = str(tmp_path / "cases" / "hn.npy")
+
+    transform = train_transforms((64, 64, 64), SegConfig(rotate_degrees=0.0, intensity_jitter=0.0),
+                                 task.label_pairs)
+    transform.set_random_state(seed=1)
+    flipped = 0
+    for _ in range(8):
+        (sample,) = transform({"path": path})
+        x = torch.arange(64).view(64, 1, 1).expand(64, 64, 64)
+        lab, img = sample["label"][0], sample["image"][0]
+        right_x, left_x = x[lab == 2].float().mean(), x[lab == 3].float().mean()
+        assert right_x > left_x, "the right parotid's label sits on the patient's left"
+        body = img > 0.5
+        ramp = np.polyfit(x[body].numpy().ravel(), img[body].numpy().ravel(), 1)[0]
+        flipped += ramp > 0                             # RAS: the ramp rose toward the left (low X)
+    assert 0 < flipped < 8                              # both flipped and unflipped crops were checked
