@@ -73,10 +73,18 @@ class DataConfig:
                                         # listing folders), one collection each; replaces source
     spacing_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)  # resample to this (R, A, S) instead of the
                                         # task's; e.g. pretrain at the spacing the fine-tuning task uses
+    window_hu: tuple[float, float] = (0.0, 0.0)  # CT: this (low, high) HU window instead of the task's;
+                                        # e.g. pretrain in the fine-tuning task's intensities
+    exclude_cases: str = ""             # corpus: leave these cases out, by file name without suffix: a run's
+                                        # split.json (its test cases) or a .txt with one per line, so that
+                                        # pretraining never sees the images a test split scores
 
     def __post_init__(self) -> None:
         _require(self.spacing_mm == (0.0, 0.0, 0.0) or all(math.isfinite(s) and s > 0 for s in self.spacing_mm),
                  "spacing_mm", self.spacing_mm, "three voxel sizes in mm above 0, or (0, 0, 0) for the task's")
+        _require(self.window_hu == (0.0, 0.0) or (all(math.isfinite(v) for v in self.window_hu)
+                                                  and self.window_hu[0] < self.window_hu[1]),
+                 "window_hu", self.window_hu, "a (low, high) HU window with low < high, or (0, 0) for the task's")
         _at_least(0, max_cases=self.max_cases)
         _at_least(1, num_phantom_cases=self.num_phantom_cases)
 

@@ -168,10 +168,19 @@ def resolve_data(data: DataConfig, storage: str, log=print):
     from swinray.data.source import load_source
     data = place_folders(data, storage)
     dataset = load_source(data, log)
-    if any(data.spacing_mm):
-        dataset = replace(dataset, task=replace(dataset.task, spacing_mm=tuple(data.spacing_mm)))
+    dataset = replace(dataset, task=task_with_overrides(dataset.task, data))
     cache = cache_dir_for(dataset, data.cache_dir)
     return replace(data, task=dataset.task.name), dataset, cache
+
+
+def task_with_overrides(task, data: DataConfig):
+    """The task with the spacing and HU window ``data`` sets in its place; a window needs a CT task."""
+    if any(data.window_hu):
+        if task.intensity != "ct_window":
+            raise ConfigError(f"data.window_hu={list(data.window_hu)}: the data ({task.name}) is {task.modality}, "
+                              "not CT; a HU window applies to CT only")
+        task = replace(task, window_hu=tuple(data.window_hu))
+    return replace(task, spacing_mm=tuple(data.spacing_mm)) if any(data.spacing_mm) else task
 
 
 def place_folders(data: DataConfig, storage: str) -> DataConfig:

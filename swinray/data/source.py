@@ -38,5 +38,42 @@ def load_source(data: DataConfig, log=print):
         if data.source:
             raise ConfigError(f"data.source={data.source} and data.unlabelled={list(data.unlabelled)}: give one "
                               "dataset (--data) or unlabelled collections (--unlabelled), not both")
-        return load_corpus(data.unlabelled, data.task)
+        corpus = load_corpus(data.unlabelled, data.task)
+        return without_cases(corpus, excluded_cases(data.exclude_cases), log) if data.exclude_cases else corpus
+    if data.exclude_cases:
+        raise ConfigError(f"data.exclude_cases={data.exclude_cases}: leaves cases out of a pretraining corpus "
+                          "(--unlabelled) only; a labelled dataset's test cases are already held out")
     return load_dataset(resolve_source(data, log), data.task)
+
+
+def excluded_cases(path: str) -> set[str]:
+    """Case ids from a run's ``split.json`` (its ``test`` list) or a text file (one per line, # comments)."""
+    import json
+    file = Path(path)
+    try:
+        text = file.read_text()
+        if file.suffix == ".json":
+            ids = json.loads(text)["test"]
+            if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+                raise ValueError("'test' is not a list of case ids")
+            return set(ids)
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"data.exclude_cases={path}: cannot read the cases to leave out ({type(e).__name__}: "
+                          f"{e}); give a run's split.json or a .txt with one case id per line") from None
+    return {line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")}
+
+
+def without_cases(corpus, excluded: set[str], log=print):
+    """The corpus without the cases whose file name (without suffix) is excluded."""
+    from dataclasses import replace
+
+    from swinray.data.datasets import NIFTI_SUFFIXES
+    def file_id(case) -> str:
+        name = Path(case.image[0]).name
+        return next((name[:-len(s)] for s in NIFTI_SUFFIXES if name.endswith(s)), name)
+    kept = tuple(c for c in corpus.cases if file_id(c) not in excluded)
+    log(f"corpus: {len(corpus.cases) - len(kept)} case(s) left out as listed in data.exclude_cases "
+        f"({len(excluded)} listed), {len(kept)} kept")
+    if not kept:
+        raise ConfigError("data.exclude_cases leaves no case in the corpus")
+    return replace(corpus, cases=kept)

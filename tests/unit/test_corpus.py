@@ -58,3 +58,20 @@ def test_the_cache_key_covers_what_preprocessing_reads_and_nothing_else(collecti
     key = cache_dir_for(dataset, tmp_path).name.split("-")[-1]
     assert cache_dir_for(other_roi, tmp_path).name.split("-")[-1] == key
     assert cache_dir_for(other_spacing, tmp_path).name.split("-")[-1] != key
+
+
+def test_a_runs_test_cases_or_a_list_can_be_left_out_of_the_corpus(collections, tmp_path):
+    (tmp_path / "split.json").write_text('{"training": ["pt_003"], "validation": [], "test": ["pt_001"]}')
+    data = DataConfig(unlabelled=(str(collections / "OpenKBP" / "imagesTr"), str(collections / "LIDC")),
+                      exclude_cases=str(tmp_path / "split.json"))
+    lines = []
+    kept = load_source(data, lines.append)
+    assert [c.case_id for c in kept.cases] == ["OpenKBP-pt_002"]          # pt_001 of both collections is out
+    assert "2 case(s) left out" in lines[0]
+    (tmp_path / "out.txt").write_text("# held out\npt_002\n")
+    listed = load_source(DataConfig(unlabelled=data.unlabelled, exclude_cases=str(tmp_path / "out.txt")), print)
+    assert [c.case_id for c in listed.cases] == ["OpenKBP-pt_001", "LIDC-pt_001"]
+    with pytest.raises(ConfigError, match="exclude_cases=.*nope.json: cannot read"):
+        load_source(DataConfig(unlabelled=data.unlabelled, exclude_cases=str(tmp_path / "nope.json")))
+    with pytest.raises(ConfigError, match="pretraining corpus"):
+        load_source(DataConfig(source=str(collections / "LIDC"), exclude_cases=str(tmp_path / "out.txt")))

@@ -3,7 +3,15 @@ import json
 
 import pytest
 
-from swinray.config import FinetuneConfig, PretrainConfig, SweepConfig, apply_overrides, load_config, to_dict
+from swinray.config import (
+    DataConfig,
+    FinetuneConfig,
+    PretrainConfig,
+    SweepConfig,
+    apply_overrides,
+    load_config,
+    to_dict,
+)
 from swinray.data.phantom import write_phantom_dataset
 from swinray.errors import ConfigError, DatasetError
 from swinray.presets import preset
@@ -118,3 +126,19 @@ def test_a_runs_config_json_given_to_config_restarts_from_its_request(dataset, t
     loose = tmp_path / "best_config.json"                  # a resolved file with no request beside it
     loose.write_text(saved.read_text())
     assert starting_config(FinetuneConfig, loose) == resolved.cfg
+
+
+def test_data_spacing_and_window_replace_the_tasks_and_so_make_another_cache():
+    from swinray.data.cache import preprocessing_settings
+    from swinray.data.tasks import get_task
+    from swinray.resolve import task_with_overrides
+
+    spleen = get_task("Task09_Spleen")
+    assert task_with_overrides(spleen, DataConfig()) == spleen
+    ours = task_with_overrides(spleen, DataConfig(spacing_mm=(4.0, 4.0, 2.5), window_hu=(-117.0, 1573.0)))
+    assert (ours.spacing_mm, ours.window_hu) == ((4.0, 4.0, 2.5), (-117.0, 1573.0))
+    assert preprocessing_settings(ours) != preprocessing_settings(spleen)
+    with pytest.raises(ConfigError, match=r"data.window_hu=\[-100.0, 100.0\]: the data \(Task04_Hippocampus\) is MRI"):
+        task_with_overrides(get_task("Task04_Hippocampus"), DataConfig(window_hu=(-100.0, 100.0)))
+    with pytest.raises(ConfigError, match="window_hu="):
+        DataConfig(window_hu=(100.0, -100.0))
