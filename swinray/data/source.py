@@ -38,5 +38,5 @@ def load_source(data: DataConfig, log=print):
         if data.source:
             raise ConfigError(f"data.source={data.source} and data.unlabelled={list(data.unlabelled)}: give one "
                               "dataset (--data) or unlabelled collections (--unlabelled), not both")
-        return load_corpus(data.unlabelled, data.task)
-    return load_dataset(resolve_source(data, log), data.task)
+        return load_corpus(data.unlabelled, data.task, data.limits, log)
+    return load_dataset(resolve_source(data, log), data.task, data.limits, log)
