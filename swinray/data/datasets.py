@@ -176,8 +176,10 @@ def unique_cases(cases: list[Case], where: Path) -> tuple[list[Case], list[str],
             continue
         if case.label and not kept[i].label:
             kept[i], case = case, kept[i]
-        warnings.append(f"{where}: {', '.join(case.image)} is listed twice (in '{kept[i].split}' and "
-                        f"'{case.split}'); counted once, in '{kept[i].split}'")
+        splits = f"in '{kept[i].split}'" if case.split == kept[i].split else \
+            f"in '{kept[i].split}' and '{case.split}'"
+        warnings.append(f"{where}: {', '.join(case.image)} is listed twice ({splits}); counted once, "
+                        f"in '{kept[i].split}'")
     by_id: dict[str, list[Case]] = {}
     for case in kept:
         by_id.setdefault(case.case_id, []).append(case)
