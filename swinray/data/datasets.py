@@ -125,9 +125,9 @@ def _entry_paths(raw: object, where: str) -> tuple[tuple[str, ...], str | None]:
     images = raw["image"] if isinstance(raw["image"], list) else [raw["image"]]
     if not images or not all(isinstance(p, str) and p.strip() for p in images):
         raise DatasetError(f"{where}: 'image' must be a path or a list of paths, got {_short(raw['image'])}")
-    label = raw.get("label")
-    if "label" in raw and not (isinstance(label, str) and label.strip()):
-        raise DatasetError(f"{where}: 'label' must be a path, got {_short(label)}")
+    label = raw.get("label")             # null: an unlabelled case, as if the key were absent
+    if label is not None and not (isinstance(label, str) and label.strip()):
+        raise DatasetError(f"{where}: 'label' must be a path (or null), got {_short(label)}")
     return tuple(images), label
 
 
@@ -284,11 +284,14 @@ def load_corpus(entries: tuple[str, ...], task: str = "auto", limits: VolumeLimi
     cases = [Case(f"{collection}-{c.case_id}", c.image, None, "training", collection)
              for folder, collection in collections for c in _folder_cases(folder)]
     root = Path(os.path.commonpath(folders))
-    cases, rejected, _ = unique_cases(cases, root)
+    cases, rejected, warnings = unique_cases(cases, root)
+    for warning in warnings:
+        log(f"warning: {warning}")
     if not cases:
         raise DatasetError(f"unlabelled corpus {', '.join(map(str, folders))}: no usable case; " + "; ".join(rejected))
     spec = registered or infer_task(name, {}, cases, root, limits, log)
-    return Dataset(root, None, spec, tuple(cases), tuple(rejected), tuple(str(f) for f in folders), limits)
+    return Dataset(root, None, spec, tuple(cases), tuple(rejected), tuple(str(f) for f in folders), limits,
+                   tuple(warnings))
 
 
 # --------------------------------------------------------------------------------------------

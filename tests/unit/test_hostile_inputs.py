@@ -216,7 +216,8 @@ BAD_ENTRIES = [
                                                         "of paths, got 5"),
     ({"image": None}, "entry 1 of 'training': 'image' must be a path or a list of paths, got None"),
     ({"label": "./labelsTr/valid0.nii.gz"}, "entry 1 of 'training' has no 'image'"),
-    ({"image": "./imagesTr/valid1.nii.gz", "label": ["a", "b"]}, "entry 1 of 'training': 'label' must be a path"),
+    ({"image": "./imagesTr/valid1.nii.gz", "label": ["a", "b"]},
+     "entry 1 of 'training': 'label' must be a path (or null), got ['a', 'b']"),
 ]
 
 
