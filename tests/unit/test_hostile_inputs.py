@@ -143,6 +143,18 @@ def test_a_spacing_of_a_tenth_of_a_micrometre_is_named_as_a_spacing(tmp_path):
     assert "degenerate" not in str(caught.value)
 
 
+def test_a_dicom_series_is_sized_from_its_headers_before_its_pixels_are_read(tmp_path, monkeypatch):
+    from monai.data import PydicomReader
+
+    from conftest import write_dicom_series
+    from swinray.config import VolumeLimits
+    series = write_dicom_series(tmp_path / "series", np.zeros((32, 24, 6), np.int16), (1.0, 1.0, 2.0), (0, 0, 0))
+    monkeypatch.setattr(PydicomReader, "read", lambda *a, **k: pytest.fail("pixels read before the size check"))
+    with pytest.raises(CaseError) as caught:
+        read_verified(series, VolumeLimits(max_megavoxels=0.001))
+    assert "series: its header claims (24, 32, 6)" in str(caught.value) and "max_megavoxels=0.001" in str(caught.value)
+
+
 def test_limits_are_settings_and_apply_to_evaluate_and_predict():
     from swinray.config import DataConfig, EvaluateConfig, PredictConfig, VolumeLimits
     from swinray.errors import ConfigError
