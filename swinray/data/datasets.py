@@ -99,8 +99,8 @@ def _case_id(path: str) -> str:
 def _read_json(dataset_file: Path) -> dict:
     try:
         meta = json.loads(dataset_file.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DatasetError(f"{dataset_file}: cannot read the dataset file ({e})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise DatasetError(f"{dataset_file}: cannot read the dataset file ({type(e).__name__}: {e})") from None
     if not isinstance(meta, dict):
         raise DatasetError(f"{dataset_file}: a dataset file is a JSON object with {', '.join(SPLITS)} lists of "
                            f"cases; this one is a JSON {type(meta).__name__}")
@@ -404,11 +404,10 @@ def _foreground_window(sample: list[Case], limits: VolumeLimits, log) -> tuple[f
         try:
             image = read_verified(case.image[0], limits).array
             label = read_verified(case.label, limits).array
-        except Exception as e:  # one bad volume never stops a run
+            if image.shape == label.shape:
+                values.append(np.asarray(image[label > 0][::10], dtype=np.float64))
+        except Exception as e:  # one bad volume (or an odd voxel type) never stops a run
             _skipped(case, e, log)
-            continue
-        if image.shape == label.shape:
-            values.append(image[label > 0][::10])
     values = np.concatenate(values) if values else np.empty(0)
     if values.size < 100:
         return _CT_FALLBACK_WINDOW

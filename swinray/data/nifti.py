@@ -121,6 +121,8 @@ def read_header(path: str | Path, limits: VolumeLimits = VolumeLimits(), spacing
         raise CaseError(f"{path}: not a readable NIfTI-1 volume ({type(e).__name__}: {e})") from None
     if 0 in shape:
         raise CaseError(f"{path}: zero-size volume {shape}")
+    if dtype.kind not in "iuf":
+        raise CaseError(f"{path}: voxels of type {dtype} (complex or RGB); an image or label holds real numbers")
     check_size(shape, dtype.itemsize, path, limits, int(header.get_data_offset()))
     check_geometry(affine, path)
     if spacing_mm is not None:

@@ -276,6 +276,35 @@ def test_a_file_that_cannot_be_a_dataset_is_one_line_and_ok_false(tmp_path, capf
     assert len(out.strip().splitlines()) == 1 and "Traceback" not in err
 
 
+def test_rgb_and_complex_voxels_are_refused_by_name_and_task_inference_goes_on(tmp_path):
+    root = tmp_path / "OddTypes"
+    write_case(root, "odd")
+    rgb = np.zeros((24, 24, 12), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    for sub in ("imagesTr", "labelsTr"):
+        nib.save(nib.Nifti1Image(rgb, np.diag([1.5, 1.5, 2.0, 1.0])), root / sub / "odd.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros((24, 24, 12), np.complex64), np.diag([1.5, 1.5, 2.0, 1.0])),
+             root / "imagesTr" / "wave.nii.gz")
+    entries = [{"image": "./imagesTr/odd.nii.gz", "label": "./labelsTr/odd.nii.gz"}, write_case(root, "valid0"),
+               {"image": "./imagesTr/wave.nii.gz"}]
+    write_dataset(root, msd(entries))
+    said = []
+    dataset = load_dataset(root, log=said.append)
+    assert any("odd.nii.gz: voxels of type" in m for m in said)
+    rows = {c.case_id: process_case(c, dataset.task, tmp_path / "cache") for c in dataset.cases}
+    assert rows["valid0"]["status"] == "written"
+    assert "odd.nii.gz: voxels of type [('R', 'u1'), ('G', 'u1'), ('B', 'u1')] (complex or RGB)" \
+        in rows["odd"]["reason"]
+    assert "wave.nii.gz: voxels of type complex64" in rows["wave"]["reason"]
+
+
+def test_a_deeply_nested_dataset_file_is_one_clear_error(tmp_path):
+    root = tmp_path / "Nested"
+    root.mkdir()
+    (root / "dataset.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(DatasetError, match=r"dataset\.json: cannot read the dataset file \(RecursionError"):
+        load_dataset(root)
+
+
 # --------------------------------------------------------------------------------------------
 # Unique case ids
 # --------------------------------------------------------------------------------------------
