@@ -88,6 +88,14 @@ def check_inside(root: Path, path: str, dataset_file: Path, entry: object = None
     return str(resolved)
 
 
+def real_path(path: Path) -> str:
+    """``path`` with its symlinks resolved; as it is when they loop (reading it then says so)."""
+    try:
+        return str(path.resolve())
+    except (OSError, RuntimeError):     # RuntimeError: Python 3.10/3.11 on a symlink loop
+        return str(path.absolute())
+
+
 def _case_id(path: str) -> str:
     name = Path(path).name
     for suffix in NIFTI_SUFFIXES:
@@ -200,8 +208,8 @@ def _folder_cases(folder: Path) -> list[Case]:
     if not files and not series:
         raise DatasetError(f"{folder}: no dataset file ({' or '.join(DATASET_FILES)}), no NIfTI volumes "
                            f"({', '.join(NIFTI_SUFFIXES)}) and no DICOM series in it")
-    cases = [Case(_case_id(str(p)), (str(p.resolve()),), None, "training") for p in files]
-    cases += [Case("_".join(s.relative_to(folder).parts) or folder.name, (str(s.resolve()),), None, "training")
+    cases = [Case(_case_id(str(p)), (real_path(p),), None, "training") for p in files]
+    cases += [Case("_".join(s.relative_to(folder).parts) or folder.name, (real_path(s),), None, "training")
               for s in series]
     return cases
 

@@ -297,6 +297,23 @@ def test_rgb_and_complex_voxels_are_refused_by_name_and_task_inference_goes_on(t
     assert "wave.nii.gz: voxels of type complex64" in rows["wave"]["reason"]
 
 
+def test_a_symlink_loop_and_a_dangling_link_in_a_folder_cost_only_themselves(tmp_path):
+    folder = tmp_path / "links"
+    folder.mkdir()
+    (folder / "loop.nii.gz").symlink_to("loop.nii.gz")
+    (folder / "gone.nii.gz").symlink_to(tmp_path / "nowhere.nii.gz")
+    image = np.full((24, 24, 12), -1000, np.int16)
+    image[4:-4, 4:-4, 2:-2] = 40
+    nib.save(nib.Nifti1Image(image, np.diag([1.5, 1.5, 2.0, 1.0])), folder / "valid.nii.gz")
+    said = []
+    dataset = load_dataset(folder, log=said.append)
+    assert any("loop.nii.gz: cannot read" in m for m in said)
+    rows = {c.case_id: process_case(c, dataset.task, tmp_path / "cache") for c in dataset.cases}
+    assert rows["valid"]["status"] == "written"
+    assert rows["loop"]["status"] == rows["gone"]["status"] == "rejected"
+    assert "loop.nii.gz" in rows["loop"]["reason"] and "nowhere.nii.gz: file not found" in rows["gone"]["reason"]
+
+
 def test_a_deeply_nested_dataset_file_is_one_clear_error(tmp_path):
     root = tmp_path / "Nested"
     root.mkdir()
