@@ -68,7 +68,10 @@ def cases_of_split(labelled: list[Case], split_file: Path | None, which: str, lo
     if split_file is None:
         raise ConfigError(f"split={which}: there is no split.json beside the model file to tell which cases it "
                           "trained on; --split all scores every case (say so, e.g. for a dataset it never saw)")
-    record = json.loads(split_file.read_text())
+    try:
+        record = json.loads(split_file.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise DatasetError(f"{split_file}: cannot read the run's split ({type(e).__name__}: {e})") from None
     if which == "test":
         seen = set(record.get("training", [])) | set(record.get("validation", []))
         return [c for c in labelled if c.case_id in set(record.get("test", [])) or c.case_id not in seen]

@@ -42,6 +42,8 @@ def input_files(path: Path) -> list[Path]:
 def output_dir(cfg: PredictConfig) -> Path:
     """The output folder, checked before anything is written to it (the command's config.json
     included): never the folder of an input, whose images the label maps would replace."""
+    if Path(cfg.output).exists() and not Path(cfg.output).is_dir():
+        raise DatasetError(f"--output {cfg.output} is a file; give a folder for the label maps")
     if cfg.input:
         out = Path(cfg.output).resolve()
         if out in {f.parent.resolve() for f in input_files(Path(cfg.input))}:

@@ -455,6 +455,17 @@ def test_predict_into_its_input_folder_is_refused_before_anything_is_written(tmp
     assert sorted(p.name for p in images.iterdir()) == before
 
 
+def test_predict_into_a_file_is_refused_before_anything_is_written(tmp_path, capfd):
+    from swinray.cli import main
+    write_case(tmp_path / "scans", "s0", label=False)
+    image = tmp_path / "scans" / "imagesTr" / "s0.nii.gz"
+    before = image.read_bytes()
+    code = main("predict", ["--checkpoint", str(tmp_path / "model.pt"), "--input", str(image), "--output", str(image)])
+    summary = json.loads(capfd.readouterr().out.strip().splitlines()[-1])
+    assert code == 1 and summary["ok"] is False and "s0.nii.gz is a file" in summary["error"]
+    assert image.read_bytes() == before
+
+
 def test_predict_replaces_a_symlink_in_its_output_folder_instead_of_writing_through_it(tmp_path):
     from swinray.seg.predict import write_label_map
     source = tmp_path / "in" / "imagesTr" / "s0.nii.gz"
