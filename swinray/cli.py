@@ -259,7 +259,8 @@ VERBS: dict[str, Verb] = {
                     [("--checkpoint", "checkpoint", "model.pt written by finetune"),
                      ("--input", "input", "a NIfTI file or a folder of them"),
                      ("--output", "output", "output folder")],
-                    "swinray.seg.predict:run_predict", config_path=lambda cfg: Path(cfg.output) / "config.json"),
+                    "swinray.seg.predict:run_predict",
+                    config_path=lambda cfg: _function("swinray.seg.predict:output_dir")(cfg) / "config.json"),
     "download": Verb(C.DownloadConfig,
                      "Download an MSD task (or all ten) from its official distribution, MD5-checked and resumable, "
                      "then validate every case.",

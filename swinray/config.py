@@ -60,6 +60,24 @@ def _plain_name(name: str, value: str) -> None:
 # --------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
+class VolumeLimits:
+    """What one volume may cost, checked from its header before anything is allocated: a header is
+    only a claim, and nibabel allocates what it claims (a 64-byte file can claim 1 GiB)."""
+    max_megavoxels: float = 256.0       # voxels x channels a source may hold, and its resampling may
+                                        # produce; 256 = a 512 x 512 x 1000 whole-body CT
+    max_volume_mb: float = 1024.0       # bytes of voxel data a header may claim (what a .nii.gz
+                                        # may expand to); 1024 = 256 megavoxels of float32
+    max_resample_growth: float = 27.0   # resampling to the task spacing may multiply the voxel count
+                                        # by at most this (3x per axis) once the result passes 16
+                                        # megavoxels: a 12 mm header is refused, not blown up 400x
+
+    def __post_init__(self) -> None:
+        _positive_finite(max_megavoxels=self.max_megavoxels, max_volume_mb=self.max_volume_mb)
+        _require(math.isfinite(self.max_resample_growth) and self.max_resample_growth >= 1, "max_resample_growth",
+                 self.max_resample_growth, "must be a finite number, 1 or more")
+
+
+@dataclass(frozen=True)
 class DataConfig:
     source: str = ""                    # dataset folder or dataset file; "" = the built-in phantom
     task: str = "auto"                  # registry name (BTCV, Task01_BrainTumour, ...) or "auto"
@@ -78,6 +96,7 @@ class DataConfig:
     exclude_cases: str = ""             # corpus: leave these cases out, by file name without suffix: a run's
                                         # split.json (its test cases) or a .txt with one per line, so that
                                         # pretraining never sees the images a test split scores
+    limits: VolumeLimits = field(default_factory=VolumeLimits)  # per-volume memory bounds
 
     def __post_init__(self) -> None:
         _require(self.spacing_mm == (0.0, 0.0, 0.0) or all(math.isfinite(s) and s > 0 for s in self.spacing_mm),
@@ -276,6 +295,7 @@ class EvaluateConfig:
     sw_batch_size: int = 4
     sw_overlap: float = 0.25
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    limits: VolumeLimits = field(default_factory=VolumeLimits)  # per-volume memory bounds
 
     def __post_init__(self) -> None:
         _at_least(0, max_cases=self.max_cases)
@@ -291,6 +311,7 @@ class PredictConfig:
     sw_batch_size: int = 4
     sw_overlap: float = 0.25
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    limits: VolumeLimits = field(default_factory=VolumeLimits)  # per-volume memory bounds
 
     def __post_init__(self) -> None:
         _at_least(1, sw_batch_size=self.sw_batch_size)

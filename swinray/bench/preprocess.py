@@ -111,7 +111,7 @@ def bench_preprocess(cfg: BenchConfig, log=print) -> dict:
     rows: list[dict] = []
 
     def ours(out: Path) -> None:
-        rows[:] = run_cases(cases, dataset.task, out, Progress(len(cases), "case", "ours"))
+        rows[:] = run_cases(cases, dataset.task, out, Progress(len(cases), "case", "ours"), dataset.limits)
 
     runs = {"baseline_1_thread": _baseline(cases, dataset.task, 1),
             f"baseline_{equal_threads}_threads": _baseline(cases, dataset.task, equal_threads), "ours_warm": ours}

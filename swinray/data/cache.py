@@ -11,10 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
+from swinray.config import VolumeLimits
 from swinray.data.datasets import Case, Dataset
 from swinray.data.tasks import TaskSpec
 from swinray.storage import atomic_write, exists, fetch, local_path, remote_of, shown
@@ -43,6 +45,11 @@ def case_paths(cache: Path, case_id: str) -> tuple[Path, Path]:
     return cache / "cases" / f"{case_id}.npy", cache / "cases" / f"{case_id}.json"
 
 
+def rejection_path(cache: Path, case_id: str) -> Path:
+    """Where a case refused for its input is remembered, with the stamp and limits it was refused under."""
+    return cache / "cases" / f"{case_id}.rejected.json"
+
+
 def source_stamp(case: Case) -> list[list]:
     """Size and mtime of every source file: a cached case is stale when its sources change. A file
     mirrored from object storage is named by its URI and has no mtime: each node's download has its own.
@@ -60,19 +67,28 @@ def source_stamp(case: Case) -> list[list]:
     return stamp
 
 
-def cached_row(cache: Path, case: Case) -> dict | None:
-    """The manifest row of a finished, up-to-date case, or None when it must be (re)done."""
+def cached_row(cache: Path, case: Case, limits: VolumeLimits = VolumeLimits()) -> dict | None:
+    """The manifest row of a finished, up-to-date case, or its rejection row when its sources and the
+    limits are those it was refused under; None when it must be (re)done."""
     data_path, meta_path = case_paths(cache, case.case_id)
+    row, stamp = _read_row(meta_path), None
+    if row is not None and exists(data_path) and row.get("source_stamp") == (stamp := source_stamp(case)):
+        # The case as the dataset file lists it now (its split may have been edited), and where this
+        # node finds it (its mirror may sit elsewhere than the writer's)
+        return {**row, "path": str(data_path), "split": case.split, "image": list(case.image), "label": case.label}
+    row = _read_row(rejection_path(cache, case.case_id))
+    if row is not None and row.get("limits") == asdict(limits) and \
+            row.get("source_stamp") == (stamp if stamp is not None else source_stamp(case)):
+        return {**row, "split": case.split, "image": list(case.image), "label": case.label}
+    return None
+
+
+def _read_row(path: Path) -> dict | None:
     try:
-        fetch(meta_path)
-        row = json.loads(meta_path.read_text())
+        fetch(path)
+        return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    if not exists(data_path) or row.get("source_stamp") != source_stamp(case):
-        return None
-    # The case as the dataset file lists it now (its split may have been edited), and where this
-    # node finds it (its mirror may sit elsewhere than the writer's)
-    return {**row, "path": str(data_path), "split": case.split, "image": list(case.image), "label": case.label}
 
 
 def write_case(cache: Path, case_id: str, image: np.ndarray, label: np.ndarray | None, row: dict) -> None:

@@ -8,10 +8,12 @@ from __future__ import annotations
 import functools
 import resource
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
+from swinray.config import VolumeLimits
 from swinray.data.cache import case_paths, source_stamp, write_case
 from swinray.data.datasets import Case
 from swinray.data.nifti import CaseError, check_channels, check_label, ras_spacing, read_verified
@@ -27,9 +29,11 @@ def _transforms(task: TaskSpec, labelled: bool):
     return preprocess_transforms(task, labelled)
 
 
-def load_case(case: Case, task: TaskSpec) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, list[str]]:
-    """Verified (C, X, Y, Z) image, (X, Y, Z) label or None, affine and source checksums."""
-    volumes = [read_verified(p) for p in case.image]
+def load_case(case: Case, task: TaskSpec, limits: VolumeLimits = VolumeLimits()
+              ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, list[str]]:
+    """Verified (C, X, Y, Z) image, (X, Y, Z) label or None, affine and source checksums; every file
+    within ``limits``, its resampling to the task's spacing too, checked before it is read."""
+    volumes = [read_verified(p, limits, task.spacing_mm) for p in case.image]
     if len(volumes) == 1:
         image = check_channels(volumes[0], case.image[0], task.num_channels)
     else:  # one file per channel, as MSD allows
@@ -43,7 +47,7 @@ def load_case(case: Case, task: TaskSpec) -> tuple[np.ndarray, np.ndarray | None
     checksums = [v.sha256 for v in volumes]
     label = None
     if case.label:
-        label_volume = read_verified(case.label)
+        label_volume = read_verified(case.label, limits, task.spacing_mm)
         label = check_label(label_volume, case.label, volumes[0], case.image[0], task.num_classes)
         checksums.append(label_volume.sha256)
     threshold = foreground_threshold(task)
@@ -54,23 +58,29 @@ def load_case(case: Case, task: TaskSpec) -> tuple[np.ndarray, np.ndarray | None
 
 
 def intensity_stats(image: np.ndarray, threshold: float) -> dict:
-    """Per-channel statistics of the source foreground, before normalisation."""
+    """Per-channel statistics of the source foreground, before normalisation. A foreground so sparse
+    that the strided sample misses it is measured on every voxel (``load_case`` saw at least one)."""
     sample = image[:, ::_STAT_STRIDE, ::_STAT_STRIDE, ::_STAT_STRIDE]
     mask = (sample > threshold).any(axis=0)
+    if not mask.any():
+        sample, mask = image, (image > threshold).any(axis=0)
     values = [channel[mask].astype(np.float32) for channel in sample]
     pct = np.array([np.percentile(v, [0.5, 50, 99.5]) for v in values])
     return {"p00_5": pct[:, 0].tolist(), "p50": pct[:, 1].tolist(), "p99_5": pct[:, 2].tolist(),
             "mean": [float(v.mean()) for v in values], "std": [float(v.std()) for v in values]}
 
 
-def process_case(case: Case, task: TaskSpec, cache: Path) -> dict:
-    """Validate, preprocess and write one case; return its manifest or rejection row."""
+def process_case(case: Case, task: TaskSpec, cache: Path, limits: VolumeLimits = VolumeLimits()) -> dict:
+    """Validate, preprocess and write one case; return its manifest or rejection row. A rejection of
+    the input itself (CaseError) carries its source stamp and limits, so a rerun can skip it while
+    neither changes; an unexpected error carries neither and is retried."""
     start = time.perf_counter()
     base = {"case_id": case.case_id, "split": case.split, "image": list(case.image), "label": case.label,
             **({"collection": case.collection} if case.collection else {})}
+    stamp = None
     try:
         stamp = source_stamp(case)     # downloads a source in object storage (the phantom) first
-        image, label, affine, checksums = load_case(case, task)
+        image, label, affine, checksums = load_case(case, task, limits)
         data = {"image": as_meta_tensor(image, affine)}
         if label is not None:
             data["label"] = as_meta_tensor(label[None], affine)
@@ -87,7 +97,8 @@ def process_case(case: Case, task: TaskSpec, cache: Path) -> dict:
                "sha256": checksums, "source_stamp": stamp}
         write_case(cache, case.case_id, image_out, label_out, row)
     except CaseError as e:
-        row = {**base, "status": "rejected", "reason": str(e)}
+        row = {**base, "status": "rejected", "reason": str(e),
+               **({"source_stamp": stamp, "limits": asdict(limits)} if stamp is not None else {})}
     except Exception as e:  # one bad case never stops a run: report it with its file
         row = {**base, "status": "rejected",
                "reason": f"{case.image[0]}: unexpected {type(e).__name__}: {e}"}

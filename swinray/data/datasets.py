@@ -4,6 +4,11 @@ Accepted sources: a folder with an MSD ``dataset.json`` (or BTCV's ``dataset_0.j
 ``training``/``validation`` lists), a dataset file itself, or a plain folder of unlabelled NIfTI
 volumes (pretraining corpora). Paths listed in a dataset file must stay inside the dataset root.
 
+A dataset file is read entry by entry: a malformed entry is refused with its reason (in
+``Dataset.rejected``) and the others go on; only a file that cannot be a dataset at all is a
+``DatasetError``. Every case id names one file: two files that would share one (and so one cache
+file) are both refused, naming both; an entry listed twice is kept once, with a warning.
+
     python -c "from swinray.data.datasets import load_dataset; print(load_dataset('data/msd/Task04_Hippocampus').task)"
 """
 from __future__ import annotations
@@ -16,11 +21,10 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from monai.data import load_decathlon_datalist
 
-from swinray.data.nifti import ras_spacing
-from swinray.data.tasks import TASKS, TaskSpec, check_label_pairs
-from swinray.data.transforms import CT_BODY_HU
+from swinray.config import VolumeLimits
+from swinray.data.nifti import CaseError, ras_spacing, read_header, read_verified
+from swinray.data.tasks import CT_BODY_HU, TASKS, TaskSpec, check_label_pairs
 from swinray.errors import DatasetError
 
 DATASET_FILES = ("dataset.json", "dataset_0.json")
@@ -50,6 +54,8 @@ class Dataset:
     cases: tuple[Case, ...]
     rejected: tuple[str, ...] = ()  # entries refused while reading the dataset file, with why
     sources: tuple[str, ...] = ()   # a corpus's folders (its root is only their common parent)
+    limits: VolumeLimits = VolumeLimits()   # what one volume may cost, here and in preprocessing
+    warnings: tuple[str, ...] = ()  # what was read but is suspect (an entry listed twice)
 
     def split(self, name: str) -> tuple[Case, ...]:
         return tuple(c for c in self.cases if c.split == name)
@@ -82,6 +88,14 @@ def check_inside(root: Path, path: str, dataset_file: Path, entry: object = None
     return str(resolved)
 
 
+def real_path(path: Path) -> str:
+    """``path`` with its symlinks resolved; as it is when they loop (reading it then says so)."""
+    try:
+        return str(path.resolve())
+    except (OSError, RuntimeError):     # RuntimeError: Python 3.10/3.11 on a symlink loop
+        return str(path.absolute())
+
+
 def _case_id(path: str) -> str:
     name = Path(path).name
     for suffix in NIFTI_SUFFIXES:
@@ -92,30 +106,57 @@ def _case_id(path: str) -> str:
 
 def _read_json(dataset_file: Path) -> dict:
     try:
-        return json.loads(dataset_file.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DatasetError(f"{dataset_file}: cannot read the dataset file ({e})") from None
+        meta = json.loads(dataset_file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise DatasetError(f"{dataset_file}: cannot read the dataset file ({type(e).__name__}: {e})") from None
+    if not isinstance(meta, dict):
+        raise DatasetError(f"{dataset_file}: a dataset file is a JSON object with {', '.join(SPLITS)} lists of "
+                           f"cases; this one is a JSON {type(meta).__name__}")
+    return meta
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _entry_paths(raw: object, where: str) -> tuple[tuple[str, ...], str | None]:
+    """(image paths, label path or None) as one dataset-file entry writes them (an object with
+    ``image`` and maybe ``label``, or a bare path as MSD's test lists), or DatasetError saying why not."""
+    if isinstance(raw, str):
+        raw = {"image": raw}
+    if not isinstance(raw, dict):
+        raise DatasetError(f"{where} is {_short(raw)}: expected an object with an 'image' path (and a 'label'), "
+                           "or a path")
+    if "image" not in raw:
+        raise DatasetError(f"{where} has no 'image': {_short(raw)}")
+    images = raw["image"] if isinstance(raw["image"], list) else [raw["image"]]
+    if not images or not all(isinstance(p, str) and p.strip() for p in images):
+        raise DatasetError(f"{where}: 'image' must be a path or a list of paths, got {_short(raw['image'])}")
+    label = raw.get("label")             # null: an unlabelled case, as if the key were absent
+    if label is not None and not (isinstance(label, str) and label.strip()):
+        raise DatasetError(f"{where}: 'label' must be a path (or null), got {_short(label)}")
+    return tuple(images), label
 
 
 def _listed_cases(dataset_file: Path, meta: dict) -> tuple[list[Case], list[str]]:
-    """Every listed case, and a reason for each entry refused (one bad entry spares the rest)."""
+    """Every listed case, and a reason for each entry refused (one bad entry spares the rest).
+
+    Paths are joined to the root as MONAI's ``load_decathlon_datalist`` joins them, but entry by
+    entry: MONAI raises on the first entry that is not an object (and only converts a test list of
+    bare paths when its first entry is one), which would cost every good entry of the file."""
     root = dataset_file.parent
     cases, rejected = [], []
     for split in SPLITS:
         if not meta.get(split):
             continue
         if not isinstance(meta[split], list):
-            raise DatasetError(f"{dataset_file}: '{split}' must be a list of cases")
-        # MONAI joins each entry to the root (an absolute entry stays as it is); we then check it.
-        listed = load_decathlon_datalist(dataset_file, split != "test", split, root)
-        for raw, item in zip(meta[split], listed):
-            raw = raw if isinstance(raw, dict) else {"image": raw}
-            images = item["image"] if isinstance(item["image"], list) else [item["image"]]
-            raw_images = raw["image"] if isinstance(raw["image"], list) else [raw["image"]]
+            raise DatasetError(f"{dataset_file}: '{split}' must be a list of cases, got {_short(meta[split])}")
+        for i, raw in enumerate(meta[split]):
             try:
-                images = tuple(check_inside(root, p, dataset_file, r) for p, r in zip(images, raw_images))
-                label = (check_inside(root, item["label"], dataset_file, raw.get("label"))
-                         if item.get("label") else None)
+                images, label = _entry_paths(raw, f"{dataset_file}: entry {i} of '{split}'")
+                images = tuple(check_inside(root, p, dataset_file) for p in images)
+                label = check_inside(root, label, dataset_file) if label else None
             except DatasetError as e:
                 rejected.append(str(e))
                 continue
@@ -123,6 +164,40 @@ def _listed_cases(dataset_file: Path, meta: dict) -> tuple[list[Case], list[str]
     if not cases and not rejected:
         raise DatasetError(f"{dataset_file}: lists no cases under {', '.join(SPLITS)}")
     return cases, rejected
+
+
+def unique_cases(cases: list[Case], where: Path) -> tuple[list[Case], list[str], list[str]]:
+    """(cases, rejections, warnings): each file in one case, each case id for one case.
+
+    An image listed twice (with the same label, or once without one) is kept once, with its label,
+    so no file is in two splits. Different files that would get one case id (``a/x.nii.gz`` and
+    ``b/x.nii.gz``; ``x.nii`` beside ``x.nii.gz``; one image listed with two labels) would share one
+    cache file and one split: all of them are refused, naming every path, for the user to rename."""
+    kept: list[Case] = []
+    at: dict[tuple[str, ...], int] = {}
+    warnings = []
+    for case in cases:
+        i = at.get(case.image)
+        if i is None or (kept[i].label and case.label and kept[i].label != case.label):
+            at.setdefault(case.image, len(kept))
+            kept.append(case)               # two labels for one image: refused below, by case id
+            continue
+        if case.label and not kept[i].label:
+            kept[i], case = case, kept[i]
+        splits = f"in '{kept[i].split}'" if case.split == kept[i].split else \
+            f"in '{kept[i].split}' and '{case.split}'"
+        warnings.append(f"{where}: {', '.join(case.image)} is listed twice ({splits}); counted once, "
+                        f"in '{kept[i].split}'")
+    by_id: dict[str, list[Case]] = {}
+    for case in kept:
+        by_id.setdefault(case.case_id, []).append(case)
+    rejected = []
+    for case_id, alike in by_id.items():
+        if len(alike) > 1:
+            files = " and ".join(", ".join(c.image) + (f" (label {c.label})" if c.label else "") for c in alike)
+            rejected.append(f"{where}: {files} would share the case id {case_id!r} (one cache file, one split); "
+                            "all refused: give each file a name of its own")
+    return [c for c in kept if len(by_id[c.case_id]) == 1], rejected, warnings
 
 
 def _folder_cases(folder: Path) -> list[Case]:
@@ -133,8 +208,8 @@ def _folder_cases(folder: Path) -> list[Case]:
     if not files and not series:
         raise DatasetError(f"{folder}: no dataset file ({' or '.join(DATASET_FILES)}), no NIfTI volumes "
                            f"({', '.join(NIFTI_SUFFIXES)}) and no DICOM series in it")
-    cases = [Case(_case_id(str(p)), (str(p.resolve()),), None, "training") for p in files]
-    cases += [Case("_".join(s.relative_to(folder).parts) or folder.name, (str(s.resolve()),), None, "training")
+    cases = [Case(_case_id(str(p)), (real_path(p),), None, "training") for p in files]
+    cases += [Case("_".join(s.relative_to(folder).parts) or folder.name, (real_path(s),), None, "training")
               for s in series]
     return cases
 
@@ -151,8 +226,9 @@ def registry_task(task: str, inferred_name: str) -> TaskSpec | None:
     return None
 
 
-def load_dataset(source: str | Path, task: str = "auto") -> Dataset:
-    """Read a dataset's manifest and settle its task (a registry name, or ``auto``)."""
+def load_dataset(source: str | Path, task: str = "auto", limits: VolumeLimits = VolumeLimits(), log=print) -> Dataset:
+    """Read a dataset's manifest and settle its task (a registry name, or ``auto``); no volume read
+    here (for task inference) may cost more than ``limits`` allow."""
     source = Path(os.path.abspath(source))
     dataset_file = find_dataset_file(source)
     if dataset_file is None:
@@ -160,11 +236,17 @@ def load_dataset(source: str | Path, task: str = "auto") -> Dataset:
     else:
         meta = _read_json(dataset_file)
         (cases, rejected), root = _listed_cases(dataset_file, meta), dataset_file.parent
+    cases, duplicates, warnings = unique_cases(cases, dataset_file or root)
+    rejected += duplicates
+    for warning in warnings:
+        log(f"warning: {warning}")
     if not cases:
-        raise DatasetError(f"{dataset_file}: no usable case; " + "; ".join(rejected))
+        raise DatasetError(f"{dataset_file or root}: no usable case; " + "; ".join(rejected))
     name = root.resolve().name
-    spec = registry_task(task, name) or TASKS.get(name) or infer_task(name, meta, cases, dataset_file or root)
-    return Dataset(root.resolve(), dataset_file, spec, tuple(cases), tuple(rejected))
+    spec = (registry_task(task, name) or TASKS.get(name)
+            or infer_task(name, meta, cases, dataset_file or root, limits, log))
+    return Dataset(root.resolve(), dataset_file, spec, tuple(cases), tuple(rejected), limits=limits,
+                   warnings=tuple(warnings))
 
 
 GENERIC_FOLDER_NAMES = {"imagesTr", "imagesTs", "images", "img", "volumes", "nifti", "data"}
@@ -199,7 +281,8 @@ def collection_name(folder: Path, taken: set[str]) -> str:
     return unique
 
 
-def load_corpus(entries: tuple[str, ...], task: str = "auto") -> Dataset:
+def load_corpus(entries: tuple[str, ...], task: str = "auto", limits: VolumeLimits = VolumeLimits(),
+                log=print) -> Dataset:
     """Several collections of unlabelled volumes as one pretraining dataset; case ids are
     ``<collection>-<file>``, so files named alike in two collections stay apart."""
     folders, taken = corpus_folders(entries), set()
@@ -209,8 +292,14 @@ def load_corpus(entries: tuple[str, ...], task: str = "auto") -> Dataset:
     cases = [Case(f"{collection}-{c.case_id}", c.image, None, "training", collection)
              for folder, collection in collections for c in _folder_cases(folder)]
     root = Path(os.path.commonpath(folders))
-    spec = registered or infer_task(name, {}, cases, root)
-    return Dataset(root, None, spec, tuple(cases), (), tuple(str(f) for f in folders))
+    cases, rejected, warnings = unique_cases(cases, root)
+    for warning in warnings:
+        log(f"warning: {warning}")
+    if not cases:
+        raise DatasetError(f"unlabelled corpus {', '.join(map(str, folders))}: no usable case; " + "; ".join(rejected))
+    spec = registered or infer_task(name, {}, cases, root, limits, log)
+    return Dataset(root, None, spec, tuple(cases), tuple(rejected), tuple(str(f) for f in folders), limits,
+                   tuple(warnings))
 
 
 # --------------------------------------------------------------------------------------------
@@ -219,28 +308,44 @@ def load_corpus(entries: tuple[str, ...], task: str = "auto") -> Dataset:
 
 def _label_names(meta: dict, where: Path) -> tuple[str, ...]:
     labels = meta.get("labels") or {"0": "background", "1": "foreground"}
-    # MSD: {"0": "background"}; nnU-Net v2: {"background": 0}.
-    pairs = ([(int(k), v) for k, v in labels.items()] if all(str(k).isdigit() for k in labels)
-             else [(int(v), k) for k, v in labels.items()])
+    try:
+        # MSD: {"0": "background"}; nnU-Net v2: {"background": 0}.
+        pairs = ([(int(k), str(v)) for k, v in labels.items()] if all(str(k).isdigit() for k in labels)
+                 else [(int(v), str(k)) for k, v in labels.items()])
+    except (AttributeError, TypeError, ValueError):
+        raise DatasetError(f"{where}: 'labels' must map label values to names, e.g. "
+                           f'{{"0": "background", "1": "tumour"}}; got {_short(labels)}') from None
     values = sorted(v for v, _ in pairs)
     if values != list(range(len(values))):
         raise DatasetError(f"{where}: label values must be 0..N-1 without gaps, got {values}")
     return tuple(name for _, name in sorted(pairs))
 
 
-def _header(path: str):
-    """(affine, shape, voxels): from the NIfTI header (voxels read on demand), or a DICOM series."""
+def _channel_names(meta: dict, where: Path) -> tuple[str, ...] | None:
+    """The channels ``modality`` names in order, or None when the dataset file gives none."""
+    modality = meta.get("modality")
+    if not modality:
+        return None
+    if not (isinstance(modality, dict) and all(str(k).isdigit() and isinstance(v, str) for k, v in modality.items())):
+        raise DatasetError(f"{where}: 'modality' must map channel numbers to names, e.g. "
+                           f'{{"0": "CT"}} or {{"0": "T2", "1": "ADC"}}; got {_short(modality)}')
+    return tuple(modality[k] for k in sorted(modality, key=int))
+
+
+def _skipped(case: Case, error: Exception, log) -> None:
+    """Task inference names a volume it cannot use and goes on; preprocessing will reject it."""
+    reason = str(error) if isinstance(error, CaseError) else f"{case.image[0]}: {type(error).__name__}: {error}"
+    log(f"task inference: skipped {reason}")
+
+
+def _ras_geometry(path: str, limits: VolumeLimits) -> tuple[np.ndarray, np.ndarray]:
+    """Voxel size and shape along R, A, S: for NIfTI from the checked header alone."""
     if Path(path).is_dir():
-        from swinray.data.dicom import read_dicom_series
-        volume = read_dicom_series(path)
-        return volume.affine, volume.array.shape, lambda: volume.array
-    img = nib.load(path)
-    return img.affine, img.shape, lambda: np.asanyarray(img.dataobj)
-
-
-def _ras_geometry(path: str) -> tuple[np.ndarray, np.ndarray]:
-    """Voxel size and shape along R, A, S (for NIfTI from the header alone)."""
-    affine, shape, _ = _header(path)
+        volume = read_verified(path, limits)
+        affine, shape = volume.affine, volume.array.shape
+    else:
+        header = read_header(path, limits)
+        affine, shape = header.get_best_affine(), header.get_data_shape()
     order = np.argsort(nib.orientations.io_orientation(affine)[:, 0].astype(int))
     return np.asarray(ras_spacing(affine)), np.asarray(shape[:3], dtype=float)[order]
 
@@ -250,42 +355,44 @@ def _ceil_roi(extent_vox: float) -> int:
     return int(min(96, max(64, 32 * math.ceil(extent_vox / 32))))
 
 
-def infer_task(name: str, meta: dict, cases: list[Case], where: Path) -> TaskSpec:
+def infer_task(name: str, meta: dict, cases: list[Case], where: Path, limits: VolumeLimits = VolumeLimits(),
+               log=print) -> TaskSpec:
     """Target spacing = median voxel size; ROI from the median extent; CT window from the labels.
 
-    Unlabelled CT (a pretraining corpus) gets the paper's pretraining settings instead.
+    Unlabelled CT (a pretraining corpus) gets the paper's pretraining settings instead. Volumes that
+    cannot be read within ``limits`` are named and skipped; the next readable ones are used.
     """
-    modality = meta.get("modality") or {"0": "CT" if _looks_like_ct(cases[0]) else "MRI"}
-    channels = tuple(modality[k] for k in sorted(modality, key=int))
-    is_ct = all(str(m).upper() == "CT" for m in channels)
+    channels = _channel_names(meta, where) or ("CT" if _looks_like_ct(cases, where, limits, log) else "MRI",)
+    is_ct = all(m.upper() == "CT" for m in channels)
     if is_ct and not any(c.label for c in cases):
         return TaskSpec(name, "CT", channels, ("background",), PRETRAIN_CT_SPACING_MM, "ct_window",
                         PRETRAIN_CT_WINDOW_HU, (96, 96, 96), where.name if where.is_file() else "")
+    label_names = _label_names(meta, where)
     sample, geometry = [], []
-    for case in sorted(cases, key=lambda c: c.split != "training"):  # bad cases are skipped here;
-        try:                                                          # preprocessing reports them
-            geometry.append(_ras_geometry(case.image[0]))
+    for case in sorted(cases, key=lambda c: c.split != "training"):
+        try:
+            geometry.append(_ras_geometry(case.image[0], limits))
             sample.append(case)
-        except Exception:
+        except Exception as e:  # one bad volume never stops a run
+            _skipped(case, e, log)
             continue
         if len(sample) == _SAMPLE_CASES:
             break
     if not sample:
-        raise DatasetError(f"{where}: none of the first cases can be read to derive the task settings")
+        raise DatasetError(f"{where}: none of the cases can be read to derive the task settings")
     spacing = np.median([g[0] for g in geometry], axis=0)
     extent_mm = [g[0] * g[1] for g in geometry]
     window = None
     if is_ct:
-        window, body_mm = _foreground_window(sample)
+        window, body_mm = _foreground_window(sample, limits, log)
         extent_mm = body_mm or extent_mm     # the body, not the air around it, sets a CT's ROI
-    labels = _label_names(meta, where)
     try:
-        pairs = check_label_pairs(meta["label_pairs"], labels, str(where)) if "label_pairs" in meta else None
+        pairs = check_label_pairs(meta["label_pairs"], label_names, str(where)) if "label_pairs" in meta else None
     except ValueError as e:
         raise DatasetError(str(e)) from None
     return TaskSpec(
         name=name, modality="CT" if is_ct else "MRI", channel_names=channels,
-        label_names=labels,
+        label_names=label_names,
         spacing_mm=tuple(round(float(s), 3) for s in spacing),
         intensity="ct_window" if is_ct else "zscore_nonzero", window_hu=window,
         roi_size=tuple(_ceil_roi(e) for e in np.median(extent_mm, axis=0) / spacing),
@@ -294,30 +401,38 @@ def infer_task(name: str, meta: dict, cases: list[Case], where: Path) -> TaskSpe
     )
 
 
-def _looks_like_ct(case: Case) -> bool:
-    """Hounsfield units put air near -1000; MRI intensities are not negative."""
-    return float(np.min(_header(case.image[0])[2]())) <= -500
+def _looks_like_ct(cases: list[Case], where: Path, limits: VolumeLimits, log) -> bool:
+    """Hounsfield units put air near -1000; MRI intensities are not negative. The first readable
+    volume decides."""
+    for case in cases:
+        try:
+            return float(np.min(read_verified(case.image[0], limits).array)) <= -500
+        except Exception as e:  # one bad volume never stops a run
+            _skipped(case, e, log)
+    raise DatasetError(f"{where}: none of its {len(cases)} volume(s) can be read to tell CT from MRI "
+                       "(each is named above)")
 
 
-def _foreground_window(sample: list[Case]) -> tuple[tuple[float, float], list[np.ndarray]]:
+def _foreground_window(sample: list[Case], limits: VolumeLimits, log) -> tuple[tuple[float, float], list]:
     """nnU-Net's CT normalisation: the 0.5 and 99.5 percentiles of HU inside the labels; and the
     extent of each case's body (HU above ``CT_BODY_HU``) in mm along R, A, S, which preprocessing crops to."""
     values, body_mm = [], []
     for case in (c for c in sample if c.label):
         try:
-            img = nib.load(case.image[0])
-            image = np.asanyarray(img.dataobj)
-            label = np.asanyarray(nib.load(case.label).dataobj)
-        except Exception:
+            volume = read_verified(case.image[0], limits)
+            image = volume.array
+            label = read_verified(case.label, limits).array
+            if image.shape == label.shape:
+                values.append(np.asarray(image[label > 0][::10], dtype=np.float64))
+        except Exception as e:  # one bad volume (or an odd voxel type) never stops a run
+            _skipped(case, e, log)
             continue
-        if image.shape == label.shape:
-            values.append(image[label > 0][::10])
         body = image > CT_BODY_HU
         if body.ndim == 3 and body.any():
             voxels = [np.ptp(np.flatnonzero(body.any(axis=tuple(a for a in range(3) if a != axis)))) + 1
                       for axis in range(3)]
-            order = np.argsort(nib.orientations.io_orientation(img.affine)[:, 0].astype(int))
-            body_mm.append(np.asarray(voxels, float)[order] * np.asarray(ras_spacing(img.affine)))
+            order = np.argsort(nib.orientations.io_orientation(volume.affine)[:, 0].astype(int))
+            body_mm.append(np.asarray(voxels, float)[order] * np.asarray(ras_spacing(volume.affine)))
     values = np.concatenate(values) if values else np.empty(0)
     if values.size < 100:
         return _CT_FALLBACK_WINDOW, body_mm

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from swinray.data.nifti import CaseError, Volume, check_volume
+from swinray.config import VolumeLimits
+from swinray.data.nifti import CaseError, Volume, check_size, check_volume
 
 _MAGIC_AT, _MAGIC = 128, b"DICM"
 _SPACING_TOLERANCE = 0.1        # slices may be 10% off the median spacing (rounding in headers)
@@ -47,8 +48,9 @@ def series_folders(root: Path) -> list[Path]:
     return sorted(found)
 
 
-def check_series(folder: Path) -> list[Path]:
-    """The series' files, or a CaseError naming the folder (or file) and what is wrong."""
+def check_series(folder: Path, limits: VolumeLimits = VolumeLimits()) -> list[Path]:
+    """The series' files, or a CaseError naming the folder (or file) and what is wrong; its size is
+    checked against ``limits`` from the headers, before any pixel is read."""
     import pydicom
     files = dicom_files(folder)
     if len(files) < 2:
@@ -69,6 +71,10 @@ def check_series(folder: Path) -> list[Path]:
         position = np.array([[float(v) for v in h.ImagePositionPatient] for h in headers])
     except AttributeError as e:
         raise CaseError(f"{folder}: slices without geometry ({e}); not an image series") from None
+    rows = max(int(h.get("Rows", 0) or 0) for h in headers)
+    columns = max(int(h.get("Columns", 0) or 0) for h in headers)
+    bits = max(int(h.get("BitsAllocated", 16) or 16) for h in headers)
+    check_size((rows, columns, len(headers)), max(1, bits // 8), folder, limits)
     if not np.allclose(orientation, orientation[0], atol=1e-4):
         raise CaseError(f"{folder}: slices with different orientations (ImageOrientationPatient); not one volume")
     normal = np.cross(orientation[0, :3], orientation[0, 3:])
@@ -91,14 +97,14 @@ def check_series(folder: Path) -> list[Path]:
     return files
 
 
-def read_dicom_series(folder: str | Path) -> Volume:
+def read_dicom_series(folder: str | Path, limits: VolumeLimits = VolumeLimits()) -> Volume:
     """A checked series as a (X, Y, Z) volume in HU with its RAS affine."""
     from monai.data import PydicomReader
     from monai.transforms import LoadImage
     folder = Path(folder)
     if not folder.is_dir():
         raise CaseError(f"{folder}: DICOM series folder not found")
-    files = check_series(folder)
+    files = check_series(folder, limits)
     try:
         image = LoadImage(reader=PydicomReader(), image_only=True)(str(folder))
     except Exception as e:

@@ -1,20 +1,34 @@
-"""Reading NIfTI volumes we can trust: whole gzip stream checked, geometry and voxels validated.
+"""Reading NIfTI volumes we can trust: bounded by their header, whole gzip stream checked, geometry
+and voxels validated.
 
 nibabel checks almost nothing: a truncated ``.nii.gz`` loads and fails only when read (or, with
 the gzip trailer cut, silently returns wrong data), and flipped bits come back as wrong voxels
-unless the gzip stream is read to its end and its CRC verified. So we read the whole file,
-let Python's gzip verify CRC and length, parse the bytes with nibabel, then check the voxels.
+unless the gzip stream is read to its end and its CRC verified. It also allocates whatever the
+header claims, and a gzip stream expands to whatever it holds. So we read the header first and
+refuse one that claims more than ``VolumeLimits`` allow (or whose resampling to the task spacing
+would), decompress at most what the header claims, let Python's gzip verify CRC and length, parse
+the bytes with nibabel, then check the voxels.
 """
 from __future__ import annotations
 
 import gzip
 import hashlib
+import io
+import math
+import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+
+from swinray.config import VolumeLimits
+
+MIN_SPACING_MM = 1e-3   # 1 micrometre: finer than any scanner, so a smaller pixdim is a broken header
+SMALL_MEGAVOXELS = 16.0  # about a CT at the paper's 1.5 x 1.5 x 2 mm: a result this small is never refused for growth
+_MB = 2 ** 20
+_GZIP_MAGIC = b"\x1f\x8b"
 
 
 class CaseError(ValueError):
@@ -28,32 +42,134 @@ class Volume:
     sha256: str                 # of the file as stored on disk
 
 
-def read_verified(path: str | Path) -> Volume:
-    """Load a .nii or .nii.gz fully (or a DICOM series folder), or raise CaseError saying what is
-    wrong with the file."""
+def check_size(shape, itemsize: int, path, limits: VolumeLimits, extra_bytes: int = 0) -> None:
+    """Refuse a volume whose voxel count or data size is above the limits, before it is allocated."""
+    voxels = math.prod(int(s) for s in shape)
+    if voxels > limits.max_megavoxels * 1e6:
+        raise CaseError(f"{path}: its header claims {tuple(int(s) for s in shape)} = {voxels / 1e6:.1f} megavoxels, "
+                        f"above the limit max_megavoxels={limits.max_megavoxels:g}")
+    claimed = voxels * itemsize + extra_bytes
+    if claimed > limits.max_volume_mb * _MB:
+        raise CaseError(f"{path}: its header claims {claimed / _MB:.1f} MB of voxel data, above the limit "
+                        f"max_volume_mb={limits.max_volume_mb:g}")
+
+
+def check_geometry(affine: np.ndarray, path) -> None:
+    """A finite, non-singular voxel-to-world matrix with plausible voxel sizes, or CaseError."""
+    zooms = np.sqrt((np.asarray(affine, dtype=float)[:3, :3] ** 2).sum(axis=0))
+    if not np.all(np.isfinite(affine)) or np.any(zooms == 0) or \
+            abs(np.linalg.det(affine[:3, :3] / zooms)) < 1e-6:
+        raise CaseError(f"{path}: degenerate affine (voxel-to-world matrix is singular or "
+                        f"non-finite): {np.round(affine[:3, :3], 4).tolist()}")
+    if np.any(zooms < MIN_SPACING_MM):
+        raise CaseError(f"{path}: voxel spacing {' x '.join(f'{z:.3g}' for z in zooms)} mm is below "
+                        f"{MIN_SPACING_MM} mm, finer than any scanner: the header's pixdim (or sform) is wrong")
+
+
+def check_resampling(shape, affine: np.ndarray, spacing_mm, path, limits: VolumeLimits) -> None:
+    """Refuse a volume whose resampling to ``spacing_mm`` would be too large (or empty), before it is
+    done: above ``max_megavoxels``, or grown more than ``max_resample_growth`` times into more than
+    ``SMALL_MEGAVOXELS`` (a header claiming 12 mm voxels for a CT task at 1.5 mm). The bound uses the
+    whole volume: the foreground crop can only make it smaller."""
+    order = np.argsort(nib.orientations.io_orientation(affine)[:, 0].astype(int))
+    extent = np.asarray([int(s) for s in shape[:3]], dtype=float)[order] * np.asarray(ras_spacing(affine))
+    target = extent / np.asarray(spacing_mm, dtype=float)
+    channels = math.prod(int(s) for s in shape[3:])
+    source = math.prod(int(s) for s in shape[:3])
+    grown = float(np.prod(target)) * channels
+    how = (f"resampling {' x '.join(f'{s:g}' for s in ras_spacing(affine))} mm voxels to the task's "
+           f"{' x '.join(f'{s:g}' for s in spacing_mm)} mm")
+    if np.any(target < 1):
+        raise CaseError(f"{path}: {how} leaves less than one voxel along an axis (extent "
+                        f"{np.round(extent, 4).tolist()} mm): the header's spacing is wrong")
+    too_grown = grown > limits.max_resample_growth * source * channels and grown > SMALL_MEGAVOXELS * 1e6
+    if grown > limits.max_megavoxels * 1e6 or too_grown:
+        raise CaseError(f"{path}: {how} would make {np.round(target).astype(int).tolist()} = {grown / 1e6:.1f} "
+                        f"megavoxels ({grown / (source * channels):.0f}x the source), above the limits "
+                        f"max_megavoxels={limits.max_megavoxels:g} and max_resample_growth="
+                        f"{limits.max_resample_growth:g}: the header's spacing is likely wrong")
+
+
+def _header_bytes(path: Path) -> bytes:
+    """The first 348 bytes (the NIfTI-1 header), decompressed if gzipped; nothing more is read."""
+    with path.open("rb") as f:
+        gzipped = f.read(2) == _GZIP_MAGIC
+        f.seek(0)
+        if not gzipped:
+            return f.read(348)
+        with gzip.GzipFile(fileobj=f) as stream:
+            return stream.read(348)
+
+
+def read_header(path: str | Path, limits: VolumeLimits = VolumeLimits(), spacing_mm=None) -> nib.Nifti1Header:
+    """The checked header of a .nii or .nii.gz: size within ``limits``, usable geometry and, with
+    ``spacing_mm``, a resampling within ``limits``. Only the header is read; CaseError otherwise."""
+    path = Path(path)
+    try:
+        head = _header_bytes(path)
+    except FileNotFoundError:
+        raise CaseError(f"{path}: file not found") from None
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise CaseError(f"{path}: corrupt or truncated gzip stream ({e})") from None
+    except OSError as e:
+        raise CaseError(f"{path}: cannot read ({e.strerror or e})") from None
+    try:
+        header = nib.Nifti1Header.from_fileobj(io.BytesIO(head))
+        shape, dtype = header.get_data_shape(), header.get_data_dtype()
+        affine = header.get_best_affine()
+    except Exception as e:  # nibabel raises many types for malformed headers
+        raise CaseError(f"{path}: not a readable NIfTI-1 volume ({type(e).__name__}: {e})") from None
+    if 0 in shape:
+        raise CaseError(f"{path}: zero-size volume {shape}")
+    if dtype.kind not in "iuf":
+        raise CaseError(f"{path}: voxels of type {dtype} (complex or RGB); an image or label holds real numbers")
+    check_size(shape, dtype.itemsize, path, limits, int(header.get_data_offset()))
+    check_geometry(affine, path)
+    if spacing_mm is not None:
+        check_resampling(shape, affine, spacing_mm, path, limits)
+    return header
+
+
+def _bounded_read(path: Path, raw: bytes, expected: int) -> bytes:
+    """The decompressed file, never more than ``expected`` bytes (the header's claim) plus one: a
+    stream that holds more is refused before the rest is decompressed (a gzip bomb)."""
+    if raw[:2] != _GZIP_MAGIC:
+        return raw
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(raw)) as stream:
+            data = stream.read(expected)
+            if stream.read(1):
+                raise CaseError(f"{path}: the gzip stream holds more than the {expected} bytes its header "
+                                "claims (a decompression bomb, or not one volume); refused unread")
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:   # CRC32 and length in the gzip trailer
+        raise CaseError(f"{path}: corrupt or truncated gzip stream ({e})") from None
+    return data
+
+
+def read_verified(path: str | Path, limits: VolumeLimits = VolumeLimits(), spacing_mm=None) -> Volume:
+    """Load a .nii or .nii.gz fully (or a DICOM series folder) within ``limits``, or raise CaseError
+    saying what is wrong with the file. With ``spacing_mm``, a resampling to it is checked too."""
     path = Path(path)
     if path.is_dir():
         from swinray.data.dicom import read_dicom_series
-        return read_dicom_series(path)
+        volume = read_dicom_series(path, limits)
+        if spacing_mm is not None:
+            check_resampling(volume.array.shape, volume.affine, spacing_mm, path, limits)
+        return volume
+    header = read_header(path, limits, spacing_mm)
+    expected = int(header.get_data_offset()) + math.prod(header.get_data_shape()) * header.get_data_dtype().itemsize
+    # gzip's worst case (incompressible data, stored blocks) adds about 0.03%, plus its own header
+    if os.path.getsize(path) > expected + expected // 1000 + 1024:
+        raise CaseError(f"{path}: {os.path.getsize(path)} bytes on disk for the {expected} its header claims; "
+                        "not one NIfTI volume")
     try:
         raw = path.read_bytes()
-    except FileNotFoundError:
-        raise CaseError(f"{path}: file not found") from None
     except OSError as e:
         raise CaseError(f"{path}: cannot read ({e.strerror})") from None
-    data = raw
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            data = gzip.decompress(raw)     # verifies the CRC32 and length in the gzip trailer
-        except (EOFError, gzip.BadGzipFile, zlib.error) as e:
-            raise CaseError(f"{path}: corrupt or truncated gzip stream ({e})") from None
+    data = _bounded_read(path, raw, expected)
     try:
         image = nib.Nifti1Image.from_bytes(data)
-        if 0 in image.shape:
-            raise CaseError(f"{path}: zero-size volume {image.shape}")
         array = np.asarray(image.dataobj)
-    except CaseError:
-        raise
     except Exception as e:  # nibabel raises many types for malformed headers and short data
         raise CaseError(f"{path}: not a readable NIfTI-1 volume ({type(e).__name__}: {e})") from None
     check_volume(array, image.affine, path)
@@ -62,9 +178,7 @@ def read_verified(path: str | Path) -> Volume:
 
 def check_volume(array: np.ndarray, affine: np.ndarray, path) -> None:
     """A usable voxel-to-world matrix and finite voxels, or CaseError."""
-    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-6:
-        raise CaseError(f"{path}: degenerate affine (voxel-to-world matrix is singular or "
-                        f"non-finite): {np.round(affine[:3, :3], 4).tolist()}")
+    check_geometry(affine, path)
     if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
         bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
         raise CaseError(f"{path}: {bad} non-finite voxel(s) (NaN or inf)")

@@ -2,8 +2,9 @@
 
 Each Ray task validates one case (whole gzip stream, voxels, geometry, labels), transforms it
 and writes it to the cache; the driver only collects small JSON rows for the manifest. A bad
-case becomes a row in ``rejected.json`` and never stops the run; finished cases are skipped on
-rerun, so an interrupted run resumes where it stopped.
+case becomes a row in ``rejected.json`` and never stops the run; finished cases, and cases refused
+for their input whose files and limits are unchanged, are skipped on rerun, so an interrupted run
+resumes where it stopped and a finished one starts no Ray at all.
 
     python -m platform.preprocess --data ../shared/data/Task04_Hippocampus
 """
@@ -15,8 +16,8 @@ from pathlib import Path
 
 import ray
 
-from swinray.config import PreprocessConfig, RunConfig
-from swinray.data.cache import cached_row, fingerprint
+from swinray.config import PreprocessConfig, RunConfig, VolumeLimits
+from swinray.data.cache import cached_row, fingerprint, rejection_path
 from swinray.data.case_pipeline import process_case
 from swinray.data.datasets import Case, Dataset
 from swinray.data.tasks import TaskSpec
@@ -31,13 +32,14 @@ _CASES_PER_TASK = 8
 _TASKS_PER_CPU = 4
 
 
-def _process_row(row: dict, cases: list[Case], task: TaskSpec, cache: Path) -> dict:
+def _process_row(row: dict, cases: list[Case], task: TaskSpec, cache: Path, limits: VolumeLimits) -> dict:
     """One case per row; its result as a JSON string so rows of any shape share one schema."""
     keep_freed_memory()     # once per worker process
-    return {"row": json.dumps(process_case(cases[row["id"]], task, cache))}
+    return {"row": json.dumps(process_case(cases[row["id"]], task, cache, limits))}
 
 
-def run_cases(todo: list[Case], task: TaskSpec, cache: Path, progress: Progress | None = None):
+def run_cases(todo: list[Case], task: TaskSpec, cache: Path, progress: Progress | None = None,
+              limits: VolumeLimits = VolumeLimits()):
     """Yield one row per case, computed by Ray Data tasks spread over the cluster (1 CPU each)."""
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # ours counts cases, Ray's counts blocks
@@ -47,7 +49,7 @@ def run_cases(todo: list[Case], task: TaskSpec, cache: Path, progress: Progress 
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     blocks = min(len(todo), max(_TASKS_PER_CPU * cpus, math.ceil(len(todo) / _CASES_PER_TASK)))
     ds = ray.data.range(len(todo), override_num_blocks=blocks)
-    rows = ds.map(_process_row, fn_kwargs={"cases": todo, "task": task, "cache": cache}, num_cpus=1)
+    rows = ds.map(_process_row, fn_kwargs={"cases": todo, "task": task, "cache": cache, "limits": limits}, num_cpus=1)
     for item in rows.iter_rows():
         row = json.loads(item["row"])
         if progress:
@@ -60,26 +62,31 @@ def preprocess_dataset(dataset: Dataset, cache: Path, max_cases: int, run: RunCo
     log(f"dataset {shown(dataset.root)} (task {dataset.task.name}, {len(dataset.cases)} cases) -> cache {shown(cache)}")
     cases = dataset.cases[: max_cases or None]
     rows, todo = {}, []
+    rejected = [{"case_id": None, "status": "rejected", "reason": r} for r in dataset.rejected]
     for case in cases:
-        row = cached_row(cache, case)
+        row = cached_row(cache, case, dataset.limits)
         if row is None:
             todo.append(case)
+        elif row["status"] == "rejected":
+            rejected.append(row)
         else:
             rows[case.case_id] = row
-    rejected = [{"case_id": None, "status": "rejected", "reason": r} for r in dataset.rejected]
-    log(f"{len(rows)} case(s) already cached, {len(todo)} to do")
+    log(f"{len(rows)} case(s) already cached, {len(rejected) - len(dataset.rejected)} already refused "
+        f"(files and limits unchanged), {len(todo)} to do")
     written = 0
     if todo:
         cluster = init_ray(run)
         log(f"ray: {cluster['nodes']} node(s), {cluster['cpus']:g} CPU")
         progress = Progress(len(todo), "case", "preprocess")
-        for row in run_cases(todo, dataset.task, cache, progress):
+        for row in run_cases(todo, dataset.task, cache, progress, dataset.limits):
             if row["status"] == "written":
                 rows[row["case_id"]] = row
                 written += 1
             else:
                 log(f"rejected: {row['reason']}")
                 rejected.append(row)
+                if "source_stamp" in row:       # refused for its input: remembered until it changes
+                    write_json(rejection_path(cache, row["case_id"]), row)
         progress.close()
     ordered = [rows[c.case_id] for c in cases if c.case_id in rows]
     write_json(cache / "manifest.json", {"task": dataset.task.name, "dataset": str(dataset.root),

@@ -38,12 +38,12 @@ def load_source(data: DataConfig, log=print):
         if data.source:
             raise ConfigError(f"data.source={data.source} and data.unlabelled={list(data.unlabelled)}: give one "
                               "dataset (--data) or unlabelled collections (--unlabelled), not both")
-        corpus = load_corpus(data.unlabelled, data.task)
+        corpus = load_corpus(data.unlabelled, data.task, data.limits, log)
         return without_cases(corpus, excluded_cases(data.exclude_cases), log) if data.exclude_cases else corpus
     if data.exclude_cases:
         raise ConfigError(f"data.exclude_cases={data.exclude_cases}: leaves cases out of a pretraining corpus "
                           "(--unlabelled) only; a labelled dataset's test cases are already held out")
-    return load_dataset(resolve_source(data, log), data.task)
+    return load_dataset(resolve_source(data, log), data.task, data.limits, log)
 
 
 def excluded_cases(path: str) -> set[str]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 IntensityKind = Literal["ct_window", "zscore_nonzero"]
+CT_BODY_HU = -500.0  # between air (-1000) and fat (-100): the body, not just what the window shows
 LabelPairs = tuple[tuple[int, int], ...]
 
 # A side word at the start or the end of a label name: LeftParotid, left_kidney, "right lung",

@@ -29,9 +29,7 @@ from monai.transforms import (
 )
 
 from swinray.data.nifti import ras_spacing
-from swinray.data.tasks import TaskSpec
-
-CT_BODY_HU = -500.0  # between air (-1000) and fat (-100): the body, not just what the window shows
+from swinray.data.tasks import CT_BODY_HU, TaskSpec
 
 
 def foreground_threshold(task: TaskSpec) -> float:

@@ -2,8 +2,8 @@
 
 Dice and HD95 (mm) per class with MONAI's metrics, against the source label map, after the
 prediction has been mapped back to the source grid: the numbers a user would get from the NIfTI
-files ``predict`` writes. The dataset may be one the model never saw; one unreadable case is
-reported and skipped, never fatal.
+files ``predict`` writes. The dataset may be one the model never saw; a case that fails for any
+reason is reported with that reason and skipped, never fatal: the CSV and the summary always come.
 
     python -m platform.evaluate --checkpoint outputs/finetune/model.pt --data ../shared/data/Task04_Hippocampus
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from swinray.config import EvaluateConfig
+from swinray.config import EvaluateConfig, VolumeLimits
 from swinray.data.datasets import Case, load_dataset
 from swinray.data.nifti import CaseError
 from swinray.data.tasks import task_from_dict
@@ -68,15 +68,26 @@ def cases_of_split(labelled: list[Case], split_file: Path | None, which: str, lo
     if split_file is None:
         raise ConfigError(f"split={which}: there is no split.json beside the model file to tell which cases it "
                           "trained on; --split all scores every case (say so, e.g. for a dataset it never saw)")
-    record = json.loads(split_file.read_text())
+    try:
+        record = json.loads(split_file.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise DatasetError(f"{split_file}: cannot read the run's split ({type(e).__name__}: {e})") from None
     if which == "test":
         seen = set(record.get("training", [])) | set(record.get("validation", []))
         return [c for c in labelled if c.case_id in set(record.get("test", [])) or c.case_id not in seen]
     return [c for c in labelled if c.case_id in set(record.get(SPLIT_KEYS[which], []))]
 
 
+def case_failure(case: Case, error: Exception) -> str:
+    """Why a case could not be done: a CaseError names its file; anything else is named with the
+    case's image, so one odd case is a row, not the end of the command."""
+    if isinstance(error, CaseError):
+        return str(error)
+    return f"{case.image[0]}: unexpected {type(error).__name__}: {error}"
+
+
 def score_cases(model, meta: dict, cases: list[Case], sw_batch_size: int, sw_overlap: float, device, log,
-                desc: str = "evaluate") -> tuple[list[dict], list[dict], dict]:
+                desc: str = "evaluate", limits: VolumeLimits = VolumeLimits()) -> tuple[list[dict], list[dict], dict]:
     """(per-case rows, rejected cases, summary): each case segmented in its own voxel grid and scored
     against its source label map, Dice and HD95 in mm per class (``swinray.seg.metrics``)."""
     task = task_from_dict(meta["task"])
@@ -88,10 +99,15 @@ def score_cases(model, meta: dict, cases: list[Case], sw_batch_size: int, sw_ove
     for case in cases:
         try:
             pred, label, affine, windows = segment_case(model, case, task, meta["roi_size"], sw_batch_size,
-                                                        sw_overlap, device)
-        except CaseError as e:
-            log(f"rejected: {e}")
-            rejected.append({"case_id": case.case_id, "reason": str(e)})
+                                                        sw_overlap, device, limits)
+            p, t = torch.from_numpy(pred)[None, None], torch.from_numpy(label.astype(np.uint8))[None, None]
+            dice = dice_per_case(p, t, task.num_classes)[0].tolist()
+            voxel_mm = tuple(np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))     # in the array's own axis order
+            hd95 = hd95_per_case(p, t, task.num_classes, voxel_mm)[0].tolist()
+            flags = {k: v[0].tolist() for k, v in outcomes(p, t, task.num_classes).items()}
+        except Exception as e:  # one failing case never stops the evaluation
+            log(f"rejected: {case_failure(case, e)}")
+            rejected.append({"case_id": case.case_id, "reason": case_failure(case, e)})
             progress.update()
             continue
         if not rows:
@@ -99,11 +115,6 @@ def score_cases(model, meta: dict, cases: list[Case], sw_batch_size: int, sw_ove
             log(f"first case: {windows} windows in {took:.0f} s; expect about {took * len(cases) / 60:.1f} min "
                 f"for {len(cases)} case(s). Faster: a GPU, less window overlap (sw_overlap=0), a larger "
                 "sw_batch_size on a GPU; see docs/data.md#evaluation-speed")
-        p, t = torch.from_numpy(pred)[None, None], torch.from_numpy(label.astype(np.uint8))[None, None]
-        dice = dice_per_case(p, t, task.num_classes)[0].tolist()
-        voxel_mm = tuple(np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))     # in the array's own axis order
-        hd95 = hd95_per_case(p, t, task.num_classes, voxel_mm)[0].tolist()
-        flags = {k: v[0].tolist() for k, v in outcomes(p, t, task.num_classes).items()}
         rows.append({"case_id": case.case_id, **{f"dice_{c}": d for c, d in zip(columns, dice)},
                      **{f"hd95_mm_{c}": h for c, h in zip(columns, hd95)}, "mean_dice": _mean(dice),
                      **{f"{k}_{c}": int(f) for k, v in flags.items() for c, f in zip(columns, v)}})
@@ -156,7 +167,7 @@ def run_evaluate(cfg: EvaluateConfig, log=print) -> dict:
     device = pick_device(cfg.device)
     model, meta = open_model(cfg.checkpoint, device)
     task = task_from_dict(meta["task"])
-    dataset = load_dataset(cfg.data, "auto")
+    dataset = load_dataset(cfg.data, "auto", cfg.limits, log)
     if dataset.task.num_classes != task.num_classes:
         raise DatasetError(f"{dataset.dataset_file}: {dataset.task.num_classes} label classes, the model "
                            f"{cfg.checkpoint} predicts {task.num_classes} ({', '.join(task.label_names)})")
@@ -171,7 +182,8 @@ def run_evaluate(cfg: EvaluateConfig, log=print) -> dict:
         f"{meta['metrics'].get('val_dice', float('nan')):.4f}) on {len(cases)} {cfg.split} case(s) of "
         f"{dataset.root} -> {out}; sliding windows of {tuple(meta['roi_size'])}, overlap {cfg.sw_overlap}, "
         f"{cfg.sw_batch_size} per forward pass, on {device.type}")
-    rows, rejected, summary = score_cases(model, meta, cases, cfg.sw_batch_size, cfg.sw_overlap, device, log)
+    rows, rejected, summary = score_cases(model, meta, cases, cfg.sw_batch_size, cfg.sw_overlap, device, log,
+                                          limits=cfg.limits)
     csv_path = write_per_case(rows, out / "per_case.csv")
     rejected = [{"case_id": None, "reason": r} for r in dataset.rejected] + rejected
     return {"command": "evaluate", "checkpoint": cfg.checkpoint, "data": str(dataset.root), "task": task.name,

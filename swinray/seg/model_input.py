@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from monai.data.utils import dense_patch_slices
 
+from swinray.config import VolumeLimits
 from swinray.data.case_pipeline import load_case
 from swinray.data.datasets import Case
 from swinray.data.tasks import TaskSpec
@@ -36,10 +37,11 @@ def count_windows(shape, roi_size, overlap: float) -> int:
 
 
 def segment_case(model: torch.nn.Module, case: Case, task: TaskSpec, roi_size, sw_batch_size: int,
-                 overlap: float, device: torch.device) -> Segmented:
-    """The image is verified and preprocessed exactly as the training cache was (``CaseError`` names
-    the file when it is unusable); the prediction is resampled back onto the source voxel grid."""
-    image, label, affine, _ = load_case(case, task)
+                 overlap: float, device: torch.device, limits: VolumeLimits = VolumeLimits()) -> Segmented:
+    """The image is verified (within ``limits``) and preprocessed exactly as the training cache was
+    (``CaseError`` names the file when it is unusable); the prediction is resampled back onto the
+    source voxel grid."""
+    image, label, affine, _ = load_case(case, task, limits)
     prepared = _image_transforms(task)({"image": as_meta_tensor(image, affine)})["image"]
     probs = predict_probabilities(model, prepared.as_tensor().float()[None].to(device), roi_size, sw_batch_size,
                                   overlap, use_amp=device.type == "cuda")

@@ -2,24 +2,30 @@
 
 The input is verified and preprocessed as in training, segmented by sliding windows, and the
 prediction is resampled back onto the input's voxel grid, so the written label map has the
-input's shape, spacing and affine (qform and sform codes included).
+input's shape, spacing and affine (qform and sform codes included). A file that fails for any
+reason is a row of ``predictions.csv`` with its reason; the others go on.
 
     python -m platform.predict --checkpoint outputs/finetune/model.pt --input scans/ --output labels/
 """
 from __future__ import annotations
 
+import csv
+import io
+import os
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
 from swinray.config import PredictConfig
-from swinray.data.datasets import NIFTI_SUFFIXES, Case, DatasetError, _case_id
-from swinray.data.nifti import CaseError
+from swinray.data.datasets import NIFTI_SUFFIXES, Case, DatasetError, _case_id, real_path
 from swinray.data.tasks import task_from_dict
 from swinray.progress import Progress
-from swinray.seg.evaluate import open_model, pick_device
+from swinray.seg.evaluate import case_failure, open_model, pick_device
 from swinray.seg.model_input import segment_case
+from swinray.storage import write_text
+
+CSV_FILE = "predictions.csv"
 
 
 def input_files(path: Path) -> list[Path]:
@@ -33,44 +39,74 @@ def input_files(path: Path) -> list[Path]:
     raise DatasetError(f"{path}: no such file or folder")
 
 
+def output_dir(cfg: PredictConfig) -> Path:
+    """The output folder, checked before anything is written to it (the command's config.json
+    included): never the folder of an input, whose images the label maps would replace."""
+    if Path(cfg.output).exists() and not Path(cfg.output).is_dir():
+        raise DatasetError(f"--output {cfg.output} is a file; give a folder for the label maps")
+    if cfg.input:
+        out = Path(cfg.output).resolve()
+        if out in {f.parent.resolve() for f in input_files(Path(cfg.input))}:
+            raise DatasetError(f"--output {cfg.output} is the input folder: the label maps would overwrite "
+                               f"the images (same file names); choose another folder")
+    return Path(cfg.output)
+
+
 def write_label_map(labels: np.ndarray, source: Path, out_path: Path) -> None:
-    """Save ``labels`` with the source's affine and header (qform/sform codes kept), as uint8."""
+    """Save ``labels`` with the source's affine and header (qform/sform codes kept), as uint8. The
+    file is written under a temporary name and renamed over ``out_path``: a symlink already there is
+    replaced, never written through."""
     header = nib.load(source).header.copy()
     image = nib.Nifti1Image(labels.astype(np.uint8), None, header=header)
     image.set_data_dtype(np.uint8)
     image.header.set_slope_inter(1, 0)
     image.header.set_data_shape(labels.shape)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(image, out_path)
+    tmp = out_path.with_name(f".{os.getpid()}.tmp.{out_path.name}")   # same suffix: nibabel gzips .nii.gz
+    tmp.unlink(missing_ok=True)
+    try:
+        nib.save(image, tmp)
+        os.replace(tmp, out_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_table(rows: list[dict], path: Path) -> Path:
+    """One row per input: file, status (written or rejected), output, reason."""
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=["file", "status", "output", "reason"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return write_text(path, table.getvalue())
 
 
 def run_predict(cfg: PredictConfig, log=print) -> dict:
     if not cfg.checkpoint or not cfg.input:
         raise DatasetError("predict needs --checkpoint FILE (model.pt from finetune) and --input PATH")
     files = input_files(Path(cfg.input))
-    if Path(cfg.output).resolve() in {f.parent.resolve() for f in files}:
-        raise DatasetError(f"--output {cfg.output} is the input folder: the label maps would overwrite "
-                           f"the images (same file names); choose another folder")
+    out_dir = output_dir(cfg)
     device = pick_device(cfg.device)
     model, meta = open_model(cfg.checkpoint, device)
     task = task_from_dict(meta["task"])
-    out_dir = Path(cfg.output)
     log(f"segmenting {len(files)} file(s) with {cfg.checkpoint} (task {task.name}) -> {out_dir}")
-    written, rejected = [], []
+    written, rejected, table = [], [], []
     progress = Progress(len(files), "file", "predict")
     for path in files:
-        case = Case(_case_id(str(path)), (str(path.resolve()),), None, "test")
+        case = Case(_case_id(str(path)), (real_path(path),), None, "test")
         try:
             labels = segment_case(model, case, task, meta["roi_size"], cfg.sw_batch_size, cfg.sw_overlap,
-                                  device).labels
+                                  device, cfg.limits).labels
             out_path = out_dir / path.name
             write_label_map(labels, path, out_path)
             written.append(str(out_path))
-        except CaseError as e:
-            log(f"rejected: {e}")
-            rejected.append({"file": str(path), "reason": str(e)})
+            table.append({"file": str(path), "status": "written", "output": str(out_path), "reason": ""})
+        except Exception as e:  # one failing file never stops the others
+            log(f"rejected: {case_failure(case, e)}")
+            rejected.append({"file": str(path), "reason": case_failure(case, e)})
+            table.append({"file": str(path), "status": "rejected", "output": "", "reason": case_failure(case, e)})
         progress.update()
     progress.close()
+    csv_path = write_table(table, out_dir / CSV_FILE)
     return {"command": "predict", "checkpoint": cfg.checkpoint, "num_written": len(written),
             "num_rejected": len(rejected), "written": written, "rejected": rejected, "output": str(out_dir),
-            "ok": bool(written)}
+            "predictions_csv": str(csv_path), "ok": bool(written)}

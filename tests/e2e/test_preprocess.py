@@ -1,4 +1,5 @@
 """Preprocessing with Ray Data on a local Ray instance: cache, bad cases, reruns and resumes."""
+import gzip
 import json
 import os
 import shutil
@@ -71,9 +72,30 @@ def add_bad_cases(root):
     case("degenerate", label=nib.Nifti1Image(np.zeros((8, 8, 8), np.uint8), np.eye(4)))
     case("air", nib.Nifti1Image(np.full_like(hu, -1000), affine), good_label)
     case("escape", image_path="../outside.nii.gz")
-    meta["training"] += list(bad.values())
+    # Hostile inputs: memory bombs, an impossible spacing, malformed entries, two files with one case id
+    (root / "imagesTr/claims.nii.gz").write_bytes(gzip.compress(claimed_header((1024, 1024, 1024), np.uint8)))
+    case("claims", label=good_label)
+    with gzip.open(root / "imagesTr/bomb.nii.gz", "wb") as f:    # claims 64 KB, holds 8 MB (8 KB on disk)
+        f.write(claimed_header((32, 32, 32)) + bytes(8 * 2 ** 20))
+    case("bomb", label=good_label)
+    case("tiny", nib.Nifti1Image(hu, np.diag([1e-4, 1e-4, 1e-4, 1.0])), good_label)
+    case("twin", nib.Nifti1Image(hu, affine), good_label)
+    (root / "more").mkdir()
+    nib.save(nib.Nifti1Image(hu, affine), root / "more/twin.nii.gz")
+    meta["training"] += list(bad.values()) + [{"image": "./more/twin.nii.gz"}, 7, {"image": None},
+                                              dict(meta["training"][0])]   # the last: listed twice
     (root / "dataset.json").write_text(json.dumps(meta))
     return bad
+
+
+def claimed_header(shape, dtype=np.int16) -> bytes:
+    """A NIfTI-1 header claiming ``shape`` voxels of ``dtype``, padded to its 352-byte data offset."""
+    header = nib.Nifti1Header()
+    header.set_data_shape(shape)
+    header.set_data_dtype(dtype)
+    header.set_sform(np.diag([1.5, 1.5, 2.0, 1.0]), code=1)
+    header.set_data_offset(352)
+    return header.binaryblock + b"\0" * 4
 
 
 EXPECTED_REASONS = {
@@ -87,6 +109,12 @@ EXPECTED_REASONS = {
     "degenerate": "degenerate.nii.gz: degenerate affine",
     "air": "air.nii.gz: empty foreground",
     "escape": "path '../outside.nii.gz' escapes the dataset root",
+    "claims": "claims.nii.gz: its header claims (1024, 1024, 1024) = 1073.7 megavoxels, above the limit",
+    "bomb": "bomb.nii.gz: the gzip stream holds more than the 65888 bytes its header claims",
+    "tiny": "tiny.nii.gz: voxel spacing 0.0001 x 0.0001 x 0.0001 mm is below 0.001 mm",
+    "twin": "more/twin.nii.gz would share the case id 'twin'",
+    "number": "is 7: expected an object with an 'image' path",
+    "null": "'image' must be a path or a list of paths, got None",
 }
 
 
@@ -108,6 +136,11 @@ def test_every_bad_case_is_reported_and_the_good_ones_are_cached(local_ray, phan
         assert sum(row["class_voxels"]) == label.size and len(row["sha256"]) == 2
     fingerprint = json.loads((tmp_path / summary["cache_dir"] / "fingerprint.json").read_text())
     assert fingerprint["num_cases"] == 4 and len(fingerprint["median_source_spacing_mm"]) == 3
+    # A rerun with the same rejects redoes none of them, and writes nothing
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / summary["cache_dir"]).glob("cases/*")}
+    again = run_preprocess(config(phantom, tmp_path / "cache"), quiet)
+    assert (again["cases_written"], again["cases_skipped"], again["cases_rejected"]) == (0, 4, len(EXPECTED_REASONS))
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
 
 def test_rerun_does_no_work_and_a_changed_setting_gets_a_new_cache(local_ray, phantom, tmp_path):

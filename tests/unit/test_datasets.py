@@ -64,7 +64,7 @@ def test_btcv_dataset_0_json_with_training_and_validation(tmp_path):
     train = [write_case(root, f"img{i:04d}") for i in range(1, 4)]
     meta = {"labels": {str(i): n for i, n in enumerate(["background"] + ["o"] * 13)},
             "modality": {"0": "CT"}, "training": train[:2], "validation": train[2:],
-            "test": ["./imagesTr/img0001.nii.gz"]}
+            "test": ["./imagesTs/img0061.nii.gz"]}
     (root / "dataset_0.json").write_text(json.dumps(meta))
     ds = load_dataset(root, task="BTCV")
     assert ds.dataset_file.name == "dataset_0.json" and ds.task.num_classes == 14
