@@ -93,7 +93,7 @@ class SSLHead(nn.Module):
     decoder upsamples that map 32x back to the input grid. The rotation head reads the first token
     (the corner position), as the reference ``SSLHead`` does: a rotation turns the map, so one
     position sees another part of the crop, while the spatial mean (what the contrastive head reads,
-    so that two views compare as wholes) barely changes. docs/benchmarks.md measures both.
+    so that two views compare as wholes) barely changes.
 
     Args:
         in_channels: image channels C (1 for CT).

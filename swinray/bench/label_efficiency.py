@@ -17,6 +17,7 @@ reported in the table and the others go on.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import statistics
@@ -62,8 +63,22 @@ def run_config(cfg: BenchConfig, arm: str, encoder: str, fraction: float, seed: 
 
 
 def _reuse_key(run_cfg: FinetuneConfig) -> dict:
-    """What makes a finished row reusable: the run config as requested, wherever Ray runs."""
-    return to_dict(replace(run_cfg, run=replace(run_cfg.run, ray_address="")))
+    """What makes a finished row reusable: the run config as requested, wherever Ray runs, and the
+    encoder's content (pretraining again into the same file makes new rows)."""
+    encoder = run_cfg.seg.pretrained
+    digest = hashlib.sha256(local_file(encoder).read_bytes()).hexdigest() if encoder else ""
+    return {**to_dict(replace(run_cfg, run=replace(run_cfg.run, ray_address=""))), "encoder_sha256": digest}
+
+
+def held_out_images_in_pretraining(encoder: str, split_file: Path) -> list[str]:
+    """The run's test cases whose image the encoder's pretraining run listed (its ``split.json`` beside
+    ``encoder.pt``; corpus ids are ``<collection>-<file>``): a score on them is not held out from SSL."""
+    pretraining_split = local_file(encoder).parent / "split.json"
+    if not encoder or not pretraining_split.is_file() or not split_file.is_file():
+        return []
+    seen = {case for ids in json.loads(pretraining_split.read_text()).values() for case in ids}
+    return sorted(t for t in json.loads(split_file.read_text())["test"]
+                  if t in seen or any(s.endswith(f"-{t}") for s in seen))
 
 
 def _train_seconds(metrics_log: str) -> float | None:
@@ -88,9 +103,15 @@ def one_run(run_cfg: FinetuneConfig, row: dict, log) -> dict:
            "val_dice": summary["best_val_dice"], "best_step": summary["best_step"], "steps": summary["steps"],
            "training_cases": summary["num_training_cases"], "validation_cases": summary["num_validation_cases"],
            "test_cases": summary["num_test_cases"], "train_seconds": _train_seconds(summary["metrics_log"]),
-           "model": summary["model"], "task": summary["task"]}
-    if row["test_dice"] is None:
-        return {**row, "error": "no test split to score (split.test_fraction is 0)"}
+           "model": summary["model"], "task": summary["task"],
+           "test_images_seen_in_pretraining": len(held_out_images_in_pretraining(run_cfg.seg.pretrained,
+                                                                                  Path(summary["split"])))}
+    if row["test_images_seen_in_pretraining"]:
+        log(f"warning: {row['run']}: the encoder's pretraining saw {row['test_images_seen_in_pretraining']} of its "
+            f"{row['test_cases']} test images (pretrain with data.exclude_cases=<a run's split.json>)")
+    if row["test_dice"] is None or summary.get("num_test_rejected"):
+        return {**row, "test_dice": None, "error": f"{summary.get('num_test_rejected')} test case(s) could not be "
+                "scored" if summary.get("num_test_rejected") else "no test split to score (split.test_fraction is 0)"}
     write_json(row_file, {"config": _reuse_key(run_cfg), "row": row})
     log(f"label efficiency: {row['run']}: test Dice {row['test_dice']:.4f} (validation {row['val_dice']:.4f}, "
         f"best at step {row['best_step']} of {row['steps']})")
@@ -131,6 +152,8 @@ def summarise(rows: list[dict], arm_names: list[str]) -> list[dict]:
         cases = sorted({r["training_cases"] for r in at if r.get("training_cases")})
         cells.append({"fraction": fraction, "training_cases": cases,
                       "failed": sum(1 for r in at if r.get("test_dice") is None),
+                      "test_images_seen_in_pretraining": max((r.get("test_images_seen_in_pretraining", 0) for r in at),
+                                                             default=0),
                       "arms": {arm: mean_sd(list(by_arm[arm].values())) for arm in arm_names},
                       "differences": {arm: paired_difference(by_arm[arm], by_arm[SCRATCH])
                                       for arm in arm_names if arm != SCRATCH}})
@@ -154,13 +177,14 @@ def _fmt_difference(d: dict) -> str:
 def markdown_table(cells: list[dict], arm_names: list[str]) -> str:
     """Fractions down, arms across: test Dice mean ± sd over seeds, then SSL - scratch with its 95% interval."""
     gains = [a for a in arm_names if a != SCRATCH]
-    head = ["fraction", "training cases", *arm_names, *(f"{a} - scratch (95% CI)" for a in gains), "failed runs"]
+    head = ["fraction", "training cases", *arm_names, *(f"{a} - scratch (95% CI)" for a in gains), "failed runs",
+            "test images seen in pretraining"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c in cells:
         lines.append("| " + " | ".join([
             f"{c['fraction']:g}", "/".join(map(str, c["training_cases"])) or "?",
             *(_fmt(c["arms"][a]) for a in arm_names), *(_fmt_difference(c["differences"][a]) for a in gains),
-            str(c["failed"])]) + " |")
+            str(c["failed"]), str(c["test_images_seen_in_pretraining"])]) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -96,7 +96,8 @@ def real_path(path: Path) -> str:
         return str(path.absolute())
 
 
-def _case_id(path: str) -> str:
+def case_id_of(path: str) -> str:
+    """A volume's case id: its file name without .nii/.nii.gz."""
     name = Path(path).name
     for suffix in NIFTI_SUFFIXES:
         if name.endswith(suffix):
@@ -160,7 +161,7 @@ def _listed_cases(dataset_file: Path, meta: dict) -> tuple[list[Case], list[str]
             except DatasetError as e:
                 rejected.append(str(e))
                 continue
-            cases.append(Case(_case_id(images[0]), images, label, split))
+            cases.append(Case(case_id_of(images[0]), images, label, split))
     if not cases and not rejected:
         raise DatasetError(f"{dataset_file}: lists no cases under {', '.join(SPLITS)}")
     return cases, rejected
@@ -208,7 +209,7 @@ def _folder_cases(folder: Path) -> list[Case]:
     if not files and not series:
         raise DatasetError(f"{folder}: no dataset file ({' or '.join(DATASET_FILES)}), no NIfTI volumes "
                            f"({', '.join(NIFTI_SUFFIXES)}) and no DICOM series in it")
-    cases = [Case(_case_id(str(p)), (real_path(p),), None, "training") for p in files]
+    cases = [Case(case_id_of(str(p)), (real_path(p),), None, "training") for p in files]
     cases += [Case("_".join(s.relative_to(folder).parts) or folder.name, (real_path(s),), None, "training")
               for s in series]
     return cases
@@ -387,18 +388,18 @@ def infer_task(name: str, meta: dict, cases: list[Case], where: Path, limits: Vo
         window, body_mm = _foreground_window(sample, limits, log)
         extent_mm = body_mm or extent_mm     # the body, not the air around it, sets a CT's ROI
     try:
-        pairs = check_label_pairs(meta["label_pairs"], label_names, str(where)) if "label_pairs" in meta else None
-    except ValueError as e:
-        raise DatasetError(str(e)) from None
-    return TaskSpec(
-        name=name, modality="CT" if is_ct else "MRI", channel_names=channels,
-        label_names=label_names,
-        spacing_mm=tuple(round(float(s), 3) for s in spacing),
-        intensity="ct_window" if is_ct else "zscore_nonzero", window_hu=window,
-        roi_size=tuple(_ceil_roi(e) for e in np.median(extent_mm, axis=0) / spacing),
-        dataset_file=where.name if where.is_file() else "dataset.json",
-        label_pairs=pairs,
-    )
+        pairs = check_label_pairs(meta["label_pairs"], label_names) if "label_pairs" in meta else None
+        return TaskSpec(
+            name=name, modality="CT" if is_ct else "MRI", channel_names=channels,
+            label_names=label_names,
+            spacing_mm=tuple(round(float(s), 3) for s in spacing),
+            intensity="ct_window" if is_ct else "zscore_nonzero", window_hu=window,
+            roi_size=tuple(_ceil_roi(e) for e in np.median(extent_mm, axis=0) / spacing),
+            dataset_file=where.name if where.is_file() else "dataset.json",
+            label_pairs=pairs,
+        )
+    except ValueError as e:             # label pairs the names or the file make ambiguous
+        raise DatasetError(f"{where}: {str(e).removeprefix(f'task {name}: ')}") from None
 
 
 def _looks_like_ct(cases: list[Case], where: Path, limits: VolumeLimits, log) -> bool:

@@ -1,6 +1,8 @@
 """Which dataset a command reads: the one the user named, or the built-in phantom."""
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from pathlib import Path
 
 from swinray.config import DataConfig
@@ -48,7 +50,6 @@ def load_source(data: DataConfig, log=print):
 
 def excluded_cases(path: str) -> set[str]:
     """Case ids from a run's ``split.json`` (its ``test`` list) or a text file (one per line, # comments)."""
-    import json
     file = Path(path)
     try:
         text = file.read_text()
@@ -60,20 +61,22 @@ def excluded_cases(path: str) -> set[str]:
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"data.exclude_cases={path}: cannot read the cases to leave out ({type(e).__name__}: "
                           f"{e}); give a run's split.json or a .txt with one case id per line") from None
-    return {line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")}
+    lines = (line.strip() for line in text.splitlines())
+    return {line for line in lines if line and not line.startswith("#")}
 
 
 def without_cases(corpus, excluded: set[str], log=print):
-    """The corpus without the cases whose file name (without suffix) is excluded."""
-    from dataclasses import replace
-
-    from swinray.data.datasets import NIFTI_SUFFIXES
-    def file_id(case) -> str:
-        name = Path(case.image[0]).name
-        return next((name[:-len(s)] for s in NIFTI_SUFFIXES if name.endswith(s)), name)
-    kept = tuple(c for c in corpus.cases if file_id(c) not in excluded)
-    log(f"corpus: {len(corpus.cases) - len(kept)} case(s) left out as listed in data.exclude_cases "
-        f"({len(excluded)} listed), {len(kept)} kept")
+    """The corpus without the cases whose file name (without suffix) is excluded; listed ids that
+    match no file are named (another naming scheme would otherwise exclude nothing, silently)."""
+    from swinray.data.datasets import case_id_of
+    kept = tuple(c for c in corpus.cases if case_id_of(c.image[0]) not in excluded)
+    unmatched = sorted(excluded - {case_id_of(c.image[0]) for c in corpus.cases})
+    if len(kept) == len(corpus.cases):
+        raise ConfigError(f"data.exclude_cases: none of its {len(excluded)} case id(s) names a file of the corpus "
+                          f"(e.g. {', '.join(unmatched[:3])}); ids are file names without .nii/.nii.gz")
+    log(f"corpus: {len(corpus.cases) - len(kept)} case(s) left out as listed in data.exclude_cases, "
+        f"{len(kept)} kept" + (f"; {len(unmatched)} listed id(s) match no file: {', '.join(unmatched[:5])}"
+                               if unmatched else ""))
     if not kept:
         raise ConfigError("data.exclude_cases leaves no case in the corpus")
     return replace(corpus, cases=kept)

@@ -34,39 +34,48 @@ def _side_and_organ(name: str) -> tuple[str, str] | None:
     return None
 
 
+# Structures named left and right that are not mirror images of each other: a flipped left ventricle
+# is still a left ventricle, so these never swap (a dataset file can still pair them explicitly).
+NOT_MIRRORED = ("atrium", "ventricle", "lobe")
+
+
 def left_right_pairs(label_names: tuple[str, ...]) -> LabelPairs:
     """(left, right) label values whose names differ only by their side word.
 
     A left-right flip moves a right organ to where the left one lies, so these labels must swap with
-    it. Single letters (Parotid_L) count only as a separate word; "Lens" stays an organ.
+    it. Single letters (Parotid_L) count only as a separate word; "Lens" stays an organ. Heart chambers
+    and lobes (``NOT_MIRRORED``) are not paired. Two labels of one side and organ are an error.
     """
     sides: dict[str, dict[str, int]] = {}
     for value, name in enumerate(label_names[1:], start=1):
         parsed = _side_and_organ(name)
-        if parsed:
-            sides.setdefault(parsed[1], {}).setdefault(parsed[0], value)
+        if not parsed or any(word in parsed[1] for word in NOT_MIRRORED):
+            continue
+        side, organ = parsed
+        if side in sides.setdefault(organ, {}):
+            raise ValueError(f"labels {label_names[sides[organ][side]]!r} and {name!r} name the same side of "
+                             f"one organ; rename one, or list the pairs in the dataset file (\"label_pairs\")")
+        sides[organ][side] = value
     return tuple(sorted((found["l"], found["r"]) for found in sides.values() if set(found) == {"l", "r"}))
 
 
-def check_label_pairs(pairs, label_names: tuple[str, ...], where: str) -> LabelPairs:
-    """Pairs as (left, right) value tuples, each value a foreground label used once; names or values."""
+def check_label_pairs(pairs, label_names: tuple[str, ...]) -> LabelPairs:
+    """Pairs as (left, right) value tuples, each a foreground label (value or name) used once."""
     def value(v) -> int:
         if isinstance(v, str) and v in label_names:
             return label_names.index(v)
         if isinstance(v, int) and not isinstance(v, bool) and 0 < v < len(label_names):
             return v
-        raise ValueError(f"{where}: label_pairs entry {v!r} is neither a foreground label value "
+        raise ValueError(f"label_pairs entry {v!r} is neither a foreground label value "
                          f"(1..{len(label_names) - 1}) nor a label name")
-    try:
-        out = tuple((value(a), value(b)) for a, b in pairs)
-    except (TypeError, ValueError) as e:
-        if isinstance(e, ValueError) and str(e).startswith(where):
-            raise
-        raise ValueError(f"{where}: label_pairs must be a list of [left, right] pairs, got {pairs!r}") from None
+    if not isinstance(pairs, (list, tuple)) or not all(isinstance(p, (list, tuple)) and len(p) == 2 for p in pairs):
+        raise ValueError(f"label_pairs must be a list of [left, right] pairs, got {pairs!r}")
+    out = tuple((value(a), value(b)) for a, b in pairs)
     used = [v for pair in out for v in pair]
     if len(used) != len(set(used)):
-        raise ValueError(f"{where}: label_pairs {pairs!r}: a label may be in one pair only, and not twice")
+        raise ValueError(f"label_pairs {pairs!r}: a label may be in one pair only, and not twice")
     return out
+
 
 # BTCV's numbering, as in the reference Swin UNETR dataset_0.json.
 BTCV_LABELS = (
@@ -93,8 +102,11 @@ class TaskSpec:
                                                 # None = from Left*/Right* label names
 
     def __post_init__(self) -> None:
-        pairs = (left_right_pairs(self.label_names) if self.label_pairs is None
-                 else check_label_pairs(self.label_pairs, self.label_names, f"task {self.name}"))
+        try:
+            pairs = (left_right_pairs(self.label_names) if self.label_pairs is None
+                     else check_label_pairs(self.label_pairs, self.label_names))
+        except ValueError as e:
+            raise ValueError(f"task {self.name}: {e}") from None
         object.__setattr__(self, "label_pairs", pairs)   # frozen: settled once, JSON lists back to tuples
         if any(side % 32 or side < 64 for side in self.roi_size):
             raise ValueError(f"task {self.name}: roi_size {self.roi_size} must have sides that are "

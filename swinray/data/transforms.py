@@ -37,13 +37,14 @@ def foreground_threshold(task: TaskSpec) -> float:
     return CT_BODY_HU if task.intensity == "ct_window" else 0.0
 
 
-def normalised_body_threshold(task: TaskSpec) -> float:
-    """``foreground_threshold`` in the units of a preprocessed case: a CT window maps HU to [0, 1] (a
-    window above the body's edge leaves its lower end), MRI z-scores only non-zero voxels, keeping 0."""
+def normalised_body_threshold(task: TaskSpec) -> float | None:
+    """Where the body starts in the units of a preprocessed case: a CT window maps HU to [0, 1], so the
+    body's edge (``CT_BODY_HU``) lands in it, or at its lower end for a window starting above it. None
+    for MRI, whose z-scored body is every non-zero voxel (``is_body``), below its mean too."""
     if task.intensity != "ct_window":
-        return 0.0
+        return None
     low, high = task.window_hu
-    return max(0.0, (CT_BODY_HU - low) / (high - low))
+    return min(max(0.0, (CT_BODY_HU - low) / (high - low)), 0.999)   # a window below the body: near its top
 
 
 class ResampleToSpacingd(MapTransform):

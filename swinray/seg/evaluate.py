@@ -151,14 +151,16 @@ def write_per_case(rows: list[dict], path: Path) -> Path:
 
 
 def score_test_cases(model_file: str | Path, rows: list[dict], sw_batch_size: int, sw_overlap: float, out_csv: Path,
-                     log) -> dict:
+                     log, limits: VolumeLimits = VolumeLimits()) -> dict:
     """A run's chosen model scored once on its held-out test cases (manifest rows), with the code and
     metrics of ``evaluate``; nothing it returns chooses anything. Runs here, on a GPU if torch sees one."""
     device = pick_device("auto")
     model, meta = open_model(str(model_file), device)
     cases = [Case(r["case_id"], tuple(r["image"]), r["label"], r["split"]) for r in rows]
-    scored, rejected, summary = score_cases(model, meta, cases, sw_batch_size, sw_overlap, device, log, desc="test")
-    return {**summary, "num_rejected": len(rejected), "per_case_csv": str(write_per_case(scored, out_csv))}
+    scored, rejected, summary = score_cases(model, meta, cases, sw_batch_size, sw_overlap, device, log, desc="test",
+                                            limits=limits)
+    return {**summary, "num_rejected": len(rejected), "rejected": rejected,
+            "per_case_csv": str(write_per_case(scored, out_csv))}
 
 
 def run_evaluate(cfg: EvaluateConfig, log=print) -> dict:

@@ -18,7 +18,7 @@ import nibabel as nib
 import numpy as np
 
 from swinray.config import PredictConfig
-from swinray.data.datasets import NIFTI_SUFFIXES, Case, DatasetError, _case_id, real_path
+from swinray.data.datasets import NIFTI_SUFFIXES, Case, DatasetError, case_id_of, real_path
 from swinray.data.tasks import task_from_dict
 from swinray.progress import Progress
 from swinray.seg.evaluate import case_failure, open_model, pick_device
@@ -92,7 +92,7 @@ def run_predict(cfg: PredictConfig, log=print) -> dict:
     written, rejected, table = [], [], []
     progress = Progress(len(files), "file", "predict")
     for path in files:
-        case = Case(_case_id(str(path)), (real_path(path),), None, "test")
+        case = Case(case_id_of(str(path)), (real_path(path),), None, "test")
         try:
             labels = segment_case(model, case, task, meta["roi_size"], cfg.sw_batch_size, cfg.sw_overlap,
                                   device, cfg.limits).labels

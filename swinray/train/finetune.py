@@ -86,13 +86,16 @@ def test_score(plan: FinetunePlan, model_file: Path, out_csv: Path, log) -> dict
     """The chosen model's Dice on the held-out test cases, once, after every choice is made (the
     summary's ``test_dice`` beside the selection's ``val_dice``)."""
     if not plan.test:
-        return {"test_dice": None, "test_dice_per_class": None, "num_test_cases": 0}
+        return {"test_dice": None, "test_dice_per_class": None, "num_test_cases": 0, "num_test_rejected": 0}
     log(f"scoring the chosen model once on the {len(plan.test)} held-out test case(s)")
     scores = score_test_cases(model_file, plan.test, plan.cfg.seg.sw_batch_size, plan.cfg.seg.sw_overlap, out_csv,
-                              log)
+                              log, plan.cfg.data.limits)
+    if scores["num_rejected"]:
+        log(f"warning: {scores['num_rejected']} of {len(plan.test)} test case(s) could not be scored: "
+            + "; ".join(r["reason"] for r in scores["rejected"][:3]))
     return {"test_dice": scores["mean_dice"], "test_dice_per_class": scores["dice_per_class"],
             "test_hd95_mm_per_class": scores["hd95_mm_per_class"], "num_test_cases": scores["num_cases"],
-            "test_per_case": shown(scores["per_case_csv"])}
+            "num_test_rejected": scores["num_rejected"], "test_per_case": shown(scores["per_case_csv"])}
 
 
 def finetune(resolved: Resolved, log=print) -> dict:
@@ -124,6 +127,7 @@ def finetune(resolved: Resolved, log=print) -> dict:
             f"metrics are in {shown(run_dir / 'metrics.jsonl')}")
     test = test_score(plan, model_path, run_dir / "test_per_case.csv", log)
     return {"command": "finetune", "task": cfg.data.task, "run_dir": shown(run_dir), "steps": metrics.get("step"),
+            "stopped_by": metrics.get("stopped_by") or None,
             "best_val_dice": saved["val_dice"], "best_step": saved["step"], "val_dice_per_class": per_class,
             "val_dice": saved["val_dice"], **test,
             "num_training_cases": len(plan.train), "num_validation_cases": len(plan.val),

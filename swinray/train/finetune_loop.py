@@ -98,6 +98,17 @@ def _out_of_patience(progress: Progress, step: int, seg) -> bool:
         step - progress.best_step >= seg.patience_validations * seg.val_every_steps)
 
 
+def stop_reason(progress: Progress, step: int, cfg: FinetuneConfig, out_of_time: bool) -> str:
+    """Why training ends at ``step`` (the summary's ``stopped_by``), or "" while it goes on."""
+    if progress.diverged_step:
+        return "diverged"
+    if step >= cfg.optim.num_steps:
+        return "num_steps"
+    if _out_of_patience(progress, step, cfg.seg):
+        return "patience"
+    return "max_minutes" if out_of_time else ""
+
+
 def _stop_now(deadline_passed: bool, device) -> bool:
     """Every rank stops at the same step: rank 0's clock decides."""
     flag = torch.tensor([float(deadline_passed)], device=device)
@@ -140,8 +151,8 @@ def train_fn_per_worker(config: dict) -> None:
     use_amp = cfg.run.amp_bf16 and device.type == "cuda"
     started = time.perf_counter()
     deadline = cfg.seg.max_minutes * 60 if cfg.seg.max_minutes > 0 else float("inf")
-    metrics, stop = {}, (step >= cfg.optim.num_steps or elapsed_before >= deadline or bool(progress.diverged_step)
-                         or _out_of_patience(progress, step, cfg.seg))
+    metrics, stopped_by = {}, stop_reason(progress, step, cfg, elapsed_before >= deadline)
+    stop = bool(stopped_by)
 
     def checkpoint() -> None:
         """Report metrics on every rank; rank 0 attaches the training state and the best model so far."""
@@ -159,7 +170,8 @@ def train_fn_per_worker(config: dict) -> None:
         summary = {k: metrics[k] for k in ("loss", "val_dice", "elapsed_s") if k in metrics}  # the rest: Aim, jsonl
         report({**summary, "step": step, "samples": step * cfg.optim.batch_size * world,  # all workers
                 "best_val_dice": progress.best_dice, "best_step": progress.best_step,
-                "aim_error": tracker.aim_error or "", "diverged_step": progress.diverged_step}, state, files)
+                "aim_error": tracker.aim_error or "", "diverged_step": progress.diverged_step,
+                "stopped_by": stopped_by}, state, files)
 
     while not stop:
         seed_step(cfg.run.seed, rank, step)         # drop-path: the same draws when this step is redone
@@ -179,8 +191,10 @@ def train_fn_per_worker(config: dict) -> None:
         optimizer.zero_grad(set_to_none=True)
         step += 1
         elapsed = elapsed_before + time.perf_counter() - started
-        stop = diverged or step >= cfg.optim.num_steps or (
-            deadline < float("inf") and _stop_now(elapsed > deadline, device))
+        out_of_time = deadline < float("inf") and _stop_now(elapsed > deadline, device)
+        stopped_by = "diverged" if diverged else "num_steps" if step >= cfg.optim.num_steps else (
+            "max_minutes" if out_of_time else "")
+        stop = bool(stopped_by)
         seconds = time.perf_counter() - began
         metrics = {"loss": loss.item(), "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
                    "samples_per_s": world * cfg.optim.batch_size / seconds, "elapsed_s": elapsed}
@@ -200,7 +214,7 @@ def train_fn_per_worker(config: dict) -> None:
                 if rank == 0:
                     best_state = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
             if not stop and _out_of_patience(progress, step, cfg.seg):
-                stop = True
+                stop, stopped_by = True, "patience"
                 if rank == 0:
                     print(f"[swinray] {cfg.run.name}: no better validation Dice in {cfg.seg.patience_validations} "
                           f"validations since step {progress.best_step} ({progress.best_dice:.4f}); "
@@ -213,6 +227,8 @@ def train_fn_per_worker(config: dict) -> None:
             progress.step, progress.elapsed_s = step, metrics["elapsed_s"]
             checkpoint()
     if not metrics:  # a rerun of a finished run: report where it stands
+        if rank == 0:
+            print(f"[swinray] {cfg.run.name}: already finished at step {step} ({stopped_by})", flush=True)
         report({"step": step, "samples": step * cfg.optim.batch_size * world, "best_val_dice": progress.best_dice,
-                "aim_error": "", "diverged_step": progress.diverged_step})
+                "aim_error": "", "diverged_step": progress.diverged_step, "stopped_by": stopped_by})
     tracker.close()

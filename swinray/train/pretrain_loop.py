@@ -17,12 +17,11 @@ import torch
 
 from swinray.config import PretrainConfig
 from swinray.data.tasks import task_from_dict
-from swinray.data.transforms import normalised_body_threshold
 from swinray.models.registry import build_ssl_head
 from swinray.models.weights import save_encoder
 from swinray.pretext.pictures import CAPTION, views_side_by_side
 from swinray.tracking import NullTracker, Tracker
-from swinray.train.crops import CropPrefetcher
+from swinray.train.crops import CropPrefetcher, crop_body
 from swinray.train.replay import VIEWS, seed_step, step_generator
 from swinray.train.state import ENCODER_FILE, make_optimizer, report, restore, training_state
 from swinray.train.steps import pretext_weights, ssl_forward_backward
@@ -45,7 +44,7 @@ def train_fn_per_worker(config: dict) -> None:
 
     paths_of_cases = case_files(paths, "training")[rank::world]     # the same cases on every (re)start
     accum = cfg.optim.grad_accum_steps
-    body_above = normalised_body_threshold(task_from_dict(cached_task(paths)))
+    body_above = crop_body(task_from_dict(cached_task(paths)))
     crops = CropPrefetcher(paths_of_cases, cfg.model.roi_size, cfg.optim.batch_size, cfg.run.seed, rank,
                            start * accum, cfg.optim.num_steps * accum, pin_memory=device.type == "cuda",
                            body_above=body_above)

@@ -73,5 +73,8 @@ def test_a_runs_test_cases_or_a_list_can_be_left_out_of_the_corpus(collections, 
     assert [c.case_id for c in listed.cases] == ["OpenKBP-pt_001", "LIDC-pt_001"]
     with pytest.raises(ConfigError, match="exclude_cases=.*nope.json: cannot read"):
         load_source(DataConfig(unlabelled=data.unlabelled, exclude_cases=str(tmp_path / "nope.json")))
+    (tmp_path / "other.txt").write_text("  # indented comment\ncase-0001\n")
+    with pytest.raises(ConfigError, match="none of its 1 case id.*case-0001"):     # another naming scheme
+        load_source(DataConfig(unlabelled=data.unlabelled, exclude_cases=str(tmp_path / "other.txt")))
     with pytest.raises(ConfigError, match="pretraining corpus"):
         load_source(DataConfig(source=str(collections / "LIDC"), exclude_cases=str(tmp_path / "out.txt")))

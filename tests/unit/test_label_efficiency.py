@@ -7,6 +7,7 @@ from swinray.bench.label_efficiency import (
     ROW_FILE,
     _reuse_key,
     arms,
+    held_out_images_in_pretraining,
     markdown_table,
     one_run,
     paired_difference,
@@ -77,9 +78,10 @@ def test_the_table_gives_mean_sd_per_cell_and_the_paired_difference_with_its_int
     assert cells[0]["arms"]["scratch"]["mean"] == pytest.approx(0.71)
     assert cells[0]["differences"]["ssl"]["mean"] == pytest.approx(0.03)
     lines = markdown_table(cells, ["scratch", "ssl"]).splitlines()
-    assert lines[0] == "| fraction | training cases | scratch | ssl | ssl - scratch (95% CI) | failed runs |"
-    assert lines[2] == "| 0.1 | 7 | 0.710 ± 0.010 (n=3) | 0.740 ± 0.010 (n=3) | +0.030 [-0.013, +0.073] (n=3) | 0 |"
-    assert lines[3] == "| 1 | 73 | 0.850 (n=1) | - | - | 1 |"
+    assert lines[0] == ("| fraction | training cases | scratch | ssl | ssl - scratch (95% CI) | failed runs | "
+                        "test images seen in pretraining |")
+    assert lines[2] == "| 0.1 | 7 | 0.710 ± 0.010 (n=3) | 0.740 ± 0.010 (n=3) | +0.030 [-0.013, +0.073] (n=3) | 0 | 0 |"
+    assert lines[3] == "| 1 | 73 | 0.850 (n=1) | - | - | 1 | 0 |"
 
 
 def test_the_plot_is_a_png(tmp_path):
@@ -100,3 +102,22 @@ def test_a_finished_row_is_reused_only_while_its_run_config_is_unchanged(tmp_pat
     longer = apply_overrides(run_cfg, {"optim.num_steps": run_cfg.optim.num_steps + 1})
     again = one_run(longer, {"run": run_cfg.run.name}, lambda *_: None)                 # runs, and fails here
     assert again["test_dice"] is None and "no-such-dataset" in again["error"]
+
+
+def test_a_new_encoder_in_the_same_file_makes_new_rows(tmp_path):
+    encoder = tmp_path / "encoder.pt"
+    encoder.write_bytes(b"first")
+    cfg = run_config(apply_overrides(preset(BenchConfig, "debug"), {"out_dir": str(tmp_path)}), "ssl", str(encoder),
+                     0.1, 0)
+    before = _reuse_key(cfg)
+    encoder.write_bytes(b"second")
+    assert _reuse_key(cfg) != before
+
+
+def test_test_images_the_encoder_was_pretrained_on_are_counted(tmp_path):
+    (tmp_path / "ssl").mkdir()
+    (tmp_path / "ssl" / "encoder.pt").write_bytes(b"x")
+    (tmp_path / "ssl" / "split.json").write_text('{"training": ["OpenKBP_HN_CT-pt_1", "OpenKBP_HN_CT-pt_2"]}')
+    (tmp_path / "split.json").write_text('{"training": ["pt_2"], "validation": [], "test": ["pt_1", "pt_11"]}')
+    assert held_out_images_in_pretraining(str(tmp_path / "ssl" / "encoder.pt"), tmp_path / "split.json") == ["pt_1"]
+    assert held_out_images_in_pretraining("", tmp_path / "split.json") == []

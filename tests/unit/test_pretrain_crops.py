@@ -4,8 +4,7 @@ import pytest
 
 from swinray.data.cache import write_case
 from swinray.data.tasks import TaskSpec
-from swinray.data.transforms import normalised_body_threshold
-from swinray.train.crops import crop_batch
+from swinray.train.crops import MRI_BODY, crop_batch, crop_body
 from swinray.train.replay import step_generator
 
 ROI = (32, 32, 32)
@@ -27,17 +26,31 @@ def corpus(tmp_path):
     return [air_with_a_small_body(tmp_path, f"ct{i}", corner) for i, corner in enumerate((4, 50, 100))]
 
 
-def test_the_body_threshold_is_the_body_edge_in_windowed_units():
-    assert normalised_body_threshold(CORPUS_TASK) == pytest.approx(0.25)          # -500 HU in [-1000, 1000]
-    soft = TaskSpec("oar", "CT", ("CT",), ("background", "x"), (4.0, 4.0, 2.5), "ct_window", (-117.0, 1573.0),
-                    (64, 64, 64))
-    assert normalised_body_threshold(soft) == 0.0        # a window above the body's edge: its lower end
+def ct(window):
+    return TaskSpec("oar", "CT", ("CT",), ("background", "x"), (4.0, 4.0, 2.5), "ct_window", window, (64, 64, 64))
+
+
+def test_the_body_is_the_ct_body_edge_in_windowed_units_and_any_non_zero_mri_voxel():
+    assert crop_body(CORPUS_TASK) == pytest.approx(0.25)          # -500 HU in [-1000, 1000]
+    assert crop_body(ct((-117.0, 1573.0))) == 0.0        # a window above the body's edge: its lower end
+    assert crop_body(ct((-1400.0, -600.0))) == pytest.approx(0.999)   # a window below it: near its top
     mri = TaskSpec("mr", "MRI", ("T1",), ("background", "x"), (1.0, 1.0, 1.0), "zscore_nonzero", None, (64, 64, 64))
-    assert normalised_body_threshold(mri) == 0.0
+    assert crop_body(mri) == MRI_BODY
+
+
+def test_mri_crops_hold_body_below_its_mean_too(tmp_path):
+    """Z-scored MRI: the body is every non-zero voxel, negative ones included."""
+    image = np.zeros((1, 128, 128, 64), np.float16)
+    image[0, 4:28, 4:28, 20:44] = -0.8                    # a body darker than the mean
+    write_case(tmp_path, "mr", image, None, {})
+    path = str(tmp_path / "cases" / "mr.npy")
+    for step in range(20):
+        crop = crop_batch([path], ROI, 1, step_generator(0, 0, step), MRI_BODY)
+        assert (crop != 0).float().mean() > 0.05, f"step {step}: a crop of background"
 
 
 def test_every_crop_holds_body_when_drawn_around_it(corpus):
-    body_above = normalised_body_threshold(CORPUS_TASK)
+    body_above = crop_body(CORPUS_TASK)
     for step in range(40):
         batch = crop_batch(corpus, ROI, 2, step_generator(0, 0, step), body_above)
         assert batch.shape == (2, 1, *ROI)

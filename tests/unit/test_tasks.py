@@ -48,3 +48,15 @@ def test_invalid_roi_is_refused_with_the_rule():
     with pytest.raises(ValueError, match="multiples of 32 and at least 64"):
         TaskSpec("mine", "CT", ("CT",), ("background", "x"), (1.0, 1.0, 1.0), "ct_window",
                  (-100.0, 100.0), (96, 96, 40))
+
+
+def test_left_right_pairs_come_from_side_words_and_skip_heart_chambers():
+    from swinray.data.tasks import left_right_pairs
+    names = ("background", "Parotid_L", "Parotid_R", "Lens", "lung left", "lung right", "LeftParotidGland",
+             "left_ventricle", "right_ventricle")
+    assert left_right_pairs(names) == ((1, 2), (4, 5))          # no "Lens" side, no heart chambers
+    with pytest.raises(ValueError, match="'Kidney_R' and 'kidney_r' name the same side"):
+        left_right_pairs(("background", "Kidney_R", "kidney_r", "Kidney_L"))
+    with pytest.raises(ValueError, match="task mine: label_pairs entry 9 is neither"):
+        TaskSpec("mine", "CT", ("CT",), ("background", "a", "b"), (1.0, 1.0, 1.0), "ct_window", (-100.0, 100.0),
+                 (64, 64, 64), label_pairs=((1, 9),))
