@@ -46,7 +46,8 @@ def output_dir(cfg: PredictConfig) -> Path:
         raise DatasetError(f"--output {cfg.output} is a file; give a folder for the label maps")
     if cfg.input:
         out = Path(cfg.output).resolve()
-        if out in {f.parent.resolve() for f in input_files(Path(cfg.input))}:
+        files = input_files(Path(cfg.input))
+        if out in {f.parent.resolve() for f in files} | {Path(real_path(f)).parent for f in files}:   # links too
             raise DatasetError(f"--output {cfg.output} is the input folder: the label maps would overwrite "
                                f"the images (same file names); choose another folder")
     return Path(cfg.output)

@@ -455,6 +455,21 @@ def test_predict_into_its_input_folder_is_refused_before_anything_is_written(tmp
     assert sorted(p.name for p in images.iterdir()) == before
 
 
+def test_predict_into_the_folder_its_linked_inputs_point_to_is_refused(tmp_path, capfd):
+    """Inputs that are symlinks: their targets' folder is an input folder too."""
+    from swinray.cli import main
+    write_case(tmp_path / "scans", "s0", label=False)
+    images = tmp_path / "scans" / "imagesTr"
+    links = tmp_path / "links"
+    links.mkdir()
+    (links / "s0.nii.gz").symlink_to(images / "s0.nii.gz")
+    code = main("predict", ["--checkpoint", str(tmp_path / "model.pt"), "--input", str(links),
+                            "--output", str(images)])
+    summary = json.loads(capfd.readouterr().out.strip().splitlines()[-1])
+    assert code == 1 and "is the input folder" in summary["error"]
+    assert sorted(p.name for p in images.iterdir()) == ["s0.nii.gz"]
+
+
 def test_predict_into_a_file_is_refused_before_anything_is_written(tmp_path, capfd):
     from swinray.cli import main
     write_case(tmp_path / "scans", "s0", label=False)
