@@ -16,7 +16,7 @@ import numpy as np
 from swinray.config import VolumeLimits
 from swinray.data.cache import case_paths, source_stamp, write_case
 from swinray.data.datasets import Case
-from swinray.data.nifti import CaseError, check_channels, check_label, ras_spacing, read_verified
+from swinray.data.nifti import CaseError, CaseReadError, check_channels, check_label, ras_spacing, read_verified
 from swinray.data.tasks import TaskSpec
 from swinray.data.transforms import as_meta_tensor, foreground_threshold, preprocess_transforms
 
@@ -97,8 +97,9 @@ def process_case(case: Case, task: TaskSpec, cache: Path, limits: VolumeLimits =
                "sha256": checksums, "source_stamp": stamp}
         write_case(cache, case.case_id, image_out, label_out, row)
     except CaseError as e:
+        remembered = stamp is not None and not isinstance(e, CaseReadError)
         row = {**base, "status": "rejected", "reason": str(e),
-               **({"source_stamp": stamp, "limits": asdict(limits)} if stamp is not None else {})}
+               **({"source_stamp": stamp, "limits": asdict(limits)} if remembered else {})}
     except Exception as e:  # one bad case never stops a run: report it with its file
         row = {**base, "status": "rejected",
                "reason": f"{case.image[0]}: unexpected {type(e).__name__}: {e}"}

@@ -35,6 +35,11 @@ class CaseError(ValueError):
     """One case is unusable; the message names the file and the problem."""
 
 
+class CaseReadError(CaseError):
+    """The file could not be read (permissions, a flaky mount): a fault of the place, not of the data,
+    so the rejection is not remembered and a rerun tries again."""
+
+
 @dataclass(frozen=True)
 class Volume:
     array: np.ndarray           # (X, Y, Z) or (X, Y, Z, C), as stored
@@ -112,7 +117,7 @@ def read_header(path: str | Path, limits: VolumeLimits = VolumeLimits(), spacing
     except (EOFError, gzip.BadGzipFile, zlib.error) as e:
         raise CaseError(f"{path}: corrupt or truncated gzip stream ({e})") from None
     except OSError as e:
-        raise CaseError(f"{path}: cannot read ({e.strerror or e})") from None
+        raise CaseReadError(f"{path}: cannot read ({e.strerror or e})") from None
     try:
         header = nib.Nifti1Header.from_fileobj(io.BytesIO(head))
         shape, dtype = header.get_data_shape(), header.get_data_dtype()
@@ -165,7 +170,7 @@ def read_verified(path: str | Path, limits: VolumeLimits = VolumeLimits(), spaci
     try:
         raw = path.read_bytes()
     except OSError as e:
-        raise CaseError(f"{path}: cannot read ({e.strerror})") from None
+        raise CaseReadError(f"{path}: cannot read ({e.strerror})") from None
     data = _bounded_read(path, raw, expected)
     try:
         image = nib.Nifti1Image.from_bytes(data)
