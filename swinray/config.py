@@ -204,6 +204,9 @@ class SegConfig:
     sw_batch_size: int = 4              # windows per forward pass in sliding-window inference
     sw_overlap: float = 0.25
     pos_neg_ratio: float = 1.0          # crops centred on foreground : background
+    crop_class_ratios: tuple[float, ...] = ()  # () = pos_neg_ratio; else crops centred on each class with
+                                        # these weights, background first, one per class (MONAI's
+                                        # RandCropByLabelClassesd): small organs get their share
     flip_axes: tuple[int, ...] = (0,)   # random flips (p 0.5 each); axis 0 = left-right. Flipping
                                         # A-P or S-I changes what anterior/posterior labels mean
     rotate_degrees: float = 15.0        # random rotation about each axis, up to this (p 0.2)
@@ -224,6 +227,10 @@ class SegConfig:
         _require(0 <= self.freeze_encoder_stages <= 5, "freeze_encoder_stages", self.freeze_encoder_stages,
                  "must be 0 (none) to 5 (the patch embedding and all four Swin stages)")
         _require(0.0 <= self.sw_overlap < 1.0, "sw_overlap", self.sw_overlap, "must be in [0, 1)")
+        _require(not self.crop_class_ratios or (len(self.crop_class_ratios) >= 2 and all(
+            math.isfinite(r) and r >= 0 for r in self.crop_class_ratios) and sum(self.crop_class_ratios) > 0),
+            "crop_class_ratios", self.crop_class_ratios, "one weight of 0 or more per class, background first, "
+            "not all 0; or () for pos_neg_ratio")
         _non_negative_finite(pos_neg_ratio=self.pos_neg_ratio, rotate_degrees=self.rotate_degrees,
                              intensity_jitter=self.intensity_jitter, dice_weight=self.dice_weight,
                              ce_weight=self.ce_weight, max_minutes=self.max_minutes)

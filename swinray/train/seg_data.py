@@ -14,10 +14,12 @@ import numpy as np
 import torch
 from monai.data import CacheDataset, list_data_collate
 from monai.transforms import (
+    ClassesToIndicesd,
     Compose,
     FgBgToIndicesd,
     Flipd,
     MapTransform,
+    RandCropByLabelClassesd,
     RandCropByPosNegLabeld,
     RandFlipd,
     RandomizableTransform,
@@ -137,20 +139,24 @@ def train_transforms(roi_size, seg: SegConfig, label_pairs: LabelPairs = ()) -> 
     keys = ["image", "label"]
     roi = tuple(roi_size)
     rad = np.deg2rad(seg.rotate_degrees)
-    random_part = [
-        RandCropByPosNegLabeld(keys, "label", roi, pos=seg.pos_neg_ratio, neg=1.0, num_samples=1,
-                               fg_indices_key="label_fg_indices", bg_indices_key="label_bg_indices",
-                               allow_smaller=True),
-        *flips(keys, seg, label_pairs),
-    ]
+    if seg.crop_class_ratios:
+        indices = ClassesToIndicesd("label", num_classes=len(seg.crop_class_ratios))
+        crop = RandCropByLabelClassesd(keys, "label", roi, ratios=list(seg.crop_class_ratios),
+                                       num_classes=len(seg.crop_class_ratios), num_samples=1,
+                                       indices_key="label_cls_indices", allow_smaller=True)
+    else:
+        indices = FgBgToIndicesd("label")
+        crop = RandCropByPosNegLabeld(keys, "label", roi, pos=seg.pos_neg_ratio, neg=1.0, num_samples=1,
+                                      fg_indices_key="label_fg_indices", bg_indices_key="label_bg_indices",
+                                      allow_smaller=True)
+    random_part = [crop, *flips(keys, seg, label_pairs)]
     if seg.rotate_degrees > 0:
         random_part.append(RandRotated(keys, range_x=rad, range_y=rad, range_z=rad, prob=0.2,
                                        mode=("bilinear", "nearest"), padding_mode="zeros"))
     if seg.intensity_jitter > 0:
         random_part += [RandScaleIntensityd("image", factors=seg.intensity_jitter, prob=0.5),
                         RandShiftIntensityd("image", offsets=seg.intensity_jitter, prob=0.5)]
-    return Compose([LoadCachedCased(), SpatialPadd(keys, roi), FgBgToIndicesd("label"),
-                    *random_part, SelectItemsd(keys)])
+    return Compose([LoadCachedCased(), SpatialPadd(keys, roi), indices, *random_part, SelectItemsd(keys)])
 
 
 class StepBatches:

@@ -102,3 +102,20 @@ def test_a_left_right_flip_keeps_each_paired_label_on_its_anatomical_side(tmp_pa
         ramp = np.polyfit(x[body].numpy().ravel(), img[body].numpy().ravel(), 1)[0]
         flipped += ramp > 0                             # RAS: the ramp rose toward the left (low X)
     assert 0 < flipped < 8                              # both flipped and unflipped crops were checked
+
+
+def test_class_ratios_centre_crops_on_the_classes_asked_for(tmp_path):
+    """Crops smaller than the case, all centred on class 1 when only it has weight: each holds it."""
+    image = np.zeros((1, 96, 96, 96), np.float16)
+    label = np.zeros((96, 96, 96), np.uint8)
+    label[5:8, 5:8, 5:8] = 1                             # a small organ in a corner
+    label[60:90, 60:90, 60:90] = 2                       # a large one far from it
+    write_case(tmp_path, "two", image, label, {})
+    path = str(tmp_path / "cases" / "two.npy")
+    small_first = SegConfig(crop_class_ratios=(0.0, 1.0, 0.0), rotate_degrees=0.0, intensity_jitter=0.0)
+    transform = train_transforms((32, 32, 32), small_first)
+    transform.set_random_state(seed=0)
+    assert all(int((transform({"path": path})[0]["label"] == 1).sum()) == 27 for _ in range(6))
+    default = train_transforms((32, 32, 32), SegConfig(rotate_degrees=0.0, intensity_jitter=0.0))
+    default.set_random_state(seed=0)       # foreground centres, mostly on the large organ: it is rarely in them
+    assert sum(int((default({"path": path})[0]["label"] == 1).any()) for _ in range(12)) < 6
