@@ -9,6 +9,7 @@ import pytest
 from conftest import shared_dataset
 from swinray.config import DataConfig
 from swinray.data.datasets import DatasetError, check_inside, load_dataset
+from swinray.presets import PRESET_CPU_HEADNECK_CT, PRESET_CPU_HEADNECK_OAR
 from swinray.resolve import place_folders
 
 
@@ -184,6 +185,6 @@ def test_real_head_and_neck_ct_gets_a_ct_setting_with_the_parotids_paired():
     low, high = task.window_hu
     assert -200 < low < 0 and 1000 < high < 2000      # soft tissue to the mandible's bone
     assert all(side in (64, 96) for side in task.roi_size)
-    from swinray.presets import PRESET_CPU_HEADNECK_CT, PRESET_CPU_HEADNECK_OAR   # pretrains where it is fine-tuned
+    # pretraining happens in the space fine-tuning runs in
     assert PRESET_CPU_HEADNECK_CT.data.spacing_mm == task.spacing_mm
     assert PRESET_CPU_HEADNECK_CT.data.window_hu == PRESET_CPU_HEADNECK_OAR.data.window_hu == (-160.0, 240.0)
