@@ -107,7 +107,7 @@ def sweep(tmp_path_factory, s3):
 def test_the_rerun_on_another_node_restores_the_sweep_from_s3_and_resumes_the_interrupted_trial(sweep):
     tmp, result, interrupted, log = sweep
     assert f"restoring s3://{BUCKET}/sweeps/{NAME}/tune" in log
-    assert "case(s) already cached, 0 to do" in log                 # the cache, too, came from S3
+    assert "already refused (files and limits unchanged), 0 to do" in log   # the cache, too, came from S3
     (summary,) = result["sweeps"]
     assert summary["trials"] == 4                              # not 5: the finished trial 1 is not redone
     keys = s3_keys(BUCKET, PREFIX)
@@ -190,8 +190,9 @@ def test_the_aim_ui_lists_every_trial_with_its_hyperparameters_and_validation_di
     runs = read_experiment(result["aim_repo"], NAME)                # what Aim holds, through its SDK
     assert sorted(r.name for r in runs) == sorted(t["trial_id"] for t in trials)   # Aim names runs after trials
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    # Wide enough that the table renders every metric column and the hparams after them
-    with aim_up(Path(result["aim_repo"])) as base, chromium(width=9000, height=700) as browser:
+    # Wide enough that the table renders every metric column and the hparams after them (data.* and
+    # its limits come before optim.*)
+    with aim_up(Path(result["aim_repo"])) as base, chromium(width=16000, height=700) as browser:
         browser.get(aim_explorer_url(f'run.experiment == "{NAME}"', page="runs", base=base))
         WebDriverWait(browser, 60).until(lambda b: all(r.name in page_text(b) for r in runs))
         dismiss_popups(browser)
