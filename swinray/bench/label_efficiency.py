@@ -73,10 +73,13 @@ def _reuse_key(run_cfg: FinetuneConfig) -> dict:
 def held_out_images_in_pretraining(encoder: str, split_file: Path) -> list[str]:
     """The run's test cases whose image the encoder's pretraining run listed (its ``split.json`` beside
     ``encoder.pt``; corpus ids are ``<collection>-<file>``): a score on them is not held out from SSL."""
-    pretraining_split = local_file(encoder).parent / "split.json"
-    if not encoder or not pretraining_split.is_file() or not split_file.is_file():
+    if not encoder:
         return []
-    seen = {case for ids in json.loads(pretraining_split.read_text()).values() for case in ids}
+    pretraining_split = local_file(encoder).parent / "split.json"
+    if not pretraining_split.is_file() or not split_file.is_file():
+        return []
+    seen = {case for ids in json.loads(pretraining_split.read_text()).values() if isinstance(ids, list)
+            for case in ids}
     return sorted(t for t in json.loads(split_file.read_text())["test"]
                   if t in seen or any(s.endswith(f"-{t}") for s in seen))
 
