@@ -26,6 +26,7 @@ from swinray.storage import (
     write_json,
 )
 from swinray.train.pretrain_loop import train_fn_per_worker
+from swinray.train.proxy_progress import describe, proxy_progress
 from swinray.train.state import ENCODER_FILE
 from swinray.train.trainer import loop_config, make_trainer, worker_resources
 
@@ -78,11 +79,14 @@ def pretrain(resolved: Resolved, log=print) -> dict:
     in_sync = metrics.get("weights_in_sync", True)       # absent when a finished run is rerun
     if not in_sync:
         log("error: the ranks' weights differ at the end of training; DDP did not keep them in sync")
+    metrics_log = run_dir / "metrics.jsonl"
+    proxies = proxy_progress(metrics_log) if metrics_log.is_file() else {}
+    log(describe(proxies))
     if metrics.get("aim_error"):
         log(f"warning: Aim tracking failed during the run ({metrics['aim_error']}); "
             f"metrics are in {shown(run_dir / 'metrics.jsonl')}")
     return {"command": "pretrain", "run_dir": shown(run_dir), "steps": metrics.get("step"),
-            "loss": metrics.get("loss"), "encoder": shown(encoder_path),
+            "loss": metrics.get("loss"), "proxies": proxies, "encoder": shown(encoder_path),
             "encoder_keys_loaded": len(report.loaded), "encoder_keys_missing": len(report.missing),
             "checkpoint": checkpoint_location(result.checkpoint.path, ray_storage_path(cfg.run.storage)),
             "metrics_log": shown(run_dir / "metrics.jsonl"), "aim_repo": cfg.run.aim_repo,
