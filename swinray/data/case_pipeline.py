@@ -6,7 +6,6 @@ transforms in a plain loop.
 from __future__ import annotations
 
 import functools
-import resource
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -104,7 +103,6 @@ def process_case(case: Case, task: TaskSpec, cache: Path, limits: VolumeLimits =
         row = {**base, "status": "rejected",
                "reason": f"{case.image[0]}: unexpected {type(e).__name__}: {e}"}
     row["seconds"] = round(time.perf_counter() - start, 3)
-    row["worker_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     return row
 
 

@@ -7,7 +7,10 @@ unless the gzip stream is read to its end and its CRC verified. It also allocate
 header claims, and a gzip stream expands to whatever it holds. So we read the header first and
 refuse one that claims more than ``VolumeLimits`` allow (or whose resampling to the task spacing
 would), decompress at most what the header claims, let Python's gzip verify CRC and length, parse
-the bytes with nibabel, then check the voxels.
+the bytes with nibabel, then check the voxels. Voxels that the header scales (``scl_slope`` and
+``scl_inter``, as CTs stored as unsigned integers with an intercept of -1024 are) are loaded as
+float32, where nibabel would return float64 (and, asked for float32, go through float64 anyway):
+the size checks count the voxels as loaded, not as stored.
 """
 from __future__ import annotations
 
@@ -47,16 +50,30 @@ class Volume:
     sha256: str                 # of the file as stored on disk
 
 
-def check_size(shape, itemsize: int, path, limits: VolumeLimits, extra_bytes: int = 0) -> None:
-    """Refuse a volume whose voxel count or data size is above the limits, before it is allocated."""
+def check_size(shape, itemsize: int, path, limits: VolumeLimits, extra_bytes: int = 0, loaded_as: str = "") -> None:
+    """Refuse a volume whose voxel count or data size is above the limits, before it is allocated.
+    ``itemsize``: bytes per voxel as loaded; ``loaded_as`` names that type when it is not the stored one."""
     voxels = math.prod(int(s) for s in shape)
     if voxels > limits.max_megavoxels * 1e6:
         raise CaseError(f"{path}: its header claims {tuple(int(s) for s in shape)} = {voxels / 1e6:.1f} megavoxels, "
                         f"above the limit max_megavoxels={limits.max_megavoxels:g}")
     claimed = voxels * itemsize + extra_bytes
     if claimed > limits.max_volume_mb * _MB:
-        raise CaseError(f"{path}: its header claims {claimed / _MB:.1f} MB of voxel data, above the limit "
+        raise CaseError(f"{path}: its header claims {claimed / _MB:.1f} MB of voxel data{loaded_as}, above the limit "
                         f"max_volume_mb={limits.max_volume_mb:g}")
+
+
+def is_scaled(header: nib.Nifti1Header) -> bool:
+    """Whether the header's scl_slope/scl_inter change the stored values (nibabel reads 0 or NaN as none)."""
+    slope, inter = header.get_slope_inter()
+    return (slope is not None and slope != 1) or (inter is not None and inter != 0)
+
+
+def loaded_itemsize(header: nib.Nifti1Header) -> int:
+    """Bytes per voxel once loaded by ``read_verified``: float32 when scaled (the stored size if larger,
+    which the decompressed data holds meanwhile), else the stored type."""
+    stored = header.get_data_dtype().itemsize
+    return max(stored, 4) if is_scaled(header) else stored
 
 
 def check_geometry(affine: np.ndarray, path) -> None:
@@ -122,13 +139,15 @@ def read_header(path: str | Path, limits: VolumeLimits = VolumeLimits(), spacing
         header = nib.Nifti1Header.from_fileobj(io.BytesIO(head))
         shape, dtype = header.get_data_shape(), header.get_data_dtype()
         affine = header.get_best_affine()
+        scaled = is_scaled(header)      # a finite slope with a non-finite intercept raises
     except Exception as e:  # nibabel raises many types for malformed headers
         raise CaseError(f"{path}: not a readable NIfTI-1 volume ({type(e).__name__}: {e})") from None
     if 0 in shape:
         raise CaseError(f"{path}: zero-size volume {shape}")
     if dtype.kind not in "iuf":
         raise CaseError(f"{path}: voxels of type {dtype} (complex or RGB); an image or label holds real numbers")
-    check_size(shape, dtype.itemsize, path, limits, int(header.get_data_offset()))
+    check_size(shape, loaded_itemsize(header), path, limits, int(header.get_data_offset()),
+               f" as loaded (float32, scaled by its scl_slope/scl_inter from {dtype})" if scaled else "")
     check_geometry(affine, path)
     if spacing_mm is not None:
         check_resampling(shape, affine, spacing_mm, path, limits)
@@ -174,11 +193,28 @@ def read_verified(path: str | Path, limits: VolumeLimits = VolumeLimits(), spaci
     data = _bounded_read(path, raw, expected)
     try:
         image = nib.Nifti1Image.from_bytes(data)
-        array = np.asarray(image.dataobj)
+        array = _as_loaded(image.dataobj)
     except Exception as e:  # nibabel raises many types for malformed headers and short data
         raise CaseError(f"{path}: not a readable NIfTI-1 volume ({type(e).__name__}: {e})") from None
     check_volume(array, image.affine, path)
     return Volume(array, image.affine, hashlib.sha256(raw).hexdigest())
+
+
+def _as_loaded(proxy) -> np.ndarray:
+    """The voxels as stored, or scaled by the header's slope and intercept in float32, in place: the
+    stored array plus one float32 array, where nibabel's scaling makes float64 (twice the memory,
+    four times that of int16 voxels). A scaling that overflows float32 leaves non-finite voxels,
+    which ``check_volume`` refuses."""
+    raw = np.asarray(proxy.get_unscaled())
+    slope, inter = float(proxy.slope), float(proxy.inter)
+    if slope == 1 and inter == 0:
+        return raw
+    array = raw.astype(np.float32)
+    del raw
+    with np.errstate(over="ignore", invalid="ignore"):
+        array *= np.float32(slope)
+        array += np.float32(inter)
+    return array
 
 
 def check_volume(array: np.ndarray, affine: np.ndarray, path) -> None:

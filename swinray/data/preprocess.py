@@ -1,10 +1,13 @@
 """Distributed preprocessing: Ray Data maps every case through validation and MONAI transforms.
 
-Each Ray task validates one case (whole gzip stream, voxels, geometry, labels), transforms it
-and writes it to the cache; the driver only collects small JSON rows for the manifest. A bad
-case becomes a row in ``rejected.json`` and never stops the run; finished cases, and cases refused
-for their input whose files and limits are unchanged, are skipped on rerun, so an interrupted run
-resumes where it stopped and a finished one starts no Ray at all.
+Before any worker starts, the driver reads every case's headers and refuses a case that would cost
+far more than the dataset's median one (``swinray.data.admission``). Each Ray task validates one
+admitted case (whole gzip stream, voxels, geometry, labels), transforms it and writes it to the
+cache, measuring its worker's peak memory over that case (``swinray.peak_rss``); the driver only
+collects small JSON rows for the manifest. A bad case becomes a row in ``rejected.json`` and never
+stops the run; finished cases, and cases refused for their input whose files and limits are
+unchanged, are skipped on rerun, so an interrupted run resumes where it stopped and a finished one
+starts no Ray at all.
 
     python -m platform.preprocess --data ../shared/data/Task04_Hippocampus
 """
@@ -16,7 +19,9 @@ from pathlib import Path
 
 import ray
 
+from swinray import peak_rss
 from swinray.config import PreprocessConfig, RunConfig, VolumeLimits
+from swinray.data.admission import admit
 from swinray.data.cache import cached_row, fingerprint, rejection_path
 from swinray.data.case_pipeline import process_case
 from swinray.data.datasets import Case, Dataset
@@ -33,9 +38,15 @@ _TASKS_PER_CPU = 4
 
 
 def _process_row(row: dict, cases: list[Case], task: TaskSpec, cache: Path, limits: VolumeLimits) -> dict:
-    """One case per row; its result as a JSON string so rows of any shape share one schema."""
+    """One case per row; its result as a JSON string so rows of any shape share one schema. The row
+    carries the worker's peak memory while this case ran: Ray reuses worker processes, so their
+    lifetime peak would carry earlier cases' (or runs') into it."""
     keep_freed_memory()     # once per worker process
-    return {"row": json.dumps(process_case(cases[row["id"]], task, cache, limits))}
+    per_case = peak_rss.reset()
+    result = process_case(cases[row["id"]], task, cache, limits)
+    result["worker_peak_rss_mb"] = peak_rss.peak_mb()
+    result["worker_peak_rss_scope"] = "case" if per_case else "process"
+    return {"row": json.dumps(result)}
 
 
 def run_cases(todo: list[Case], task: TaskSpec, cache: Path, progress: Progress | None = None,
@@ -61,24 +72,36 @@ def preprocess_dataset(dataset: Dataset, cache: Path, max_cases: int, run: RunCo
     """Preprocess ``dataset`` into ``cache`` (finished cases are skipped); returns the JSON summary."""
     log(f"dataset {shown(dataset.root)} (task {dataset.task.name}, {len(dataset.cases)} cases) -> cache {shown(cache)}")
     cases = dataset.cases[: max_cases or None]
-    rows, todo = {}, []
+    rows, todo, peaks = {}, [], []
     rejected = [{"case_id": None, "status": "rejected", "reason": r} for r in dataset.rejected]
-    for case in cases:
+    admission = admit(cases, dataset.task.spacing_mm, dataset.limits)
+    if admission.median_mb is not None:
+        log(f"admission: the median case costs {admission.median_mb:g} MB to load and resample (from the headers); "
+            f"{len(admission.refused)} case(s) refused above {dataset.limits.max_times_median:g}x that")
+    for case, reason in admission.refused:      # decided afresh each run: it depends on the other cases
+        log(f"rejected: {reason}")
+        rejected.append({"case_id": case.case_id, "split": case.split, "image": list(case.image),
+                         "label": case.label, **({"collection": case.collection} if case.collection else {}),
+                         "status": "rejected", "reason": reason})
+    remembered = 0
+    for case in admission.admitted:
         row = cached_row(cache, case, dataset.limits)
         if row is None:
             todo.append(case)
         elif row["status"] == "rejected":
             rejected.append(row)
+            remembered += 1
         else:
             rows[case.case_id] = row
-    log(f"{len(rows)} case(s) already cached, {len(rejected) - len(dataset.rejected)} already refused "
-        f"(files and limits unchanged), {len(todo)} to do")
+    log(f"{len(rows)} case(s) already cached, {remembered} already refused (files and limits unchanged), "
+        f"{len(todo)} to do")
     written = 0
     if todo:
         cluster = init_ray(run)
         log(f"ray: {cluster['nodes']} node(s), {cluster['cpus']:g} CPU")
         progress = Progress(len(todo), "case", "preprocess")
         for row in run_cases(todo, dataset.task, cache, progress, dataset.limits):
+            peaks.append((row["worker_peak_rss_mb"], row["worker_peak_rss_scope"]))
             if row["status"] == "written":
                 rows[row["case_id"]] = row
                 written += 1
@@ -94,12 +117,14 @@ def preprocess_dataset(dataset: Dataset, cache: Path, max_cases: int, run: RunCo
     write_json(cache / "fingerprint.json", fingerprint(ordered))
     write_json(cache / "rejected.json", rejected)
     write_json(cache / "task.json", json.loads(json.dumps(dataset.task.__dict__)))
-    peak = max((r.get("worker_peak_rss_mb", 0) for r in [*ordered, *rejected]), default=0)
+    # This run's workers only (None when none ran): a cached row's peak is an earlier run's
+    peak = max((mb for mb, _ in peaks), default=None)
+    scope = None if not peaks else "case" if all(s == "case" for _, s in peaks) else "process"
     return {"command": "preprocess", "task": dataset.task.name, "cases_written": written,
             "cases_skipped": len(ordered) - written, "cases_rejected": len(rejected),
             "cache_dir": shown(cache), "manifest": shown(cache / "manifest.json"),
-            "rejected_report": shown(cache / "rejected.json"), "worker_peak_rss_mb": peak,
-            "ok": bool(ordered)}
+            "rejected_report": shown(cache / "rejected.json"), "median_case_mb": admission.median_mb,
+            "worker_peak_rss_mb": peak, "worker_peak_rss_scope": scope, "ok": bool(ordered)}
 
 
 def preprocess(resolved: Resolved, log=print) -> dict:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from swinray.config import EvaluateConfig, VolumeLimits
+from swinray.data.admission import admit
 from swinray.data.datasets import Case, load_dataset
 from swinray.data.nifti import CaseError
 from swinray.data.tasks import task_from_dict
@@ -184,10 +185,14 @@ def run_evaluate(cfg: EvaluateConfig, log=print) -> dict:
         f"{meta['metrics'].get('val_dice', float('nan')):.4f}) on {len(cases)} {cfg.split} case(s) of "
         f"{dataset.root} -> {out}; sliding windows of {tuple(meta['roi_size'])}, overlap {cfg.sw_overlap}, "
         f"{cfg.sw_batch_size} per forward pass, on {device.type}")
-    rows, rejected, summary = score_cases(model, meta, cases, cfg.sw_batch_size, cfg.sw_overlap, device, log,
-                                          limits=cfg.limits)
+    admission = admit(cases, task.spacing_mm, cfg.limits)   # none far above the median case
+    for _, reason in admission.refused:
+        log(f"rejected: {reason}")
+    rows, rejected, summary = score_cases(model, meta, admission.admitted, cfg.sw_batch_size, cfg.sw_overlap,
+                                          device, log, limits=cfg.limits)
     csv_path = write_per_case(rows, out / "per_case.csv")
-    rejected = [{"case_id": None, "reason": r} for r in dataset.rejected] + rejected
+    rejected = ([{"case_id": None, "reason": r} for r in dataset.rejected]
+                + [{"case_id": c.case_id, "reason": r} for c, r in admission.refused] + rejected)
     return {"command": "evaluate", "checkpoint": cfg.checkpoint, "data": str(dataset.root), "task": task.name,
             "split": cfg.split, **summary, "num_rejected": len(rejected), "rejected": rejected,
             "per_case_csv": str(csv_path), "ok": bool(rows)}

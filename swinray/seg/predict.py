@@ -18,7 +18,9 @@ import nibabel as nib
 import numpy as np
 
 from swinray.config import PredictConfig
+from swinray.data.admission import admit
 from swinray.data.datasets import NIFTI_SUFFIXES, Case, DatasetError, case_id_of, real_path
+from swinray.data.nifti import CaseError
 from swinray.data.tasks import task_from_dict
 from swinray.progress import Progress
 from swinray.seg.evaluate import case_failure, open_model, pick_device
@@ -91,10 +93,13 @@ def run_predict(cfg: PredictConfig, log=print) -> dict:
     task = task_from_dict(meta["task"])
     log(f"segmenting {len(files)} file(s) with {cfg.checkpoint} (task {task.name}) -> {out_dir}")
     written, rejected, table = [], [], []
+    cases = [Case(case_id_of(str(path)), (real_path(path),), None, "test") for path in files]
+    refused = dict(admit(cases, task.spacing_mm, cfg.limits).refused)
     progress = Progress(len(files), "file", "predict")
-    for path in files:
-        case = Case(case_id_of(str(path)), (real_path(path),), None, "test")
+    for path, case in zip(files, cases):
         try:
+            if case in refused:             # far above the median input: refused from its header
+                raise CaseError(refused[case])
             labels = segment_case(model, case, task, meta["roi_size"], cfg.sw_batch_size, cfg.sw_overlap,
                                   device, cfg.limits).labels
             out_path = out_dir / path.name

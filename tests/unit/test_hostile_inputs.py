@@ -378,7 +378,7 @@ def test_a_rerun_with_unchanged_rejects_starts_no_ray_and_redoes_nothing(tmp_pat
     dataset = load_dataset(root, log=lambda m: None)
 
     def local_cases(todo, task, cache, progress=None, limits=None):     # Ray's map, in this process
-        return [process_case(c, task, cache, *([limits] if limits else [])) for c in todo]
+        return [json.loads(pre._process_row({"id": i}, todo, task, cache, limits)["row"]) for i in range(len(todo))]
     monkeypatch.setattr(pre, "init_ray", lambda run: {"nodes": 1, "cpus": 1})
     monkeypatch.setattr(pre, "run_cases", local_cases)
     first = pre.preprocess_dataset(dataset, tmp_path / "cache", 0, RunConfig(), log=lambda m: None)

@@ -116,3 +116,61 @@ def test_label_checks(tmp_path):
 def test_ras_spacing_follows_the_axes_not_the_storage_order():
     affine = np.array([[0, 0, -3.0, 0], [-0.8, 0, 0, 0], [0, 1.2, 0, 0], [0, 0, 0, 1]])
     assert ras_spacing(affine) == [3.0, 0.8, 1.2]
+
+
+def scaled_ct(path, shape=(24, 20, 12)):
+    """HU stored as scanners often do: uint16 of HU + 1024, with scl_inter = -1024 (nibabel loads float64)."""
+    hu = np.full(shape, -1000, np.int16)
+    hu[4:-4, 4:-4, 2:-2] = np.arange(np.prod(np.array(shape) - [8, 8, 4])).reshape(np.array(shape) - [8, 8, 4]) % 2000
+    image = nib.Nifti1Image((hu + 1024).astype(np.uint16), np.diag([1.5, 1.5, 3.0, 1.0]))
+    image.header.set_slope_inter(1.0, -1024.0)
+    nib.save(image, path)
+    return path, hu
+
+
+def test_scaled_voxels_load_as_float32_with_their_values(tmp_path):
+    path, hu = scaled_ct(tmp_path / "stored_plus_1024.nii.gz")
+    v = read_verified(path)
+    assert v.array.dtype == np.float32 and np.array_equal(v.array, hu)
+    assert np.asanyarray(nib.load(path).dataobj).dtype == np.float64          # what nibabel alone gives
+    stored = np.arange(24 * 20 * 12, dtype=np.int16).reshape(24, 20, 12)
+    image = nib.Nifti1Image(stored, np.eye(4))
+    image.header.set_slope_inter(0.25, 3.0)
+    nib.save(image, tmp_path / "slope.nii.gz")
+    assert np.array_equal(read_verified(tmp_path / "slope.nii.gz").array, stored * np.float32(0.25) + 3)
+
+
+def test_scaled_voxels_cost_one_float32_array_not_a_float64_one(tmp_path):
+    """Read: the file, its decompressed bytes, the stored voxels and one float32 array; nibabel's
+    float64 scaling would add 4 bytes a voxel more (12 for uint16 voxels, not 8, besides the file)."""
+    import tracemalloc
+    path, _ = scaled_ct(tmp_path / "big.nii.gz", (128, 128, 128))
+    voxels, on_disk = 128 ** 3, path.stat().st_size
+    tracemalloc.start()
+    try:
+        read_verified(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < on_disk + 1.1 * voxels * (2 + 2 + 4)
+
+
+def test_a_scaled_header_is_sized_as_loaded(tmp_path):
+    """200 x 200 x 100 uint16 is 7.6 MB as stored, 15.3 MB as the float32 its scaling loads into."""
+    from swinray.config import VolumeLimits
+    from swinray.data.nifti import read_header
+    header = nib.Nifti1Header()
+    header.set_data_shape((200, 200, 100))
+    header.set_data_dtype(np.uint16)
+    header.set_sform(np.diag([1.5, 1.5, 2.0, 1.0]), code=1)
+    limits = VolumeLimits(max_volume_mb=12)
+    plain = tmp_path / "plain.nii"
+    plain.write_bytes(header.binaryblock + b"\0" * 4)
+    read_header(plain, limits)
+    header.set_slope_inter(1.0, -1024.0)
+    scaled = tmp_path / "scaled.nii"
+    scaled.write_bytes(header.binaryblock + b"\0" * 4)
+    with pytest.raises(CaseError) as caught:
+        read_header(scaled, limits)
+    assert "scaled.nii: its header claims 15.3 MB of voxel data as loaded (float32, scaled by its " \
+           "scl_slope/scl_inter from uint16), above the limit max_volume_mb=12" in str(caught.value)
