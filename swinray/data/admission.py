@@ -10,7 +10,8 @@ loaded, plus their resampling to the task spacing in float32, the largest arrays
 it) and refuses a case above ``max_times_median`` times the median one, unless it is below
 ``relative_floor_mb``. Workers then see admitted cases only, so a run's peak memory follows its
 typical case, not its largest claim. The decision depends on the other cases, so it is made afresh
-on every run and never remembered with the case.
+on every run and never remembered with the case. A corpus of several collections (``--unlabelled A B``)
+has one median per collection.
 
 Why the median: it stays with the typical case while fewer than half the cases are outsized (a
 dataset that is mostly huge volumes is bounded by the absolute limits alone), where one huge claim
@@ -105,7 +106,9 @@ def case_claim(case: Case, spacing_mm, limits: VolumeLimits = VolumeLimits()) ->
 
 
 def admit(cases: Sequence[Case], spacing_mm, limits: VolumeLimits = VolumeLimits()) -> Admission:
-    """Split ``cases`` into those admitted and those refused as outsized against their median."""
+    """Split ``cases`` into those admitted and those refused as outsized against their median: the
+    median of their own collection (a pretraining corpus of 128^3 head-and-neck CTs and 512^2 x 200
+    abdominal ones is two typical sizes, not one), of all cases when they come from one source."""
     measured = {}                       # by position: a case id is not unique among predict's inputs
     for i, case in enumerate(cases):
         try:
@@ -114,19 +117,24 @@ def admit(cases: Sequence[Case], spacing_mm, limits: VolumeLimits = VolumeLimits
             continue
     if not measured:
         return Admission(list(cases), [], None)
-    median = float(np.median([mb for _, mb in measured.values()]))
-    bound = max(limits.max_times_median * median, limits.relative_floor_mb)
+    by_collection: dict[str, list[float]] = {}
+    for i, (_, mb) in measured.items():
+        by_collection.setdefault(cases[i].collection, []).append(mb)
+    medians = {name: float(np.median(mbs)) for name, mbs in by_collection.items()}
     admitted, refused = [], []
     for i, case in enumerate(cases):
         largest, mb = measured.get(i, (None, 0.0))
-        if mb <= bound:
+        median, among = medians.get(case.collection, 0.0), len(by_collection.get(case.collection, ()))
+        if mb <= max(limits.max_times_median * median, limits.relative_floor_mb):
             admitted.append(case)
             continue
         whole = "" if len(case.image) == 1 and not case.label else " with the rest of its case"
+        of = f"of {case.collection}'s {among}" if len(medians) > 1 else f"of these {among}"
         refused.append((case, f"{largest.path}: its header claims {largest.shape} voxels of {largest.dtype}, "
-                              f"{mb:.1f} MB to load and resample{whole}, {mb / median:.0f}x the median case of "
-                              f"these {len(measured)} ({median:.2f} MB); above the limit max_times_median="
+                              f"{mb:.1f} MB to load and resample{whole}, {mb / median:.0f}x the median case "
+                              f"{of} ({median:.2f} MB); above the limit max_times_median="
                               f"{limits.max_times_median:g} (cases under relative_floor_mb="
                               f"{limits.relative_floor_mb:g} are always admitted): raise it if such sizes "
                               "belong with these cases"))
-    return Admission(admitted, refused, round(median, 3))
+    overall = float(np.median([mb for _, mb in measured.values()]))
+    return Admission(admitted, refused, round(overall, 3))

@@ -164,3 +164,22 @@ def test_the_relative_limits_are_checked_like_the_others(setting):
     from swinray.errors import ConfigError
     with pytest.raises(ConfigError, match=next(iter(setting))):
         VolumeLimits(**setting)
+
+
+def test_each_collection_of_a_corpus_is_judged_against_its_own_median(tmp_path):
+    """Head-and-neck crops beside whole abdominal scans are two typical sizes: neither is outsized,
+    but a case far above its own collection's median still is."""
+    def case(collection, name, shape):
+        path = tmp_path / collection / f"{name}.nii.gz"
+        path.parent.mkdir(exist_ok=True)
+        nib.save(nib.Nifti1Image(np.zeros(shape, np.int16), np.diag([1.5, 1.5, 2.0, 1.0])), path)
+        return Case(f"{collection}-{name}", (str(path),), None, "training", collection)
+    small = [case("headneck", f"hn{i}", (16, 16, 16)) for i in range(4)]
+    large = [case("abdomen", f"ab{i}", (64, 64, 64)) for i in range(2)]
+    outsized = case("headneck", "claims_much", (64, 64, 64))
+    limits = VolumeLimits(max_times_median=8, relative_floor_mb=0.01)
+    admission = admit([*small, *large, outsized], (1.5, 1.5, 2.0), limits)
+    assert admission.admitted == [*small, *large]
+    [(refused, reason)] = admission.refused
+    assert refused is outsized
+    assert "64x the median case of headneck's 5" in reason
