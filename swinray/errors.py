@@ -15,3 +15,9 @@ class ConfigError(UserError, ValueError):
 
 class DatasetError(UserError, ValueError):
     """A dataset file or folder is unusable; the message names the file and the problem."""
+
+
+def short_repr(value: object) -> str:
+    """A value as an error message quotes it: its repr, cut to 80 characters."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."

@@ -101,7 +101,7 @@ class Resolved:
     cfg: Any
     requested: Any
     paths: RunPaths
-    dataset: Any = None                 # swinray.data.datasets.Dataset, read once; stays in the driver
+    dataset: Any = None                 # swinray.data.cases.Dataset, read once; stays in the driver
 
 
 # A rerun of a training run or a sweep under the same name resumes it, so it must be the same run:

@@ -27,7 +27,7 @@ from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 
 from swinray.config import BenchConfig
 from swinray.data.cache import write_case
-from swinray.data.datasets import Case
+from swinray.data.cases import Case
 from swinray.data.preprocess import run_cases
 from swinray.data.tasks import TaskSpec
 from swinray.data.transforms import preprocess_transforms

@@ -34,7 +34,7 @@ from typing import Sequence
 import numpy as np
 
 from swinray.config import VolumeLimits
-from swinray.data.datasets import Case
+from swinray.data.cases import Case
 from swinray.data.nifti import CaseError, loaded_itemsize, read_header
 
 _MB = 2 ** 20

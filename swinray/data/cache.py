@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from swinray.config import VolumeLimits
-from swinray.data.datasets import Case, Dataset
+from swinray.data.cases import Case, Dataset
 from swinray.data.tasks import TaskSpec
 from swinray.storage import atomic_write, exists, fetch, local_path, remote_of, shown
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from swinray.config import VolumeLimits
 from swinray.data.cache import case_paths, source_stamp, write_case
-from swinray.data.datasets import Case
+from swinray.data.cases import Case
 from swinray.data.nifti import CaseError, CaseReadError, check_channels, check_label, ras_spacing, read_verified
 from swinray.data.tasks import TaskSpec
 from swinray.data.transforms import as_meta_tensor, foreground_threshold, preprocess_transforms

@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 
 from swinray.config import ConfigError, DownloadConfig
-from swinray.data.datasets import DatasetError
+from swinray.errors import DatasetError
 from swinray.progress import Progress
 
 CHUNK = 1 << 20

@@ -24,7 +24,7 @@ from swinray.config import PreprocessConfig, RunConfig, VolumeLimits
 from swinray.data.admission import admit
 from swinray.data.cache import cached_row, fingerprint, rejection_path
 from swinray.data.case_pipeline import process_case
-from swinray.data.datasets import Case, Dataset
+from swinray.data.cases import Case, Dataset
 from swinray.data.tasks import TaskSpec
 from swinray.progress import Progress
 from swinray.resolve import Resolved, resolve_preprocess, save

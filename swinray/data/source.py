@@ -30,7 +30,8 @@ def resolve_source(data: DataConfig, log=print) -> Path:
 
 def load_source(data: DataConfig, log=print):
     """The dataset to preprocess: a pretraining corpus (``data.unlabelled``), or ``resolve_source``'s."""
-    from swinray.data.datasets import load_corpus, load_dataset
+    from swinray.data.corpus import load_corpus
+    from swinray.data.datasets import load_dataset
     uris = [s for s in (data.source, *data.unlabelled) if is_uri(s)]
     if uris:
         raise ConfigError(f"{uris[0]}: datasets are read from a path (memory maps and NIfTI readers need "
@@ -68,7 +69,7 @@ def excluded_cases(path: str) -> set[str]:
 def without_cases(corpus, excluded: set[str], log=print):
     """The corpus without the cases whose file name (without suffix) is excluded; listed ids that
     match no file are named (another naming scheme would otherwise exclude nothing, silently)."""
-    from swinray.data.datasets import case_id_of
+    from swinray.data.cases import case_id_of
     kept = tuple(c for c in corpus.cases if case_id_of(c.image[0]) not in excluded)
     unmatched = sorted(excluded - {case_id_of(c.image[0]) for c in corpus.cases})
     if len(kept) == len(corpus.cases):

@@ -3,7 +3,7 @@
 Each entry says how a task's data is read and normalised: modality and channels, label names
 (index = label value), target spacing, intensity handling and the training ROI. A folder with an
 MSD-format ``dataset.json`` that is not listed here is still a valid task: see
-``swinray.data.datasets.infer_task``.
+``swinray.data.inference.infer_task``.
 
     python -c "from swinray.data.tasks import get_task; print(get_task('Task09_Spleen'))"
 """

@@ -22,7 +22,8 @@ import torch
 
 from swinray.config import EvaluateConfig, VolumeLimits
 from swinray.data.admission import admit
-from swinray.data.datasets import Case, load_dataset
+from swinray.data.cases import Case
+from swinray.data.datasets import load_dataset
 from swinray.data.nifti import CaseError
 from swinray.data.tasks import task_from_dict
 from swinray.errors import ConfigError, DatasetError

@@ -10,7 +10,7 @@ from monai.data.utils import dense_patch_slices
 
 from swinray.config import VolumeLimits
 from swinray.data.case_pipeline import load_case
-from swinray.data.datasets import Case
+from swinray.data.cases import Case
 from swinray.data.tasks import TaskSpec
 from swinray.data.transforms import as_meta_tensor, preprocess_transforms
 from swinray.seg.inference import labels_on_source_grid, predict_probabilities

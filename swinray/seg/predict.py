@@ -19,9 +19,10 @@ import numpy as np
 
 from swinray.config import PredictConfig
 from swinray.data.admission import admit
-from swinray.data.datasets import NIFTI_SUFFIXES, Case, DatasetError, case_id_of, real_path
+from swinray.data.cases import NIFTI_SUFFIXES, Case, case_id_of, real_path
 from swinray.data.nifti import CaseError
 from swinray.data.tasks import task_from_dict
+from swinray.errors import DatasetError
 from swinray.progress import Progress
 from swinray.seg.evaluate import case_failure, open_model, pick_device
 from swinray.seg.model_input import segment_case

@@ -15,7 +15,8 @@ from test_hostile_inputs import fake_model, header_bytes, msd, write_case, write
 from conftest import shared_dataset, write_dicom_series
 from swinray.config import EvaluateConfig, PredictConfig, RunConfig, VolumeLimits
 from swinray.data.admission import admit
-from swinray.data.datasets import Case, load_dataset
+from swinray.data.cases import Case
+from swinray.data.datasets import load_dataset
 
 MB = 2 ** 20
 

@@ -6,7 +6,8 @@ import pytest
 
 from swinray.config import ConfigError, DataConfig
 from swinray.data.cache import cache_dir_for
-from swinray.data.datasets import PRETRAIN_CT_SPACING_MM, load_corpus
+from swinray.data.corpus import load_corpus
+from swinray.data.inference import PRETRAIN_CT_SPACING_MM
 from swinray.data.source import load_source
 
 

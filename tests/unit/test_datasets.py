@@ -8,7 +8,8 @@ import pytest
 
 from conftest import shared_dataset
 from swinray.config import DataConfig
-from swinray.data.datasets import DatasetError, check_inside, load_dataset
+from swinray.data.datasets import check_inside, load_dataset
+from swinray.errors import DatasetError
 from swinray.presets import PRESET_CPU_HEADNECK_CT, PRESET_CPU_HEADNECK_OAR
 from swinray.resolve import place_folders
 

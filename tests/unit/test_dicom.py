@@ -10,7 +10,8 @@ import pytest
 from conftest import write_dicom_series
 from swinray.data.cache import read_case
 from swinray.data.case_pipeline import process_case
-from swinray.data.datasets import load_corpus, load_dataset
+from swinray.data.corpus import load_corpus
+from swinray.data.datasets import load_dataset
 from swinray.data.nifti import CaseError, read_verified
 from swinray.data.phantom import generate_case
 

@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 
 from swinray.data.case_pipeline import process_case
-from swinray.data.datasets import Case, DatasetError, load_dataset
+from swinray.data.cases import Case
+from swinray.data.datasets import load_dataset
 from swinray.data.nifti import CaseError, read_verified
 from swinray.data.tasks import TaskSpec
+from swinray.errors import DatasetError
 
 TASK = TaskSpec("Hostile", "CT", ("CT",), ("background", "organ"), (1.5, 1.5, 2.0), "ct_window", (-175.0, 250.0),
                 (64, 64, 64))

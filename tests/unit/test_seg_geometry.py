@@ -11,7 +11,7 @@ import torch
 from monai.networks.utils import one_hot
 from scipy.spatial.transform import Rotation
 
-from swinray.data.datasets import Case
+from swinray.data.cases import Case
 from swinray.data.tasks import TaskSpec
 from swinray.data.transforms import as_meta_tensor, preprocess_transforms
 from swinray.seg.inference import labels_on_source_grid

@@ -10,7 +10,7 @@ import pytest
 from conftest import s3_keys
 from swinray.config import ConfigError, DataConfig
 from swinray.data.cache import cached_row, read_case, source_stamp, write_case
-from swinray.data.datasets import Case
+from swinray.data.cases import Case
 from swinray.data.source import load_source
 from swinray.resolve import aim_repo_for
 from swinray.storage import (
