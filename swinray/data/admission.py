@@ -11,7 +11,9 @@ it) and refuses a case above ``max_times_median`` times the median one, unless i
 ``relative_floor_mb``. Workers then see admitted cases only, so a run's peak memory follows its
 typical case, not its largest claim. The decision depends on the other cases, so it is made afresh
 on every run and never remembered with the case. A corpus of several collections (``--unlabelled A B``)
-has one median per collection.
+has one median per collection. Task inference, which reads a few volumes on the driver before the
+task spacing is known, samples only cases admitted by the same rule with ``spacing_mm=None``: their
+cost as read there (decompressed and loaded, not resampled).
 
 Why the median: it stays with the typical case while fewer than half the cases are outsized (a
 dataset that is mostly huge volumes is bounded by the absolute limits alone), where one huge claim
@@ -58,7 +60,7 @@ class Admission:
 
 
 def _cost_mb(voxels: int, stored: int, loaded: int, voxel_mm3: float, spacing_mm) -> float:
-    resampled = voxels * voxel_mm3 / math.prod(float(s) for s in spacing_mm)
+    resampled = 0.0 if spacing_mm is None else voxels * voxel_mm3 / math.prod(float(s) for s in spacing_mm)
     return (voxels * (stored + loaded) + resampled * _FLOAT32) / _MB
 
 
@@ -68,7 +70,8 @@ def _voxel_mm3(affine: np.ndarray) -> float:
 
 def file_claim(path: str, spacing_mm, limits: VolumeLimits = VolumeLimits()) -> Claim:
     """A NIfTI file's or DICOM series folder's claim, from its header(s) alone; CaseError when they
-    cannot be read or break the absolute limits (its resampling's included)."""
+    cannot be read or break the absolute limits (its resampling's included). ``spacing_mm`` None:
+    the cost of reading it, not resampled."""
     if Path(path).is_dir():
         return _series_claim(Path(path), spacing_mm)
     header = read_header(path, limits, spacing_mm)
@@ -130,8 +133,9 @@ def admit(cases: Sequence[Case], spacing_mm, limits: VolumeLimits = VolumeLimits
             continue
         whole = "" if len(case.image) == 1 and not case.label else " with the rest of its case"
         of = f"of {case.collection}'s {among}" if len(medians) > 1 else f"of these {among}"
+        work = "to load" if spacing_mm is None else "to load and resample"
         refused.append((case, f"{largest.path}: its header claims {largest.shape} voxels of {largest.dtype}, "
-                              f"{mb:.1f} MB to load and resample{whole}, {mb / median:.0f}x the median case "
+                              f"{mb:.1f} MB {work}{whole}, {mb / median:.0f}x the median case "
                               f"{of} ({median:.2f} MB); above the limit max_times_median="
                               f"{limits.max_times_median:g} (cases under relative_floor_mb="
                               f"{limits.relative_floor_mb:g} are always admitted): raise it if such sizes "

@@ -3,7 +3,8 @@
 Target spacing = the median voxel size of a few cases; ROI from their median extent (for CT, their
 body's); the CT window from the HU inside their labels; unlabelled CT (a pretraining corpus) gets
 the paper's pretraining settings. Every volume is read within ``VolumeLimits``; one that cannot be
-is named and skipped, and the next readable one is used.
+is named and skipped, and the next readable one is used. Only cases admitted against the median
+case (``swinray.data.admission``) are read, so the driver's memory here follows the typical case.
 
     python -c "from swinray.data.datasets import load_dataset; print(load_dataset('path/to/MyTask').task)"
 """
@@ -16,6 +17,7 @@ import nibabel as nib
 import numpy as np
 
 from swinray.config import VolumeLimits
+from swinray.data.admission import admit
 from swinray.data.cases import Case
 from swinray.data.nifti import CaseError, ras_spacing, read_header, read_verified
 from swinray.data.tasks import CT_BODY_HU, TaskSpec, check_label_pairs
@@ -60,6 +62,15 @@ def _skipped(case: Case, error: Exception, log) -> None:
     log(f"task inference: skipped {reason}")
 
 
+def _typical_cases(cases: list[Case], limits: VolumeLimits, log) -> list[Case]:
+    """The cases preprocessing's relative check admits, costed as read here (whole, not resampled):
+    a volume just under the absolute limits among small ones would cost the driver gigabytes."""
+    admission = admit(cases, None, limits)
+    for _, reason in admission.refused:
+        log(f"task inference: skipped {reason}")
+    return admission.admitted
+
+
 def _ras_geometry(path: str, limits: VolumeLimits) -> tuple[np.ndarray, np.ndarray]:
     """Voxel size and shape along R, A, S: for NIfTI from the checked header alone."""
     if Path(path).is_dir():
@@ -81,17 +92,22 @@ def infer_task(name: str, meta: dict, cases: list[Case], where: Path, limits: Vo
                log=print) -> TaskSpec:
     """Target spacing = median voxel size; ROI from the median extent; CT window from the labels.
 
-    Unlabelled CT (a pretraining corpus) gets the paper's pretraining settings instead. Volumes that
-    cannot be read within ``limits`` are named and skipped; the next readable ones are used.
+    Unlabelled CT (a pretraining corpus) gets the paper's pretraining settings instead. Only typical
+    cases are read; volumes that cannot be read within ``limits`` are named and skipped; the next
+    readable ones are used.
     """
-    channels = _channel_names(meta, where) or ("CT" if _looks_like_ct(cases, where, limits, log) else "MRI",)
+    channels, labelled = _channel_names(meta, where), any(c.label for c in cases)
+    ct_named = bool(channels) and all(m.upper() == "CT" for m in channels)
+    # Unlabelled CT by its dataset file's name needs no volume read; anything else reads typical cases only.
+    typical = [] if ct_named and not labelled else _typical_cases(cases, limits, log)
+    channels = channels or ("CT" if _looks_like_ct(typical, where, limits, log) else "MRI",)
     is_ct = all(m.upper() == "CT" for m in channels)
-    if is_ct and not any(c.label for c in cases):
+    if is_ct and not labelled:
         return TaskSpec(name, "CT", channels, ("background",), PRETRAIN_CT_SPACING_MM, "ct_window",
                         PRETRAIN_CT_WINDOW_HU, (96, 96, 96), where.name if where.is_file() else "")
     label_names = _label_names(meta, where)
     sample, geometry = [], []
-    for case in sorted(cases, key=lambda c: c.split != "training"):
+    for case in sorted(typical, key=lambda c: c.split != "training"):
         try:
             geometry.append(_ras_geometry(case.image[0], limits))
             sample.append(case)

@@ -10,7 +10,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from test_hostile_inputs import fake_model, header_bytes, msd, write_case, write_dataset
+from test_hostile_inputs import fake_model, header_bytes, msd, peak_mb, write_case, write_dataset
 
 from conftest import shared_dataset, write_dicom_series
 from swinray.config import EvaluateConfig, PredictConfig, RunConfig, VolumeLimits
@@ -91,6 +91,30 @@ def test_the_preprocessing_driver_sends_workers_only_admitted_cases(tmp_path, mo
     again = pre.preprocess_dataset(dataset, tmp_path / "cache", 0, RunConfig(), log=lambda m: None)
     assert sent == [f"valid{i}" for i in range(5)] and again["cases_rejected"] == 1    # refused again, unread
     assert again["worker_peak_rss_mb"] is None                                        # no worker ran
+
+
+@pytest.mark.parametrize("modality", [None, {"0": "CT"}], ids=["ct_or_mri_from_a_volume", "ct_window_from_labels"])
+def test_task_inference_reads_only_cases_admitted_against_the_median(tmp_path, modality):
+    """Task inference reads whole volumes on the driver (to tell CT from MRI, for the HU inside the
+    labels): an outsized honest case listed first is named and left unread, and the task is the one
+    the typical cases alone give."""
+    root = tmp_path / "Outsized"
+    entries = small_dataset(root)
+    meta = {k: v for k, v in msd(entries).items() if modality or k != "modality"}
+    write_dataset(root, meta)
+    typical_task = load_dataset(root, log=lambda m: None).task
+    shape = (320, 320, 200)                                             # 39 MB of int16, a 40 KB file
+    image = honest_volume(root / "imagesTr" / "outsized.nii.gz", shape)
+    honest_volume(root / "labelsTr" / "outsized.nii.gz", shape, np.uint8)
+    outsized = {"image": "./imagesTr/outsized.nii.gz", "label": "./labelsTr/outsized.nii.gz"}
+    write_dataset(root, {**meta, "training": [outsized, *entries]})
+    said = []
+    dataset, peak = peak_mb(lambda: load_dataset(root, log=said.append))
+    assert dataset.task == typical_task
+    assert len(dataset.cases) == 6                                      # preprocessing refuses it, with why
+    assert any(m.startswith(f"task inference: skipped {image}: its header claims {shape} voxels of int16, ")
+               and "MB to load with the rest of its case" in m for m in said)
+    assert peak < 4                                                     # headers and small volumes only
 
 
 def test_the_floor_admits_an_ordinary_scan_among_tiny_volumes(tmp_path):
