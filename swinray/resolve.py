@@ -31,12 +31,14 @@ from swinray.config import (
     to_dict,
 )
 from swinray.storage import is_uri, local_path
+from swinray.writable import writing_to
 
 AIM_REPO_ENV = "SWINRAY_AIM_REPO"     # set on a cluster's head (cluster/*.yaml): its tracking server
 STORAGE_ENV = "SWINRAY_STORAGE"         # where relative output paths (run.storage=outputs, ...) are rooted
 JOB_OUTPUTS = Path("~/swinray")         # their root under `ray job submit` without $SWINRAY_STORAGE
 CONFIG_FILE = "config.json"             # the resolved config: what ran
 REQUESTED_FILE = "config.requested.json"  # the config as the user asked for it
+RUN_STORAGE_KEY = "run.storage"         # the setting named when a run's folder cannot be written
 
 
 def in_ray_job_package(folder: Path) -> bool:
@@ -115,13 +117,15 @@ RESUMABLE = ("checkpoint_*", "metrics.jsonl", "tune")   # what a started run or 
 
 def save(resolved: Resolved, folder: str | Path | None = None) -> Path:
     """``config.json`` (resolved) and ``config.requested.json`` into the run's folder; the first's path.
-    A training run or sweep of the same name saved with another config is refused, never overwritten."""
+    A training run or sweep of the same name saved with another config is refused, never overwritten.
+    The first write of a run: a folder that cannot be written stops it here, named (StorageError)."""
     folder = Path(folder or resolved.paths.run_dir)
     if isinstance(resolved.cfg, (PretrainConfig, FinetuneConfig, SweepConfig)) and \
             any(next(folder.glob(pattern), None) for pattern in RESUMABLE):
         check_same_run(folder / CONFIG_FILE, resolved.cfg)
-    save_config(resolved.requested, folder / REQUESTED_FILE)
-    return save_config(resolved.cfg, folder / CONFIG_FILE)
+    with writing_to(folder, "storage" if isinstance(resolved.cfg, SweepConfig) else RUN_STORAGE_KEY):
+        save_config(resolved.requested, folder / REQUESTED_FILE)
+        return save_config(resolved.cfg, folder / CONFIG_FILE)
 
 
 def check_same_run(saved_path: Path, cfg) -> None:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from swinray.errors import ConfigError
+from swinray.writable import writing_to
 
 MIRROR_ENV = "SWINRAY_STORAGE_MIRROR"   # the node-local mirror of object storage (same on every node)
 URI_SCHEMES = ("s3", "gs")              # what pyarrow.fs (and so Ray Train and Tune) can write to
@@ -109,16 +110,18 @@ def upload(path: str | Path) -> None:
 
 def atomic_write(path: str | Path, write: Callable) -> Path:
     """Write a file whole: ``write(f)`` into a temporary name, renamed into place (a reader or a crash
-    never sees half a file), then, in object storage, uploaded."""
+    never sees half a file), then, in object storage, uploaded. A refused or full place is a StorageError."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with writing_to(path.parent):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as f:
+                write(f)
+            os.replace(tmp, path)
+        finally:
+            with contextlib.suppress(OSError):  # a folder that refused the file refuses this too
+                tmp.unlink(missing_ok=True)
     upload(path)
     return path
 
@@ -271,11 +274,14 @@ class SyncedLog:
         self.error: str | None = None
 
     def keep(self, wanted: Callable[[str], bool]) -> int:
-        """Rewrite the log with only the lines ``wanted`` keeps (whole, then uploaded); how many it dropped."""
+        """Rewrite the log with only the lines ``wanted`` keeps (whole, then uploaded); how many it dropped.
+        A last line without its newline was cut short (a full disk, a crash) and is dropped unread."""
         if not self.path.exists():
             return 0
-        lines = self.path.read_text().splitlines()
-        kept = [line for line in lines if line.strip() and wanted(line)]
+        text = self.path.read_text()
+        lines = text.splitlines()
+        whole = lines if text.endswith("\n") else lines[:-1]
+        kept = [line for line in whole if line.strip() and wanted(line)]
         if len(kept) != len(lines):
             write_text(self.path, "".join(line + "\n" for line in kept))
         return len(lines) - len(kept)

@@ -20,6 +20,7 @@ from swinray.config import VolumeLimits
 from swinray.data.cases import Case, Dataset
 from swinray.data.tasks import TaskSpec
 from swinray.storage import atomic_write, exists, fetch, local_path, remote_of, shown
+from swinray.writable import writing_to
 
 PIPELINE_VERSION = 1  # bump when the transforms change meaning, so old caches are not reused
 
@@ -91,9 +92,12 @@ def _read_row(path: Path) -> dict | None:
         return None
 
 
+CACHE_KEY = "data.cache_dir"           # the setting that places the cache: named when it cannot be written
+
+
 def write_case(cache: Path, case_id: str, image: np.ndarray, label: np.ndarray | None, row: dict) -> None:
+    """The case's ``.npy``, then its sidecar; a refused or full cache is a StorageError naming it."""
     data_path, meta_path = case_paths(cache, case_id)
-    data_path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {"image": image, **({"label": label} if label is not None else {})}
     record = np.dtype([(name, a.dtype, a.shape) for name, a in arrays.items()])
 
@@ -103,8 +107,9 @@ def write_case(cache: Path, case_id: str, image: np.ndarray, label: np.ndarray |
         for a in arrays.values():
             np.ascontiguousarray(a).tofile(f)
 
-    atomic_write(data_path, write)
-    atomic_write(meta_path, lambda f: f.write(json.dumps(row).encode()))
+    with writing_to(cache, CACHE_KEY):
+        atomic_write(data_path, write)
+        atomic_write(meta_path, lambda f: f.write(json.dumps(row).encode()))
 
 
 def read_case(path: str | Path, mmap: bool = True) -> tuple[np.ndarray, np.ndarray | None]:

@@ -18,6 +18,7 @@ from swinray.data.cases import Case
 from swinray.data.nifti import CaseError, CaseReadError, check_channels, check_label, ras_spacing, read_verified
 from swinray.data.tasks import TaskSpec
 from swinray.data.transforms import as_meta_tensor, foreground_threshold, preprocess_transforms
+from swinray.errors import StorageError
 
 _STAT_STRIDE = 2  # statistics from every 2nd voxel along each axis: 8x cheaper, and the
                   # strided view is read in place where every 7th masked voxel needed a full mask copy
@@ -72,7 +73,8 @@ def intensity_stats(image: np.ndarray, threshold: float) -> dict:
 def process_case(case: Case, task: TaskSpec, cache: Path, limits: VolumeLimits = VolumeLimits()) -> dict:
     """Validate, preprocess and write one case; return its manifest or rejection row. A rejection of
     the input itself (CaseError) carries its source stamp and limits, so a rerun can skip it while
-    neither changes; an unexpected error carries neither and is retried."""
+    neither changes; an unexpected error carries neither and is retried. A cache that cannot be
+    written (StorageError) makes a "fault" row: the driver stops the run, no case is refused for it."""
     start = time.perf_counter()
     base = {"case_id": case.case_id, "split": case.split, "image": list(case.image), "label": case.label,
             **({"collection": case.collection} if case.collection else {})}
@@ -95,6 +97,8 @@ def process_case(case: Case, task: TaskSpec, cache: Path, limits: VolumeLimits =
                                 if label_out is not None else None),
                "sha256": checksums, "source_stamp": stamp}
         write_case(cache, case.case_id, image_out, label_out, row)
+    except StorageError as e:
+        row = {**base, "status": "fault", "reason": str(e), "fault": [e.path, e.code, e.key]}
     except CaseError as e:
         remembered = stamp is not None and not isinstance(e, CaseReadError)
         row = {**base, "status": "rejected", "reason": str(e),

@@ -7,7 +7,9 @@ cache, measuring its worker's peak memory over that case (``swinray.peak_rss``);
 collects small JSON rows for the manifest. A bad case becomes a row in ``rejected.json`` and never
 stops the run; finished cases, and cases refused for their input whose files and limits are
 unchanged, are skipped on rerun, so an interrupted run resumes where it stopped and a finished one
-starts no Ray at all.
+starts no Ray at all. A cache that cannot be written
+(no permission, read-only, full) is the opposite: it stops the run with one StorageError, tried
+before Ray starts and named when it appears in a worker, and refuses no case.
 
     python -m platform.preprocess --data ../shared/data/Task04_Hippocampus
 """
@@ -22,14 +24,16 @@ import ray
 from swinray import peak_rss
 from swinray.config import PreprocessConfig, RunConfig, VolumeLimits
 from swinray.data.admission import admit
-from swinray.data.cache import cached_row, fingerprint, rejection_path
+from swinray.data.cache import CACHE_KEY, cached_row, fingerprint, rejection_path
 from swinray.data.case_pipeline import process_case
 from swinray.data.cases import Case, Dataset
 from swinray.data.tasks import TaskSpec
+from swinray.errors import StorageError
 from swinray.progress import Progress
 from swinray.resolve import Resolved, resolve_preprocess, save
 from swinray.runtime import init_ray, keep_freed_memory
 from swinray.storage import shown, write_json
+from swinray.writable import check_writable, writing_to
 
 # Several cases per Ray task amortise Ray Data's per-task scheduling gap (0.04-0.15 s measured on
 # 2 cores, against 0.15-0.3 s of work per CT); at least 4 tasks per CPU keep the tail balanced.
@@ -71,6 +75,7 @@ def run_cases(todo: list[Case], task: TaskSpec, cache: Path, progress: Progress 
 def preprocess_dataset(dataset: Dataset, cache: Path, max_cases: int, run: RunConfig, log=print) -> dict:
     """Preprocess ``dataset`` into ``cache`` (finished cases are skipped); returns the JSON summary."""
     log(f"dataset {shown(dataset.root)} (task {dataset.task.name}, {len(dataset.cases)} cases) -> cache {shown(cache)}")
+    check_writable(cache, CACHE_KEY)
     cases = dataset.cases[: max_cases or None]
     rows, todo, peaks = {}, [], []
     rejected = [{"case_id": None, "status": "rejected", "reason": r} for r in dataset.rejected]
@@ -100,23 +105,29 @@ def preprocess_dataset(dataset: Dataset, cache: Path, max_cases: int, run: RunCo
         cluster = init_ray(run)
         log(f"ray: {cluster['nodes']} node(s), {cluster['cpus']:g} CPU")
         progress = Progress(len(todo), "case", "preprocess")
-        for row in run_cases(todo, dataset.task, cache, progress, dataset.limits):
-            peaks.append((row["worker_peak_rss_mb"], row["worker_peak_rss_scope"]))
-            if row["status"] == "written":
-                rows[row["case_id"]] = row
-                written += 1
-            else:
-                log(f"rejected: {row['reason']}")
-                rejected.append(row)
-                if "source_stamp" in row:       # refused for its input: remembered until it changes
-                    write_json(rejection_path(cache, row["case_id"]), row)
-        progress.close()
+        try:
+            for row in run_cases(todo, dataset.task, cache, progress, dataset.limits):
+                peaks.append((row["worker_peak_rss_mb"], row["worker_peak_rss_scope"]))
+                if row["status"] == "fault":    # the cache's fault, not the case's: the cases written so far stay
+                    raise StorageError(*row["fault"])
+                if row["status"] == "written":
+                    rows[row["case_id"]] = row
+                    written += 1
+                else:
+                    log(f"rejected: {row['reason']}")
+                    rejected.append(row)
+                    if "source_stamp" in row:       # refused for its input: remembered until it changes
+                        with writing_to(cache, CACHE_KEY):
+                            write_json(rejection_path(cache, row["case_id"]), row)
+        finally:
+            progress.close()
     ordered = [rows[c.case_id] for c in cases if c.case_id in rows]
-    write_json(cache / "manifest.json", {"task": dataset.task.name, "dataset": str(dataset.root),
-                                         "cases": ordered})
-    write_json(cache / "fingerprint.json", fingerprint(ordered))
-    write_json(cache / "rejected.json", rejected)
-    write_json(cache / "task.json", json.loads(json.dumps(dataset.task.__dict__)))
+    with writing_to(cache, CACHE_KEY):
+        write_json(cache / "manifest.json", {"task": dataset.task.name, "dataset": str(dataset.root),
+                                             "cases": ordered})
+        write_json(cache / "fingerprint.json", fingerprint(ordered))
+        write_json(cache / "rejected.json", rejected)
+        write_json(cache / "task.json", json.loads(json.dumps(dataset.task.__dict__)))
     # This run's workers only (None when none ran): a cached row's peak is an earlier run's
     peak = max((mb for mb, _ in peaks), default=None)
     scope = None if not peaks else "case" if all(s == "case" for _, s in peaks) else "process"

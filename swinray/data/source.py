@@ -8,6 +8,9 @@ from pathlib import Path
 from swinray.config import DataConfig
 from swinray.errors import ConfigError
 from swinray.storage import fetch, is_uri, local_path, publishing, remote_exists, shown
+from swinray.writable import check_writable, writing_to
+
+PHANTOM_KEY = "data.phantom_dir"      # named when the phantom cannot be written there
 
 
 def resolve_source(data: DataConfig, log=print) -> Path:
@@ -23,7 +26,7 @@ def resolve_source(data: DataConfig, log=print) -> Path:
     if not (phantom / "dataset.json").exists():
         from swinray.data.phantom import write_phantom_dataset
         log(f"no --data given: writing the built-in CT phantom ({data.num_phantom_cases} cases) to {shown(phantom)}")
-        with publishing(phantom):
+        with writing_to(check_writable(phantom, PHANTOM_KEY), PHANTOM_KEY), publishing(phantom):
             write_phantom_dataset(phantom, data.num_phantom_cases)
     return phantom
 

@@ -33,6 +33,7 @@ from swinray.resolve import evaluation_dir
 from swinray.seg.metrics import dice_per_case, hd95_per_case, outcomes
 from swinray.seg.model_input import segment_case
 from swinray.storage import fetch, local_file, local_path, write_text
+from swinray.writable import writing_to
 
 
 def pick_device(choice: str) -> torch.device:
@@ -191,7 +192,8 @@ def run_evaluate(cfg: EvaluateConfig, log=print) -> dict:
         log(f"rejected: {reason}")
     rows, rejected, summary = score_cases(model, meta, admission.admitted, cfg.sw_batch_size, cfg.sw_overlap,
                                           device, log, limits=cfg.limits)
-    csv_path = write_per_case(rows, out / "per_case.csv")
+    with writing_to(out, "out_dir"):
+        csv_path = write_per_case(rows, out / "per_case.csv")
     rejected = ([{"case_id": None, "reason": r} for r in dataset.rejected]
                 + [{"case_id": c.case_id, "reason": r} for c, r in admission.refused] + rejected)
     return {"command": "evaluate", "checkpoint": cfg.checkpoint, "data": str(dataset.root), "task": task.name,

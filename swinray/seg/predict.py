@@ -3,12 +3,14 @@
 The input is verified and preprocessed as in training, segmented by sliding windows, and the
 prediction is resampled back onto the input's voxel grid, so the written label map has the
 input's shape, spacing and affine (qform and sform codes included). A file that fails for any
-reason is a row of ``predictions.csv`` with its reason; the others go on.
+reason is a row of ``predictions.csv`` with its reason; the others go on. An output folder that
+cannot be written (no permission, a full disk) stops the command, named: it is no file's fault.
 
     python -m platform.predict --checkpoint outputs/finetune/model.pt --input scans/ --output labels/
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
@@ -22,13 +24,15 @@ from swinray.data.admission import admit
 from swinray.data.cases import NIFTI_SUFFIXES, Case, case_id_of, real_path
 from swinray.data.nifti import CaseError
 from swinray.data.tasks import task_from_dict
-from swinray.errors import DatasetError
+from swinray.errors import DatasetError, StorageError
 from swinray.progress import Progress
 from swinray.seg.evaluate import case_failure, open_model, pick_device
 from swinray.seg.model_input import segment_case
 from swinray.storage import write_text
+from swinray.writable import writing_to
 
 CSV_FILE = "predictions.csv"
+OUTPUT_KEY = "output"                  # named when the output folder cannot be written
 
 
 def input_files(path: Path) -> list[Path]:
@@ -65,14 +69,16 @@ def write_label_map(labels: np.ndarray, source: Path, out_path: Path) -> None:
     image.set_data_dtype(np.uint8)
     image.header.set_slope_inter(1, 0)
     image.header.set_data_shape(labels.shape)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(f".{os.getpid()}.tmp.{out_path.name}")   # same suffix: nibabel gzips .nii.gz
-    tmp.unlink(missing_ok=True)
-    try:
-        nib.save(image, tmp)
-        os.replace(tmp, out_path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with writing_to(out_path.parent, OUTPUT_KEY):      # a refused or full folder: StorageError, not this file's
+        try:
+            out_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.unlink(missing_ok=True)
+            nib.save(image, tmp)
+            os.replace(tmp, out_path)
+        finally:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
 
 
 def write_table(rows: list[dict], path: Path) -> Path:
@@ -107,13 +113,16 @@ def run_predict(cfg: PredictConfig, log=print) -> dict:
             write_label_map(labels, path, out_path)
             written.append(str(out_path))
             table.append({"file": str(path), "status": "written", "output": str(out_path), "reason": ""})
+        except StorageError:    # the output folder's fault, not this file's: every other file would fail too
+            raise
         except Exception as e:  # one failing file never stops the others
             log(f"rejected: {case_failure(case, e)}")
             rejected.append({"file": str(path), "reason": case_failure(case, e)})
             table.append({"file": str(path), "status": "rejected", "output": "", "reason": case_failure(case, e)})
         progress.update()
     progress.close()
-    csv_path = write_table(table, out_dir / CSV_FILE)
+    with writing_to(out_dir, OUTPUT_KEY):
+        csv_path = write_table(table, out_dir / CSV_FILE)
     return {"command": "predict", "checkpoint": cfg.checkpoint, "num_written": len(written),
             "num_rejected": len(rejected), "written": written, "rejected": rejected, "output": str(out_dir),
             "predictions_csv": str(csv_path), "ok": bool(written)}

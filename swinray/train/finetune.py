@@ -18,14 +18,15 @@ from swinray.errors import ConfigError, DatasetError
 from swinray.models.registry import build_swin_unetr
 from swinray.models.weights import LoadReport, load_encoder
 from swinray.progress import follow_run
-from swinray.resolve import Resolved, resolve_finetune, save
+from swinray.resolve import RUN_STORAGE_KEY, Resolved, resolve_finetune, save
 from swinray.runtime import init_ray, use_gpu
 from swinray.seg.evaluate import score_test_cases
 from swinray.storage import copy_to_local, local_file, local_path, shown, write_json
 from swinray.train.finetune_loop import model_kwargs, train_fn_per_worker
 from swinray.train.seg_data import split_cases
 from swinray.train.state import MODEL_FILE
-from swinray.train.trainer import loop_config, make_trainer, worker_resources
+from swinray.train.trainer import fit, loop_config, make_trainer, worker_resources
+from swinray.writable import writing_to
 
 
 def check_pretrained(path: str, kwargs: dict) -> LoadReport:
@@ -70,15 +71,16 @@ def plan_finetune(resolved: Resolved, log=print) -> FinetunePlan:
                            f"(split.test_fraction={cfg.split.test_fraction} holds cases out for the test score)")
     report = check_pretrained(str(local_file(cfg.seg.pretrained)), model_kwargs(cfg.model)) \
         if cfg.seg.pretrained else None
-    write_json(resolved.paths.split, {"split": to_dict(cfg.split), "training": [r["case_id"] for r in train],
-                                      "validation": [r["case_id"] for r in val],
-                                      "test": [r["case_id"] for r in test]})
-    if report is not None:
-        write_json(Path(resolved.paths.split).parent / "pretrained_report.json",
-                   {"file": cfg.seg.pretrained, "loaded": report.loaded, "missing": report.missing,
-                    "unexpected": report.unexpected, "shape_mismatched": report.shape_mismatched,
-                    "notes": report.notes})
-        log(f"pretrained encoder {cfg.seg.pretrained} into SwinUNETR: {report.summary()}")
+    with writing_to(Path(resolved.paths.split).parent, RUN_STORAGE_KEY):
+        write_json(resolved.paths.split, {"split": to_dict(cfg.split), "training": [r["case_id"] for r in train],
+                                          "validation": [r["case_id"] for r in val],
+                                          "test": [r["case_id"] for r in test]})
+        if report is not None:
+            write_json(Path(resolved.paths.split).parent / "pretrained_report.json",
+                       {"file": cfg.seg.pretrained, "loaded": report.loaded, "missing": report.missing,
+                        "unexpected": report.unexpected, "shape_mismatched": report.shape_mismatched,
+                        "notes": report.notes})
+            log(f"pretrained encoder {cfg.seg.pretrained} into SwinUNETR: {report.summary()}")
     return FinetunePlan(replace(resolved, dataset=None), task, train, val, test, report)   # trials need no dataset
 
 
@@ -110,9 +112,9 @@ def finetune(resolved: Resolved, log=print) -> dict:
         f"({resources}), {cfg.optim.num_steps} steps -> {shown(run_dir)}")
     trainer = make_trainer(train_fn_per_worker, loop_config(cfg, resolved.paths, threads), cfg.run, gpu, resources)
     with follow_run(run_dir / "metrics.jsonl", cfg.optim.num_steps, f"finetune {cfg.run.name}"):
-        result = trainer.fit()
+        result = fit(trainer, run_dir)
     model_path = run_dir / MODEL_FILE
-    with result.checkpoint.as_directory() as directory:
+    with result.checkpoint.as_directory() as directory, writing_to(run_dir, RUN_STORAGE_KEY):
         copy_to_local(str(Path(directory) / MODEL_FILE), model_path)
     metrics = result.metrics or {}
     saved = torch.load(model_path, map_location="cpu", weights_only=True)["metrics"]
@@ -125,7 +127,8 @@ def finetune(resolved: Resolved, log=print) -> dict:
     if metrics.get("aim_error"):
         log(f"warning: Aim tracking failed during the run ({metrics['aim_error']}); "
             f"metrics are in {shown(run_dir / 'metrics.jsonl')}")
-    test = test_score(plan, model_path, run_dir / "test_per_case.csv", log)
+    with writing_to(run_dir, RUN_STORAGE_KEY):
+        test = test_score(plan, model_path, run_dir / "test_per_case.csv", log)
     return {"command": "finetune", "task": cfg.data.task, "run_dir": shown(run_dir), "steps": metrics.get("step"),
             "stopped_by": metrics.get("stopped_by") or None,
             "best_val_dice": saved["val_dice"], "best_step": saved["step"], "val_dice_per_class": per_class,

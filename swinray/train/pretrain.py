@@ -14,7 +14,7 @@ from swinray.errors import DatasetError
 from swinray.models.registry import build_swin_unetr
 from swinray.models.weights import load_encoder
 from swinray.progress import follow_run
-from swinray.resolve import Resolved, resolve_pretrain, save
+from swinray.resolve import RUN_STORAGE_KEY, Resolved, resolve_pretrain, save
 from swinray.runtime import init_ray, use_gpu
 from swinray.storage import (
     checkpoint_location,
@@ -28,7 +28,8 @@ from swinray.storage import (
 from swinray.train.pretrain_loop import train_fn_per_worker
 from swinray.train.proxy_progress import describe, proxy_progress
 from swinray.train.state import ENCODER_FILE
-from swinray.train.trainer import loop_config, make_trainer, worker_resources
+from swinray.train.trainer import fit, loop_config, make_trainer, worker_resources
+from swinray.writable import writing_to
 
 
 def training_cases(split_file: Path, cached: list[str], log=print) -> list[str]:
@@ -64,12 +65,13 @@ def pretrain(resolved: Resolved, log=print) -> dict:
         f"({resources}), {len(cases)} case(s), {cfg.optim.num_steps} steps -> {shown(run_dir)}")
 
     case_ids = training_cases(Path(resolved.paths.split), [c["case_id"] for c in cases], log)
-    write_json(resolved.paths.split, {"training": case_ids})      # rank r trains on every world-th from r
+    with writing_to(run_dir, RUN_STORAGE_KEY):
+        write_json(resolved.paths.split, {"training": case_ids})      # rank r trains on every world-th from r
     trainer = make_trainer(train_fn_per_worker, loop_config(cfg, resolved.paths, threads), cfg.run, gpu, resources)
     with follow_run(run_dir / "metrics.jsonl", cfg.optim.num_steps, f"pretrain {cfg.run.name}"):
-        result = trainer.fit()
+        result = fit(trainer, run_dir)
     encoder_path = run_dir / ENCODER_FILE
-    with result.checkpoint.as_directory() as directory:
+    with result.checkpoint.as_directory() as directory, writing_to(run_dir, RUN_STORAGE_KEY):
         copy_to_local(str(Path(directory) / ENCODER_FILE), encoder_path)
     check = build_swin_unetr(in_channels=cfg.model.in_channels, out_channels=2,
                              feature_size=cfg.model.feature_size, window_size=cfg.model.window_size)

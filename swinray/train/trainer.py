@@ -1,6 +1,6 @@
 """One way to build a ``TorchTrainer``: explicit fractional resources, checkpoints kept, restarts;
-and what every Train worker does first (``start_worker``, ``case_files``) and can check at the end
-(``ranks_agree``).
+one way to run it (``fit``: a fault of run storage is named, not a traceback); and what every Train
+worker does first (``start_worker``, ``case_files``) and can check at the end (``ranks_agree``).
 
 Pretraining, fine-tuning and every sweep trial build their trainer here, so resources, storage
 and failure handling cannot drift apart. Rebuilding it with the same ``run.name`` and
@@ -23,8 +23,10 @@ from ray.train.torch import TorchTrainer
 
 from swinray.config import RunConfig, from_dict, to_dict
 from swinray.data.cache import case_paths
-from swinray.resolve import RunPaths
+from swinray.errors import StorageError
+from swinray.resolve import RUN_STORAGE_KEY, RunPaths
 from swinray.storage import fetch, ray_storage_path
+from swinray.writable import storage_fault
 
 DATA_CPU_RESERVE = 0.5  # CPU left free beside the workers: Ray Data tasks, a sweep trial's function actor
 
@@ -115,3 +117,31 @@ def make_trainer(train_fn: Callable[[dict], None], loop_config: dict, run: RunCo
             failure_config=ray.train.FailureConfig(max_failures=run.max_failures),
             callbacks=callbacks or None),
     )
+
+
+def fit(trainer: TorchTrainer, run_dir: str | Path) -> ray.train.Result:
+    """``trainer.fit()``; training that failed because ``run_dir`` could not be written (a worker's
+    metrics log or checkpoint on a refused or full disk) ends as the StorageError naming it. The
+    checkpoints persisted before stay: a rerun once it is fixed resumes from the last."""
+    try:
+        return trainer.fit()
+    except ray.train.TrainingFailedError as e:
+        fault = training_fault(e, run_dir)
+        if fault is None:
+            raise
+        raise fault from None
+
+
+def training_fault(error: BaseException, run_dir: str | Path) -> StorageError | None:
+    """The fault of ``run_dir`` behind a failed training, if any: in a worker's error (Ray Train's
+    ``WorkerGroupError``), the controller's (``ControllerError``), or what caused either."""
+    failures = [*getattr(error, "worker_failures", {}).values(), getattr(error, "controller_failure", None), error]
+    for failure in failures:
+        seen = set()
+        while failure is not None and id(failure) not in seen:
+            seen.add(id(failure))
+            fault = storage_fault(failure, run_dir, RUN_STORAGE_KEY)
+            if fault is not None:
+                return fault
+            failure = failure.__cause__ or failure.__context__
+    return None

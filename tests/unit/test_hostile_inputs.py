@@ -366,34 +366,8 @@ def test_an_entry_listed_twice_is_counted_once_with_a_warning_and_in_one_split(t
 
 
 # --------------------------------------------------------------------------------------------
-# Preprocessing reruns, evaluate and predict
+# Evaluate and predict (preprocessing reruns: tests/e2e/test_reruns.py)
 # --------------------------------------------------------------------------------------------
-
-def test_a_rerun_with_unchanged_rejects_starts_no_ray_and_redoes_nothing(tmp_path, monkeypatch):
-    import swinray.data.preprocess as pre
-    from swinray.config import RunConfig
-    root = tmp_path / "Rerun"
-    entries = [write_case(root, "good"), write_case(root, "broken")]
-    broken = root / "imagesTr" / "broken.nii.gz"
-    broken.write_bytes(broken.read_bytes()[:300])
-    write_dataset(root, msd(entries))
-    dataset = load_dataset(root, log=lambda m: None)
-
-    def local_cases(todo, task, cache, progress=None, limits=None):     # Ray's map, in this process
-        return [json.loads(pre._process_row({"id": i}, todo, task, cache, limits)["row"]) for i in range(len(todo))]
-    monkeypatch.setattr(pre, "init_ray", lambda run: {"nodes": 1, "cpus": 1})
-    monkeypatch.setattr(pre, "run_cases", local_cases)
-    first = pre.preprocess_dataset(dataset, tmp_path / "cache", 0, RunConfig(), log=lambda m: None)
-    assert (first["cases_written"], first["cases_rejected"]) == (1, 1)
-
-    def no_ray(run):
-        raise AssertionError("the rerun started Ray")
-    monkeypatch.setattr(pre, "init_ray", no_ray)
-    again = pre.preprocess_dataset(dataset, tmp_path / "cache", 0, RunConfig(), log=lambda m: None)
-    assert (again["cases_written"], again["cases_skipped"], again["cases_rejected"]) == (0, 1, 1)
-    rejected = json.loads((tmp_path / "cache" / "rejected.json").read_text())
-    assert len(rejected) == 1 and "broken.nii.gz: corrupt or truncated gzip stream" in rejected[0]["reason"]
-
 
 def fake_model(monkeypatch, module, fail_on: str):
     """``module``'s model is a stub and its segmentation a copy of the truth, except for ``fail_on``,
