@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from swinray import config as C
+from swinray import interrupt
 from swinray import presets as P
 from swinray.errors import UserError
 from swinray.resolve import CONFIG_FILE, REQUESTED_FILE, evaluation_dir, output_root_note, run_dir, save
@@ -124,7 +125,8 @@ def _parse(verb: str, argv: list[str] | None) -> argparse.Namespace:
     return _parser(verb, spec.cls, spec.description, spec.shortcuts, spec.positional).parse_args(argv)
 
 
-def _run_parsed(verb: str, args: argparse.Namespace) -> dict:
+def _run_parsed(verb: str, args: argparse.Namespace, reached: dict | None = None) -> dict:
+    """``reached`` gets the saved config's path as soon as there is one (an interrupted command says it)."""
     spec = VERBS[verb]
     if args.verbose:
         from swinray.runtime import VERBOSE_ENV  # not at the top: --help stays free of Ray
@@ -141,6 +143,8 @@ def _run_parsed(verb: str, args: argparse.Namespace) -> dict:
         log(f"{verb} config ({args.config or 'preset ' + args.preset}):\n" + json.dumps(C.to_dict(cfg), indent=2))
         return {"command": verb, "config_path": shown(path), "config": C.to_dict(cfg)}
     saved = save(resolved) if resolved else C.save_config(cfg, path)
+    if reached is not None:
+        reached["config_path"] = shown(saved)
     log(f"{verb} config ({args.config or 'preset ' + args.preset}), saved to {shown(saved)}:\n"
         + json.dumps(C.to_dict(cfg), indent=2))
     start = time.perf_counter()
@@ -150,12 +154,14 @@ def _run_parsed(verb: str, args: argparse.Namespace) -> dict:
 
 def main(verb: str, argv: list[str] | None = None) -> int:
     """Run a verb; a problem the user can fix (settings, data, environment) is one clear line and
-    ``ok: false``, not a traceback. Stdout is the JSON line only."""
+    ``ok: false``, not a traceback; Ctrl-C or SIGTERM is ``interrupted: true`` and exit code 130,
+    however the libraries at work ended on it. Stdout is the JSON line only."""
+    stop, reached = interrupt.Watch(), {"command": verb}
     try:
         args = _parse(verb, argv)               # --help prints to stdout and exits here
-        with _stdout_to_stderr():
+        with stop, _stdout_to_stderr():
             try:
-                summary = _run_parsed(verb, args)
+                summary = _run_parsed(verb, args, reached)
             finally:
                 _disconnect_ray()
         code = 0 if summary.get("ok", True) else 1
@@ -163,6 +169,16 @@ def main(verb: str, argv: list[str] | None = None) -> int:
         log(f"error: {e}")
         summary = {"command": verb, "ok": False, "error": str(e)}
         code = 2 if isinstance(e, C.ConfigError) else 1     # 2: the command line itself, as argparse says
+    except BaseException as e:
+        if stop.signal is None:
+            raise
+        summary = {**reached, **(e.reached if isinstance(e, interrupt.Interrupted) else {})}
+    if stop.signal is not None:
+        name = interrupt.name(stop.signal)
+        message = f"interrupted by {name}; run the same command again to resume"
+        log(message)
+        summary = {**summary, "ok": False, "interrupted": True, "signal": name, "error": message}
+        code = interrupt.EXIT_CODE
     emit(summary)
     return code
 

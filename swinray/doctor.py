@@ -23,6 +23,7 @@ import torch.distributed as dist
 from ray.train.torch import TorchTrainer
 
 import platform
+from swinray import interrupt
 from swinray.config import ConfigError, DoctorConfig, to_dict
 from swinray.resolve import output_path
 from swinray.runtime import init_ray, use_gpu, use_token_if_present
@@ -119,7 +120,8 @@ def run_doctor(cfg: DoctorConfig, log=print) -> dict:
                                                resources_per_worker={"CPU": cpus_per_worker}),
         run_config=ray.train.RunConfig(name=cfg.run.name, storage_path=ray_storage_path(output_path(cfg.run.storage))),
     )
-    result = trainer.fit()
+    with interrupt.ours_after():         # Train's SIGINT handler would outlive fit
+        result = trainer.fit()
     metrics = result.metrics
     world = cfg.run.num_workers
     expected = world * (world + 1) / 2

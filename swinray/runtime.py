@@ -15,6 +15,7 @@ from pathlib import Path
 
 import ray
 
+from swinray import interrupt
 from swinray.config import ConfigError, RunConfig
 
 
@@ -65,7 +66,8 @@ def init_ray(run: RunConfig) -> dict:
         # so out of `ray job logs` too; our progress comes from the driver (swinray.progress), and a
         # failure still raises here with its traceback.
         try:
-            ray.init(address=address, log_to_driver=verbose(), **kwargs)
+            with interrupt.ours_after():    # ray.init's SIGTERM handler would exit without the JSON line
+                ray.init(address=address, log_to_driver=verbose(), **kwargs)
         except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as e:
             if address == "local":
                 raise

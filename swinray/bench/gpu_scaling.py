@@ -15,6 +15,7 @@ from dataclasses import replace
 import ray.train
 import torch
 
+from swinray import interrupt
 from swinray.bench.gpu import WARMUP_STEPS
 from swinray.config import BenchConfig, PretrainConfig, from_dict, to_dict
 from swinray.errors import ConfigError
@@ -70,7 +71,8 @@ def scaling(cfg: BenchConfig, pre: PretrainConfig, device: torch.device, workers
                                run, gpu, resources, name="bench-gpu-scaling",
                                storage=storage)
         try:
-            metrics = trainer.fit().metrics or {}
+            with interrupt.ours_after():     # Train's SIGINT handler would outlive fit
+                metrics = trainer.fit().metrics or {}
         finally:
             shutdown_local_ray()
     seconds = metrics["seconds_per_step"]

@@ -7,10 +7,13 @@ from pathlib import Path
 from swinray.train.finetune_loop import MODEL_FILE
 
 
-def _status(result, num_steps: int) -> str:
-    """``num_steps``: the trial's own, which follows from its batch size in a sample budget."""
+def _status(result, num_steps: int, cut: set[str]) -> str:
+    """``num_steps``: the trial's own, which follows from its batch size in a sample budget; ``cut``:
+    the folder names of the trials an interrupt stopped."""
     if result.error is not None:
         return "error"
+    if Path(result.path).name in cut:
+        return "interrupted"
     num_steps = (result.config or {}).get("optim.num_steps", num_steps)
     return "stopped early" if (result.metrics or {}).get("step", 0) < num_steps else "finished"
 
@@ -27,8 +30,9 @@ def _format(value) -> str:
     return str(value) if value != "" else '""'
 
 
-def summarise(grid, num_steps: int, batch_size: int, workers: int = 1) -> dict:
+def summarise(grid, num_steps: int, batch_size: int, workers: int = 1, cut: set[str] = frozenset()) -> dict:
     """Rows per trial (status, steps, samples, best Dice, parameters), the Markdown table, the best trial.
+    ``cut``: the folder names of the trials an interrupt stopped (a rerun resumes them).
 
     Samples (steps x the trial's batch size x its workers) measure what a trial cost in data passes:
     trials sample their batch size, so steps alone undercount the large-batch ones."""
@@ -40,7 +44,7 @@ def summarise(grid, num_steps: int, batch_size: int, workers: int = 1) -> dict:
         params = dict(result.config or {})
         steps = metrics.get("step", 0)
         rows.append({"trial_id": metrics.get("trial_id") or Path(result.path).name,
-                     "status": _status(result, num_steps), "steps": steps,
+                     "status": _status(result, num_steps, cut), "steps": steps,
                      "samples": steps * params.get("optim.batch_size", batch_size) * workers,
                      "best_val_dice": dice if isinstance(dice, float) and math.isfinite(dice) and dice >= 0 else None,
                      "error": _last_line(result.error) if result.error is not None else None,
@@ -60,4 +64,5 @@ def summarise(grid, num_steps: int, batch_size: int, workers: int = 1) -> dict:
     return {"rows": rows, "best": best, "markdown": "\n".join(lines) + "\n",
             "early_stopped": sum(r["status"] == "stopped early" for r in rows),
             "errored": sum(r["status"] == "error" for r in rows),
+            "interrupted": sum(r["status"] == "interrupted" for r in rows),
             "trial_steps": sum(r["steps"] for r in rows), "trial_samples": sum(r["samples"] for r in rows)}

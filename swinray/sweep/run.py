@@ -19,6 +19,7 @@ from pathlib import Path
 import ray.tune
 from ray.tune import Tuner
 
+from swinray import interrupt
 from swinray.config import FinetuneConfig, SweepConfig, save_config
 from swinray.data.tasks import TASKS
 from swinray.errors import ConfigError, UserError
@@ -38,7 +39,7 @@ from swinray.storage import (
 )
 from swinray.sweep.budget import trial_budget
 from swinray.sweep.cleanup import FreeTrialWorkers, close_trial_runs
-from swinray.sweep.progress import SweepProgress
+from swinray.sweep.progress import ENDED, SweepProgress
 from swinray.sweep.report import summarise
 from swinray.sweep.searcher import export_study, make_scheduler, make_searcher
 from swinray.sweep.trial import run_trial, trial_config
@@ -122,7 +123,9 @@ def sweep_task(cfg: SweepConfig, resolved: Resolved, sweep_name: str, log=print)
                                           failure_config=ray.tune.FailureConfig(max_failures=0), verbose=0,
                                           callbacks=[FreeTrialWorkers(str(trials_dir)),
                                                      SweepProgress(sweep_name, cfg.trials)]))
-    grid = tuner.fit()
+    with interrupt.ours_after():        # Tune stops on Ctrl-C, saves the experiment and returns
+        grid = tuner.fit()
+    stopped = interrupt.received()
     still_open = close_trial_runs(trials_dir, base.run.aim_repo)
     if still_open:
         log(f"sweep {sweep_name}: warning: Aim runs {', '.join(still_open)} of stopped trials are still "
@@ -132,15 +135,20 @@ def sweep_task(cfg: SweepConfig, resolved: Resolved, sweep_name: str, log=print)
     fetch(experiment, refresh=True)     # Tune's state in object storage: the searcher reads local files
     searcher.restore_from_dir(str(experiment))
     study = export_study(searcher.study)
-    summary = summarise(grid, base.optim.num_steps, base.optim.batch_size, base.run.num_workers)
+    cut = unfinished_trials(experiment) if stopped else set()
+    summary = summarise(grid, base.optim.num_steps, base.optim.batch_size, base.run.num_workers, cut)
     write_json(folder / "trials.json", {"task": task, "trials": summary["rows"], "optuna_study": study})
     write_text(folder / "trials.md", summary["markdown"])
     out = {"task": task, "sweep_dir": shown(folder), "trials": len(summary["rows"]),
            "early_stopped": summary["early_stopped"], "errored": summary["errored"],
+           "interrupted_trials": summary["interrupted"],
            "trial_steps": summary["trial_steps"], "trial_samples": summary["trial_samples"],
            "best_val_dice": None, "aim_experiment": sweep_name, "table": shown(folder / "trials.md"),
            "aim_link": aim_explorer_url(f'metric.name == "val_dice" and run.experiment == "{sweep_name}"'),
            "report_command": f"python -m platform.report --aim-repo {base.run.aim_repo} --experiment {sweep_name}"}
+    if stopped:                         # the best model and its test score wait for the finished sweep
+        log(f"sweep {sweep_name}: interrupted; so far:\n{summary['markdown']}")
+        raise interrupt.Interrupted(out)
     best = summary["best"]
     if best:
         name = f"{sweep_name}-best"
@@ -162,24 +170,36 @@ def sweep_task(cfg: SweepConfig, resolved: Resolved, sweep_name: str, log=print)
 
 def sweep(resolved: Resolved, log=print) -> dict:
     cfg: SweepConfig = resolved.cfg
-    if not cfg.tasks:
-        sweeps = [sweep_task(cfg, resolved_base(resolved), cfg.name, log)]
-    else:
-        targets, sweeps = sweep_targets(resolved.requested), []
-        for target in targets:
-            name = f"{cfg.name}-{target.data.task}"
-            try:
-                task = resolve_sweep_task(resolved.requested, target, name, log)
-                save(task)
-                sweeps.append(sweep_task(task.cfg, resolved_base(task), name, log))
-            except (UserError, ValueError, RuntimeError) as e:
-                if len(targets) == 1:
-                    raise
-                log(f"sweep {name}: failed: {e}")     # one task's failure never stops the others
-                sweeps.append({"task": target.data.task, "error": str(e)})
-    repo = cfg.finetune.run.aim_repo
-    return {"command": "sweep", "sweeps": sweeps, "aim_repo": repo, "aim_command": aim_ui_command(repo),
-            "ok": all("error" not in s for s in sweeps)}
+    repo, sweeps = cfg.finetune.run.aim_repo, []
+    summary = {"command": "sweep", "sweeps": sweeps, "aim_repo": repo, "aim_command": aim_ui_command(repo)}
+    try:
+        if not cfg.tasks:
+            sweeps.append(sweep_task(cfg, resolved_base(resolved), cfg.name, log))
+        else:
+            targets = sweep_targets(resolved.requested)
+            for target in targets:
+                name = f"{cfg.name}-{target.data.task}"
+                try:
+                    task = resolve_sweep_task(resolved.requested, target, name, log)
+                    save(task)
+                    sweeps.append(sweep_task(task.cfg, resolved_base(task), name, log))
+                except (UserError, ValueError, RuntimeError) as e:
+                    if len(targets) == 1 or interrupt.received():
+                        raise
+                    log(f"sweep {name}: failed: {e}")     # one task's failure never stops the others
+                    sweeps.append({"task": target.data.task, "error": str(e)})
+    except interrupt.Interrupted as e:                      # no later task starts
+        sweeps.append(e.reached)
+        raise interrupt.Interrupted(summary) from None
+    return {**summary, "ok": all("error" not in s for s in sweeps)}
+
+
+def unfinished_trials(experiment: Path) -> set[str]:
+    """The folder names of the trials Tune saved as neither finished nor failed: those an interrupt
+    cut, which the same command resumes. (The grid ``Tuner.fit()`` returns calls them TERMINATED,
+    as it does the trials ASHA stopped.)"""
+    trials = ray.tune.ExperimentAnalysis(str(experiment)).trials
+    return {Path(t.path).name for t in trials if t.status not in ENDED}
 
 
 def resolved_base(resolved: Resolved) -> Resolved:

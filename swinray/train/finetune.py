@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from swinray import interrupt
 from swinray.config import FinetuneConfig, to_dict
 from swinray.data.preprocess import preprocess_dataset
 from swinray.errors import ConfigError, DatasetError
@@ -111,7 +112,8 @@ def finetune(resolved: Resolved, log=print) -> dict:
         f"validation case(s), ROI {cfg.model.roi_size}, {cfg.run.num_workers} worker(s) on {'GPU' if gpu else 'CPU'} "
         f"({resources}), {cfg.optim.num_steps} steps -> {shown(run_dir)}")
     trainer = make_trainer(train_fn_per_worker, loop_config(cfg, resolved.paths, threads), cfg.run, gpu, resources)
-    with follow_run(run_dir / "metrics.jsonl", cfg.optim.num_steps, f"finetune {cfg.run.name}"):
+    with interrupt.interruptible(lambda: {"run_dir": shown(run_dir), "steps": progress.done}), \
+            follow_run(run_dir / "metrics.jsonl", cfg.optim.num_steps, f"finetune {cfg.run.name}") as progress:
         result = fit(trainer, run_dir)
     model_path = run_dir / MODEL_FILE
     with result.checkpoint.as_directory() as directory, writing_to(run_dir, RUN_STORAGE_KEY):

@@ -82,30 +82,46 @@ def sweep(tmp_path_factory, s3):
     start = [{"optim.lr": 1e6}, {"optim.lr": 1e-3}, {"optim.lr": 2e6}, {"optim.lr": 5e-4}]
     (tmp / "start.json").write_text(json.dumps(start))
     trials = node(tmp, "a") / "s3" / BUCKET / "sweeps" / NAME / "trials"   # rank 0 logs here on node a
-    first = subprocess.Popen(sweep_command(tmp), cwd=REPO, env=env(tmp, "a"), stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 600
-    interrupted_trial = None
-    while time.monotonic() < deadline and first.poll() is None:   # Ctrl-C once trial 4 has a checkpoint
-        started = sorted((p for p in trials.glob("*") if p.is_dir()), key=lambda p: p.stat().st_ctime)
-        if len(started) == 4 and metrics_steps(started[3]) and \
-                s3_keys(BUCKET, f"{PREFIX}trials/{started[3].name}/checkpoint_"):   # one trial at a time
-            interrupted_trial = started[3].name
-            first.send_signal(signal.SIGINT)                    # Ctrl-C to the sweep command
-            break
-        time.sleep(0.5)
-    log_first = first.communicate(timeout=300)[0]
-    assert interrupted_trial, "the sweep never reached trial 4:\n" + log_first[-3000:]
+    log_first = tmp / "first.log"
+    with log_first.open("w") as stderr:
+        first = subprocess.Popen(sweep_command(tmp), cwd=REPO, env=env(tmp, "a"), stdout=subprocess.PIPE,
+                                 stderr=stderr, text=True)
+        deadline = time.monotonic() + 600
+        interrupted_trial = None
+        while time.monotonic() < deadline and first.poll() is None:   # Ctrl-C once trial 4 has a checkpoint
+            started = sorted((p for p in trials.glob("*") if p.is_dir()), key=lambda p: p.stat().st_ctime)
+            if len(started) == 4 and metrics_steps(started[3]) and \
+                    s3_keys(BUCKET, f"{PREFIX}trials/{started[3].name}/checkpoint_"):   # one trial at a time
+                interrupted_trial = started[3].name
+                first.send_signal(signal.SIGINT)                    # Ctrl-C to the sweep command
+                break
+            time.sleep(0.5)
+        stdout_first = first.communicate(timeout=300)[0]
+    assert interrupted_trial, "the sweep never reached trial 4:\n" + log_first.read_text()[-3000:]
+    interrupted = {"returncode": first.returncode, "stdout": stdout_first, "log": log_first.read_text()}
     second = subprocess.run(sweep_command(tmp), cwd=REPO, env=env(tmp, "b"), capture_output=True, text=True,
                             timeout=900)
     assert second.returncode in (0, 1), second.stderr[-3000:]
     assert len(second.stdout.splitlines()) == 1, second.stdout[-3000:]   # no Tune banner: the JSON line only
     result = json.loads(second.stdout)
-    return tmp, result, interrupted_trial, second.stderr
+    return tmp, result, interrupted_trial, second.stderr, interrupted
+
+
+def test_ctrl_c_ends_the_sweep_as_interrupted_with_its_cut_trial_named_so_and_exit_code_130(sweep):
+    tmp, _, cut, _, first = sweep
+    assert first["returncode"] == 130, first["log"][-3000:]
+    summary = json.loads(first["stdout"])                       # the one line on stdout
+    assert (summary["ok"], summary["interrupted"], summary["signal"]) == (False, True, "SIGINT")
+    (task,) = summary["sweeps"]
+    assert (task["trials"], task["errored"], task["early_stopped"], task["interrupted_trials"]) == (4, 1, 1, 1)
+    # The table so far, as the first node wrote it: ASHA's stop and Ctrl-C's are told apart
+    trials = json.loads((node(tmp, "a") / "s3" / BUCKET / "sweeps" / NAME / "trials.json").read_text())["trials"]
+    assert {t["trial_id"]: t["status"] for t in trials}[cut] == "interrupted"
+    assert sorted(t["status"] for t in trials) == ["error", "finished", "interrupted", "stopped early"]
 
 
 def test_the_rerun_on_another_node_restores_the_sweep_from_s3_and_resumes_the_interrupted_trial(sweep):
-    tmp, result, interrupted, log = sweep
+    tmp, result, interrupted, log, _ = sweep
     assert f"restoring s3://{BUCKET}/sweeps/{NAME}/tune" in log
     assert "already refused (files and limits unchanged), 0 to do" in log   # the cache, too, came from S3
     (summary,) = result["sweeps"]
@@ -115,12 +131,12 @@ def test_the_rerun_on_another_node_restores_the_sweep_from_s3_and_resumes_the_in
     assert any(k.startswith(f"{PREFIX}tune/") for k in keys)     # Tune's experiment state
     log_lines = s3_text(BUCKET, f"{PREFIX}trials/{interrupted}/metrics.jsonl").splitlines()
     steps = [json.loads(line)["step"] for line in log_lines]
-    assert steps.count(1) == 1 and max(steps) == 3              # continued from its checkpoint, first lines kept
+    assert steps == [1, 2, 3]                                   # continued from its checkpoint, each step once
     assert summary["best_model"] == f"s3://{BUCKET}/{PREFIX}best_model.pt" and f"{PREFIX}best_model.pt" in keys
 
 
 def test_a_diverging_trial_fails_in_tune_and_in_optuna(sweep):
-    tmp, result, _, _ = sweep
+    tmp, result, _, _, _ = sweep
     record = json.loads((sweep_dir(tmp) / "trials.json").read_text())
     states = [t["state"] for t in record["optuna_study"]]
     assert len(states) == 4 and states[0] == "FAIL" and "RUNNING" not in states
@@ -131,7 +147,7 @@ def test_a_diverging_trial_fails_in_tune_and_in_optuna(sweep):
 
 
 def test_asha_stops_the_collapsed_trial_at_its_first_rung(sweep):
-    tmp, result, _, _ = sweep
+    tmp, result, _, _, _ = sweep
     trials = json.loads((sweep_dir(tmp) / "trials.json").read_text())["trials"]
     collapsed = [t for t in trials if t["params"]["optim.lr"] == 2e6]
     assert [t["status"] for t in collapsed] == ["stopped early"] and collapsed[0]["steps"] == 1
@@ -146,7 +162,7 @@ def test_asha_stops_the_collapsed_trial_at_its_first_rung(sweep):
 
 def test_every_trial_is_one_aim_run_in_the_sweeps_experiment(sweep):
     from aim import Repo, Run
-    tmp, result, _, _ = sweep
+    tmp, result, _, _, _ = sweep
     assert result["aim_repo"] == str(tmp / "runs")                 # where fine-tuning runs of this config go
     repo = Repo.from_path(result["aim_repo"])
     hashes = repo.list_all_runs()
@@ -165,7 +181,7 @@ def test_every_trial_is_one_aim_run_in_the_sweeps_experiment(sweep):
 
 
 def test_the_best_config_is_a_preset_that_finetune_accepts(sweep):
-    tmp, result, _, _ = sweep
+    tmp, result, _, _, _ = sweep
     summary = result["sweeps"][0]
     assert summary["best_config"] == f"s3://{BUCKET}/{PREFIX}best_config.json"
     cfg = load_config(FinetuneConfig, sweep_dir(tmp) / "best_config.json")
@@ -185,7 +201,7 @@ def shown(value: float, numbers: list[float]) -> bool:
 
 def test_the_aim_ui_lists_every_trial_with_its_hyperparameters_and_validation_dice(sweep):
     from selenium.webdriver.support.ui import WebDriverWait
-    tmp, result, _, _ = sweep
+    tmp, result, _, _, _ = sweep
     trials = json.loads((sweep_dir(tmp) / "trials.json").read_text())["trials"]
     runs = read_experiment(result["aim_repo"], NAME)                # what Aim holds, through its SDK
     assert sorted(r.name for r in runs) == sorted(t["trial_id"] for t in trials)   # Aim names runs after trials
@@ -213,7 +229,7 @@ def test_the_aim_ui_lists_every_trial_with_its_hyperparameters_and_validation_di
 
 
 def test_the_report_command_writes_markdown_and_plots_from_the_sweeps_aim_runs(sweep, tmp_path):
-    tmp, result, _, _ = sweep
+    tmp, result, _, _, _ = sweep
     out = run_module("platform.report", "--aim-repo", result["aim_repo"], "--experiment", NAME,
                      "--out", str(tmp_path / "report"), timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -1,7 +1,13 @@
 """Command lines as users meet them: clear errors, one JSON line, configs saved."""
 import json
+import signal
+import subprocess
+import sys
+import time
 
-from conftest import run_module
+import pytest
+
+from conftest import REPO, run_module
 
 
 def last_json(stdout: str) -> dict:
@@ -60,3 +66,22 @@ def test_phantom_command_writes_the_dataset_and_says_where(tmp_path):
     summary = last_json(out.stdout)
     assert summary["num_cases"] == 2 and (tmp_path / "ph" / "dataset.json").exists()
     assert json.loads((tmp_path / "ph" / "phantom_config.json").read_text())["num_cases"] == 2
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_an_interrupted_command_ends_with_its_json_line_and_exit_code_130(tmp_path, stop):
+    """Ctrl-C at a terminal, SIGTERM from ``ray job stop`` or a scheduler: the same ending."""
+    out = tmp_path / "ph"
+    command = subprocess.Popen([sys.executable, "-m", "platform.phantom", "--preset", "debug", "--out", str(out),
+                                "--cases", "1000"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    deadline = time.monotonic() + 120
+    while command.poll() is None and time.monotonic() < deadline and not (out / "imagesTr").is_dir():
+        time.sleep(0.05)
+    command.send_signal(stop)                       # while it writes the cases
+    stdout, stderr = command.communicate(timeout=60)
+    assert command.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr
+    assert stdout.count("\n") == 1 and json.loads(stdout) == {
+        "command": "phantom", "config_path": str(out / "phantom_config.json"), "ok": False, "interrupted": True,
+        "signal": stop.name, "error": f"interrupted by {stop.name}; run the same command again to resume"}
