@@ -70,6 +70,23 @@ def _reuse_key(run_cfg: FinetuneConfig) -> dict:
     return {**to_dict(replace(run_cfg, run=replace(run_cfg.run, ray_address=""))), "encoder_sha256": digest}
 
 
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        out.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out
+
+
+def same_run(saved: dict, current: dict) -> bool:
+    """Whether a finished row's recorded key describes the run asked for now: every setting it recorded
+    is unchanged, and a setting the platform gained since (absent from the row) is at its default,
+    which is what that run did; so a study spanning sessions keeps its rows across new features."""
+    saved, current = _flat(saved), _flat(current)
+    defaults = _flat(to_dict(FinetuneConfig()))
+    return all(saved[key] == value if key in saved else key in defaults and defaults[key] == value
+               for key, value in current.items())
+
+
 def held_out_images_in_pretraining(encoder: str, split_file: Path) -> list[str]:
     """The run's test cases whose image the encoder's pretraining run listed (its ``split.json`` beside
     ``encoder.pt``; corpus ids are ``<collection>-<file>``): a score on them is not held out from SSL."""
@@ -94,7 +111,7 @@ def one_run(run_cfg: FinetuneConfig, row: dict, log) -> dict:
     row_file = Path(run_cfg.run.storage) / run_cfg.run.name / ROW_FILE
     if row_file.is_file():
         saved = json.loads(row_file.read_text())
-        if saved.get("config") == _reuse_key(run_cfg):
+        if same_run(saved.get("config") or {}, _reuse_key(run_cfg)):
             log(f"label efficiency: {row['run']} finished before: test Dice {saved['row']['test_dice']:.4f} (reused)")
             return saved["row"]
     try:

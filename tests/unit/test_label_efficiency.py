@@ -13,6 +13,7 @@ from swinray.bench.label_efficiency import (
     paired_difference,
     plot,
     run_config,
+    same_run,
     summarise,
 )
 from swinray.config import BenchConfig, ConfigError, apply_overrides
@@ -102,6 +103,17 @@ def test_a_finished_row_is_reused_only_while_its_run_config_is_unchanged(tmp_pat
     longer = apply_overrides(run_cfg, {"optim.num_steps": run_cfg.optim.num_steps + 1})
     again = one_run(longer, {"run": run_cfg.run.name}, lambda *_: None)                 # runs, and fails here
     assert again["test_dice"] is None and "no-such-dataset" in again["error"]
+
+
+def test_a_row_saved_before_a_setting_existed_is_reused_while_that_setting_is_at_its_default(tmp_path):
+    cfg = apply_overrides(preset(BenchConfig, "debug"), {"out_dir": str(tmp_path)})
+    key = _reuse_key(run_config(cfg, "scratch", "", 0.1, 0))
+    older = json.loads(json.dumps(key))
+    del older["seg"]["crop_class_ratios"], older["data"]["limits"]        # settings added after the row
+    assert same_run(older, key)
+    patient = _reuse_key(apply_overrides(run_config(cfg, "scratch", "", 0.1, 0), {"seg.crop_class_ratios": (1.0, 2.0)}))
+    assert not same_run(older, patient)                      # a new setting away from its default changes the run
+    assert not same_run(key, {**key, "encoder_sha256": "other"})
 
 
 def test_a_new_encoder_in_the_same_file_makes_new_rows(tmp_path):
