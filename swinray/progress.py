@@ -66,6 +66,16 @@ def _figures(row: dict) -> str:
     return ", ".join(shown)
 
 
+def _last_step(whole_lines: bytes) -> int:
+    """The step of the last line that parses (0 when none): where a resumed run's log stands."""
+    for line in reversed(whole_lines.splitlines()):
+        with contextlib.suppress(ValueError):
+            row = json.loads(line)
+            if isinstance(row, dict):
+                return row.get("step", 0)
+    return 0
+
+
 @contextlib.contextmanager
 def follow_run(metrics_log: Path, total_steps: int, desc: str, poll_s: float = 1.0):
     """Show a run's steps (and its latest loss and Dice) while the block runs, from its metrics log.
@@ -77,10 +87,9 @@ def follow_run(metrics_log: Path, total_steps: int, desc: str, poll_s: float = 1
     if mirrored:
         fetch_newer(metrics_log)    # a resumed run's earlier steps
     remote_read_at = -math.inf
-    offset = metrics_log.stat().st_size if metrics_log.exists() else 0
-    last = next((line for line in reversed(metrics_log.read_bytes().splitlines()) if line.strip()), b"") \
-        if offset else b""
-    initial = json.loads(last).get("step", 0) if last else 0
+    logged = metrics_log.read_bytes() if metrics_log.exists() else b""
+    offset = logged.rfind(b"\n") + 1       # a last line without its newline was cut short: the run drops it
+    initial = _last_step(logged[:offset])
     progress = Progress(total_steps, "step", desc, initial=initial, clock_from_first_update=True)  # not Ray's start-up
     stop = threading.Event()
 

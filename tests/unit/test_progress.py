@@ -38,6 +38,23 @@ def test_a_run_is_followed_through_its_metrics_log_including_a_restart(tmp_path,
     assert capsys.readouterr().err.splitlines()[-1].startswith("[swinray] pretrain x: 4/4 step,")
 
 
+def test_a_run_whose_last_line_was_cut_short_is_followed_from_its_last_whole_step(tmp_path):
+    """A full disk or a kill can leave the metrics log's last line without its newline; the rerun
+    (which drops that line when it resumes) is followed from the step before, not ended by it."""
+    log = tmp_path / "metrics.jsonl"
+    whole = "".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in (1, 2))
+    log.write_text(whole + '{"step": 3, "lo')
+    with follow_run(log, total_steps=4, desc="pretrain x", poll_s=0.05) as progress:
+        assert progress.done == 2
+        log.write_text(whole)                                            # the resumed run drops the cut line
+        with log.open("a") as f:
+            f.write(json.dumps({"step": 3, "loss": 0.5}) + "\n")
+        deadline = time.time() + 5
+        while progress.done != 3 and time.time() < deadline:
+            time.sleep(0.05)
+    assert progress.done == 3 and progress.figures == "loss 0.5000"
+
+
 def test_a_sweeps_progress_callback_is_saved_with_the_experiment_without_its_bar(capsys):
     class Trial:
         def __init__(self, status):
