@@ -25,6 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from swinray.config import BenchConfig, ConfigError, FinetuneConfig, apply_overrides, to_dict
+from swinray.errors import StorageError
 from swinray.presets import preset
 from swinray.resolve import locate_pretrained
 from swinray.storage import local_file, write_json
@@ -116,6 +117,8 @@ def one_run(run_cfg: FinetuneConfig, row: dict, log) -> dict:
             return saved["row"]
     try:
         summary = run_finetune(run_cfg, log)
+    except StorageError:    # a full or refused disk is no run's failure: every run after would meet it too
+        raise
     except Exception as e:  # one failed run is a row in the table, not the end of the bench
         log(f"label efficiency: {row['run']} failed: {type(e).__name__}: {e}")
         return {**row, "test_dice": None, "error": f"{type(e).__name__}: {e}"}

@@ -105,6 +105,22 @@ def test_a_finished_row_is_reused_only_while_its_run_config_is_unchanged(tmp_pat
     assert again["test_dice"] is None and "no-such-dataset" in again["error"]
 
 
+def test_a_run_storage_that_cannot_be_written_stops_the_bench_not_one_row(tmp_path):
+    """A fault of the place (here a file where the bench's folder should be) is no run's failure:
+    it ends the bench with the StorageError naming the place, where every later run would fail too."""
+    from swinray.data.phantom import write_phantom_dataset
+    from swinray.errors import StorageError
+    write_phantom_dataset(tmp_path / "phantom", 4, seed=1, shape=(48, 48, 16))
+    (tmp_path / "a_file").write_text("in the way")
+    cfg = apply_overrides(preset(BenchConfig, "debug"), {"out_dir": str(tmp_path / "a_file" / "bench"),
+                                                         "data.source": str(tmp_path / "phantom")})
+    run_cfg = run_config(cfg, "scratch", "", 0.1, 0)
+    with pytest.raises(StorageError) as fault:
+        one_run(run_cfg, {"run": run_cfg.run.name}, lambda *_: None)
+    assert str(fault.value).startswith(f"cannot write to {tmp_path / 'a_file' / 'bench'}/") and \
+        "not a directory" in str(fault.value)
+
+
 def test_a_row_saved_before_a_setting_existed_is_reused_while_that_setting_is_at_its_default(tmp_path):
     cfg = apply_overrides(preset(BenchConfig, "debug"), {"out_dir": str(tmp_path)})
     key = _reuse_key(run_config(cfg, "scratch", "", 0.1, 0))
