@@ -116,7 +116,8 @@ def atomic_write(path: str | Path, write: Callable) -> Path:
     with writing_to(path.parent):
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as f:
+            tmp.unlink(missing_ok=True)         # a crashed writer's, or a link planted under this name
+            with open(tmp, "xb") as f:      # never through a link planted under this name
                 write(f)
             os.replace(tmp, path)
         finally:

@@ -19,21 +19,26 @@ from swinray.errors import StorageError
 # What a place a command writes to can refuse: permission, a read-only or full filesystem, a
 # file where a folder should be. Anything else an OSError says while writing is not the place's fault.
 STORAGE_FAULTS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR,
-                            errno.EEXIST})
+                            errno.EEXIST, errno.EISDIR, errno.EFBIG})
+# What an error naming no file may still be: a full disk's or a read-only filesystem's write says no
+# name, while an unnamed EACCES or EPERM may come from anything (signalling a process, a socket).
+UNNAMED_FAULTS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
 
 
 def storage_fault(error: BaseException, location: str | Path, key: str = "") -> StorageError | None:
     """The StorageError that ``error``, raised while writing to ``location``, stands for, naming
     ``location`` and the setting ``key`` that chose it; None when it is no fault of that place. An
-    OSError counts when its errno is a fault and it names a file in ``location``, one of its parents
-    (the folders being made) or none (a full disk's write names no file)."""
+    OSError counts when its errno is a fault and it names a file in ``location`` or one of its
+    parents (the folders being made), or names none and is a full or read-only disk's (``UNNAMED_FAULTS``)."""
     if isinstance(error, StorageError):
         if error.key or not _related(error.path, location):
             return error
         return StorageError(location, error.code, key)
     if not isinstance(error, OSError) or error.errno not in STORAGE_FAULTS:
         return None
-    if error.filename is not None and not _related(error.filename, location):
+    if error.filename is None:
+        return StorageError(location, error.errno, key) if error.errno in UNNAMED_FAULTS else None
+    if not _related(error.filename, location):
         return None
     return StorageError(location, error.errno, key)
 
@@ -63,7 +68,8 @@ def check_writable(folder: str | Path, key: str) -> Path:
     with writing_to(folder, key):
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            with open(probe, "wb") as f:
+            probe.unlink(missing_ok=True)   # a crashed probe's, or a link planted under this name
+            with open(probe, "xb") as f:    # never through a link planted under this name
                 f.write(bytes(4096))        # a block: a full disk may still take an empty file
                 f.flush()
                 os.fsync(f.fileno())

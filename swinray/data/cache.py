@@ -78,10 +78,15 @@ def cached_row(cache: Path, case: Case, limits: VolumeLimits = VolumeLimits()) -
         # node finds it (its mirror may sit elsewhere than the writer's)
         return {**row, "path": str(data_path), "split": case.split, "image": list(case.image), "label": case.label}
     row = _read_row(rejection_path(cache, case.case_id))
-    if row is not None and row.get("limits") == asdict(limits) and \
+    if row is not None and _absolute(row.get("limits") or {}) == _absolute(asdict(limits)) and \
             row.get("source_stamp") == (stamp if stamp is not None else source_stamp(case)):
         return {**row, "split": case.split, "image": list(case.image), "label": case.label}
     return None
+
+
+def _absolute(limits: dict) -> dict:
+    """The limits a worker refuses a case under; the relative ones are the driver's, decided each run."""
+    return {k: v for k, v in limits.items() if k not in ("max_times_median", "relative_floor_mb")}
 
 
 def _read_row(path: Path) -> dict | None:

@@ -22,7 +22,7 @@ from ray.tune import Tuner
 from swinray import interrupt
 from swinray.config import FinetuneConfig, SweepConfig, save_config
 from swinray.data.tasks import TASKS
-from swinray.errors import ConfigError, UserError
+from swinray.errors import ConfigError, StorageError, UserError
 from swinray.resolve import Resolved, resolve_sweep, resolve_sweep_task, save, sweep_dir
 from swinray.runtime import init_ray, use_gpu
 from swinray.search_spaces import space_for
@@ -184,8 +184,8 @@ def sweep(resolved: Resolved, log=print) -> dict:
                     save(task)
                     sweeps.append(sweep_task(task.cfg, resolved_base(task), name, log))
                 except (UserError, ValueError, RuntimeError) as e:
-                    if len(targets) == 1 or interrupt.received():
-                        raise
+                    if len(targets) == 1 or interrupt.received() or isinstance(e, StorageError):
+                        raise                   # a fault of the place stops every task alike
                     log(f"sweep {name}: failed: {e}")     # one task's failure never stops the others
                     sweeps.append({"task": target.data.task, "error": str(e)})
     except interrupt.Interrupted as e:                      # no later task starts

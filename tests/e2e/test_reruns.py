@@ -61,7 +61,8 @@ def disk_that_fills(cache: str, full: str, after: int):
                 return super().write(data)
 
         def opener(path, mode="r", *args, **kwargs):
-            return File(path, mode) if "w" in mode and "b" in mode else builtins.open(path, mode, *args, **kwargs)
+            writes = ("w" in mode or "x" in mode) and "b" in mode
+            return File(path, mode) if writes else builtins.open(path, mode, *args, **kwargs)
         swinray.storage.open = opener
     return hook
 

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from ray.train import ControllerError, WorkerGroupError
 
+import swinray.data.cache
 import swinray.storage
 import swinray.writable
 from swinray.cli import main
@@ -67,7 +68,8 @@ def disk(monkeypatch):
             return super().write(data)
 
     def opener(path, mode="r", *args, **kwargs):
-        return File(path, mode) if "w" in mode and "b" in mode else builtins.open(path, mode, *args, **kwargs)
+        writes = ("w" in mode or "x" in mode) and "b" in mode
+        return File(path, mode) if writes else builtins.open(path, mode, *args, **kwargs)
     for module in (swinray.storage, swinray.writable):
         monkeypatch.setattr(module, "open", opener, raising=False)
     return state
@@ -214,6 +216,39 @@ def test_a_training_that_failed_writing_run_storage_is_named_as_that_fault(tmp_p
     elsewhere = PermissionError(errno.EACCES, "Permission denied", "/data/scans/a.nii.gz")   # an input, not ours
     assert training_fault(WorkerGroupError("rank 0 failed", {0: elsewhere}), run_dir) is None
     assert training_fault(WorkerGroupError("rank 0 failed", {0: RuntimeError("NaN")}), run_dir) is None
+    unnamed = PermissionError(errno.EPERM, "Operation not permitted")      # e.g. signalling a process: no place's
+    assert training_fault(WorkerGroupError("rank 0 failed", {0: unnamed}), run_dir) is None
+
+
+def test_a_link_planted_under_a_writers_temporary_name_is_not_written_through(tmp_path):
+    victim = tmp_path / "elsewhere" / "precious.txt"
+    victim.parent.mkdir()
+    victim.write_text("keep me")
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    (folder / f".manifest.json.{os.getpid()}.tmp").symlink_to(victim)
+    (folder / f".write-probe.{os.getpid()}").symlink_to(victim)
+    swinray.storage.write_json(folder / "manifest.json", {"cases": []})
+    swinray.writable.check_writable(folder, "data.cache_dir")
+    assert victim.read_text() == "keep me"
+    assert json.loads((folder / "manifest.json").read_text()) == {"cases": []}
+
+
+def test_a_remembered_rejection_outlives_a_change_of_the_relative_limits(tmp_path):
+    """Workers refuse cases under the absolute limits only; the relative ones are the driver's, per run."""
+    from swinray.config import VolumeLimits
+    root = tmp_path / "Data"
+    write_phantom_dataset(root, 2, shape=(48, 48, 16))
+    dataset = load_dataset(root, log=lambda m: None)
+    case = dataset.cases[0]
+    Path(case.image[0]).write_bytes(Path(case.image[0]).read_bytes()[:300])        # truncated: refused
+    cache = tmp_path / "cache"
+    row = process_case(case, dataset.task, cache)
+    assert row["status"] == "rejected"
+    swinray.storage.write_json(swinray.data.cache.rejection_path(cache, case.case_id), row)
+    assert cached_row(cache, case) is not None
+    assert cached_row(cache, case, VolumeLimits(max_times_median=4, relative_floor_mb=1)) is not None
+    assert cached_row(cache, case, VolumeLimits(max_megavoxels=8)) is None
 
 
 def test_a_metrics_line_cut_short_by_a_full_disk_is_dropped_when_the_run_resumes(tmp_path):
