@@ -83,7 +83,9 @@ def file_claim(path: str, spacing_mm, limits: VolumeLimits = VolumeLimits()) -> 
 
 
 def _series_claim(folder: Path, spacing_mm) -> Claim:
-    """A DICOM series from its first slice's header and its number of slices; voxels load as float32."""
+    """A DICOM series from its first slice's header and its number of slices; voxels load as float32.
+    The absolute limits are the reader's to check here (``dicom.py``), so a series over them is
+    measured and admitted, then refused by its worker with that reason."""
     import pydicom
 
     from swinray.data.dicom import dicom_files
