@@ -5,7 +5,8 @@
     python -m platform.sweep --tasks all --data /data/msd      # one sweep per task folder found
 
 Per task, under ``<storage>/<name>`` (``<name>-<task>`` with several tasks): ``tune/`` (Tune's
-experiment, restorable), ``trials/<trial_id>/`` (each trial's Ray Train run and ``metrics.jsonl``),
+experiment, restorable), ``trials/<trial_id>/`` (each trial's Ray Train run, its ``config.json``
+and what rank 0 recorded, copied into Aim by this driver while the sweep runs),
 ``trials.md`` and ``trials.json`` (every trial; Optuna's own record of the study), ``best_config.json``
 (``platform.finetune --config`` takes it) and ``best_model.pt``.
 """
@@ -19,6 +20,7 @@ from pathlib import Path
 import ray.tune
 from ray.tune import Tuner
 
+from swinray.aim_mirror import mirror_to_aim
 from swinray.config import FinetuneConfig, SweepConfig, save_config
 from swinray.data.tasks import TASKS
 from swinray.errors import ConfigError, UserError
@@ -37,7 +39,7 @@ from swinray.storage import (
     write_text,
 )
 from swinray.sweep.budget import trial_budget
-from swinray.sweep.cleanup import FreeTrialWorkers, close_trial_runs
+from swinray.sweep.cleanup import FreeTrialWorkers
 from swinray.sweep.progress import SweepProgress
 from swinray.sweep.report import summarise
 from swinray.sweep.searcher import export_study, make_scheduler, make_searcher
@@ -122,11 +124,8 @@ def sweep_task(cfg: SweepConfig, resolved: Resolved, sweep_name: str, log=print)
                                           failure_config=ray.tune.FailureConfig(max_failures=0), verbose=0,
                                           callbacks=[FreeTrialWorkers(str(trials_dir)),
                                                      SweepProgress(sweep_name, cfg.trials)]))
-    grid = tuner.fit()
-    still_open = close_trial_runs(trials_dir, base.run.aim_repo)
-    if still_open:
-        log(f"sweep {sweep_name}: warning: Aim runs {', '.join(still_open)} of stopped trials are still "
-            "locked by their workers; they will show as active in Aim")
+    with mirror_to_aim(base.run.aim_repo, folders=[trials_dir], log=log) as aim:   # each trial, as it starts
+        grid = tuner.fit()
 
     searcher = make_searcher(None, cfg.search, cfg.seed)
     fetch(experiment, refresh=True)     # Tune's state in object storage: the searcher reads local files
@@ -138,7 +137,8 @@ def sweep_task(cfg: SweepConfig, resolved: Resolved, sweep_name: str, log=print)
     out = {"task": task, "sweep_dir": shown(folder), "trials": len(summary["rows"]),
            "early_stopped": summary["early_stopped"], "errored": summary["errored"],
            "trial_steps": summary["trial_steps"], "trial_samples": summary["trial_samples"],
-           "best_val_dice": None, "aim_experiment": sweep_name, "table": shown(folder / "trials.md"),
+           "best_val_dice": None, "aim_experiment": sweep_name, "aim_error": aim.aim_error,
+           "table": shown(folder / "trials.md"),
            "aim_link": aim_explorer_url(f'metric.name == "val_dice" and run.experiment == "{sweep_name}"'),
            "report_command": f"python -m platform.report --aim-repo {base.run.aim_repo} --experiment {sweep_name}"}
     best = summary["best"]
@@ -179,6 +179,7 @@ def sweep(resolved: Resolved, log=print) -> dict:
                 sweeps.append({"task": target.data.task, "error": str(e)})
     repo = cfg.finetune.run.aim_repo
     return {"command": "sweep", "sweeps": sweeps, "aim_repo": repo, "aim_command": aim_ui_command(repo),
+            "aim_error": next((s["aim_error"] for s in sweeps if s.get("aim_error")), None),
             "ok": all("error" not in s for s in sweeps)}
 
 

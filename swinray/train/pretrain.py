@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from swinray.aim_mirror import mirror_to_aim
 from swinray.config import PretrainConfig
 from swinray.data.preprocess import preprocess_dataset
 from swinray.errors import DatasetError
@@ -65,7 +66,8 @@ def pretrain(resolved: Resolved, log=print) -> dict:
     case_ids = training_cases(Path(resolved.paths.split), [c["case_id"] for c in cases], log)
     write_json(resolved.paths.split, {"training": case_ids})      # rank r trains on every world-th from r
     trainer = make_trainer(train_fn_per_worker, loop_config(cfg, resolved.paths, threads), cfg.run, gpu, resources)
-    with follow_run(run_dir / "metrics.jsonl", cfg.optim.num_steps, f"pretrain {cfg.run.name}"):
+    with follow_run(run_dir / "metrics.jsonl", cfg.optim.num_steps, f"pretrain {cfg.run.name}"), \
+            mirror_to_aim(cfg.run.aim_repo, runs=[run_dir], log=log) as aim:
         result = trainer.fit()
     encoder_path = run_dir / ENCODER_FILE
     with result.checkpoint.as_directory() as directory:
@@ -78,15 +80,12 @@ def pretrain(resolved: Resolved, log=print) -> dict:
     in_sync = metrics.get("weights_in_sync", True)       # absent when a finished run is rerun
     if not in_sync:
         log("error: the ranks' weights differ at the end of training; DDP did not keep them in sync")
-    if metrics.get("aim_error"):
-        log(f"warning: Aim tracking failed during the run ({metrics['aim_error']}); "
-            f"metrics are in {shown(run_dir / 'metrics.jsonl')}")
     return {"command": "pretrain", "run_dir": shown(run_dir), "steps": metrics.get("step"),
             "loss": metrics.get("loss"), "encoder": shown(encoder_path),
             "encoder_keys_loaded": len(report.loaded), "encoder_keys_missing": len(report.missing),
             "checkpoint": checkpoint_location(result.checkpoint.path, ray_storage_path(cfg.run.storage)),
             "metrics_log": shown(run_dir / "metrics.jsonl"), "aim_repo": cfg.run.aim_repo,
-            "aim_error": metrics.get("aim_error") or None, "weights_in_sync": in_sync,
+            "aim_error": aim.aim_error, "weights_in_sync": in_sync,
             "ok": not report.missing and in_sync}
 
 
