@@ -18,6 +18,7 @@ imports Aim; this one leaves with ``os._exit`` once Aim has failed.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -259,7 +260,8 @@ def serve(repo: str, poll_s: float) -> None:
                 return
             writer.poll()
     except Exception as e:
-        send({"error": f"{type(e).__name__}: {e}"})
+        with contextlib.suppress(OSError):  # the driver may be gone
+            send({"error": f"{type(e).__name__}: {e}"})
         os._exit(0)                         # not through Aim's exit handler: on a broken repo it never returns
 
 
