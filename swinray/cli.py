@@ -294,7 +294,7 @@ VERBS: dict[str, Verb] = {
     "report": Verb(C.ReportConfig,
                    "Write a shareable report of a sweep from Aim: Markdown, Dice curves, hyperparameters against "
                    "Dice, Dice per class of the best run.",
-                   [("--aim-repo", "aim_repo", "Aim repo folder (holding .aim) or aim://host:port"),
+                   [("--aim-repo", "aim_repo", "Aim repo folder (holding .aim)"),
                     ("--experiment", "experiment", "the sweep's name (its Aim experiment)"),
                     ("--out", "out_dir", "output folder")],
                    "swinray.report.write:run_report", config_path=_report_config_path),

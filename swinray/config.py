@@ -255,7 +255,7 @@ class RunConfig:
     checkpoint_every_steps: int = 500
     num_checkpoints_kept: int = 2
     max_failures: int = 3               # worker restarts from the latest checkpoint
-    aim_repo: str = ""                  # "" = <storage>/.aim; or aim://HOST:PORT
+    aim_repo: str = ""                  # a folder on the driver's machine; "" = $SWINRAY_AIM_REPO, else <storage>
     experiment: str = ""                # Aim experiment that groups runs (a sweep's trials); "" = name
     seed: int = 0
     ray_address: str = ""               # "" = $RAY_ADDRESS if set, else a new local Ray instance
@@ -380,7 +380,7 @@ class ConvertConfig:
 
 @dataclass(frozen=True)
 class ReportConfig:
-    aim_repo: str = "outputs"           # the Aim repo (a folder holding .aim, or aim://host:port) runs went to
+    aim_repo: str = "outputs"           # the Aim repo (a folder holding .aim) runs went to
     experiment: str = ""                # the sweep's name (every Aim run of this experiment)
     metric: str = "val_dice"            # the score; <metric>_<class> are its per-class curves
     out_dir: str = ""                   # "" = outputs/reports/<experiment>

@@ -15,9 +15,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from swinray.storage import fetch_newer, read_remote_bytes, remote_of
-
-REMOTE_POLL_S = 5.0
+from swinray.logtail import LogTail
+from swinray.storage import fetch_newer, remote_of
 
 
 class Progress:
@@ -83,43 +82,26 @@ def follow_run(metrics_log: Path, total_steps: int, desc: str, poll_s: float = 1
     Steps already in the log (a resumed run) count as done from the start. A log in object storage
     is also read from there (rank 0 may run on another node and uploads it every few seconds)."""
     metrics_log = Path(metrics_log)
-    mirrored = remote_of(metrics_log) is not None
-    if mirrored:
+    if remote_of(metrics_log) is not None:
         fetch_newer(metrics_log)    # a resumed run's earlier steps
-    remote_read_at = -math.inf
-    logged = metrics_log.read_bytes() if metrics_log.exists() else b""
-    offset = logged.rfind(b"\n") + 1       # a last line without its newline was cut short: the run drops it
-    initial = _last_step(logged[:offset])
+    tail = LogTail(metrics_log)
+    try:
+        initial = json.loads(tail.read()[0][-1]).get("step", 0)
+    except (IndexError, ValueError, OSError):
+        initial = 0
     progress = Progress(total_steps, "step", desc, initial=initial, clock_from_first_update=True)  # not Ray's start-up
     stop = threading.Event()
 
-    def new_bytes() -> bytes:
-        nonlocal remote_read_at, offset
-        if metrics_log.exists() and metrics_log.stat().st_size < offset:
-            offset = 0                  # a restart dropped the lines of the steps it redoes: read it again
-        if metrics_log.exists() and metrics_log.stat().st_size > offset:
-            with metrics_log.open("rb") as f:
-                f.seek(offset)
-                return f.read()
-        if mirrored and time.monotonic() - remote_read_at >= REMOTE_POLL_S:
-            remote_read_at = time.monotonic()
-            return read_remote_bytes(metrics_log, offset) or b""   # the same file, uploaded whole
-        return b""
-
-    def read_new_lines():
-        nonlocal offset
+    def read_new_lines(final: bool = False):
         with contextlib.suppress(OSError, ValueError):
-            chunk = new_bytes()
-            complete = chunk[:chunk.rfind(b"\n") + 1]      # a line being written waits for the next poll
-            offset += len(complete)
-            for line in complete.splitlines():
+            for line in tail.read(final)[0]:           # a rewritten log (a restart) is read again: steps go back
                 row = json.loads(line)
                 progress.set(row.get("step", progress.done), _figures(row))
 
     def follow():
         while not stop.wait(poll_s):
             read_new_lines()
-        read_new_lines()                                   # the steps logged since the last poll
+        read_new_lines(final=True)                         # the steps logged since the last poll
 
     thread = threading.Thread(target=follow, name=f"progress-{desc}", daemon=True)
     thread.start()

@@ -33,7 +33,7 @@ from swinray.config import (
 from swinray.storage import is_uri, local_path
 from swinray.writable import writing_to
 
-AIM_REPO_ENV = "SWINRAY_AIM_REPO"     # set on a cluster's head (cluster/*.yaml): its tracking server
+AIM_REPO_ENV = "SWINRAY_AIM_REPO"     # set on a cluster's head (cluster/*.yaml): the repo its `aim up` serves
 STORAGE_ENV = "SWINRAY_STORAGE"         # where relative output paths (run.storage=outputs, ...) are rooted
 JOB_OUTPUTS = Path("~/swinray")         # their root under `ray job submit` without $SWINRAY_STORAGE
 CONFIG_FILE = "config.json"             # the resolved config: what ran
@@ -78,14 +78,20 @@ def run_dir(storage: str, name: str) -> Path:
 
 
 def aim_repo_for(aim_repo: str, storage: str) -> str:
-    """``run.aim_repo`` if set (a path or aim://HOST:PORT), else ``$SWINRAY_AIM_REPO`` (the cluster's
-    tracking server, so jobs need no flag), else ``<storage>`` (its ``.aim``). Aim cannot write to
-    object storage, and a repo per node's mirror would scatter the runs: there it must be named."""
+    """``run.aim_repo`` if set, else ``$SWINRAY_AIM_REPO`` (a cluster's head sets it to the repo its
+    ``aim up`` serves, so jobs need no flag), else ``<storage>`` (its ``.aim``): a folder on the
+    machine that runs the command, whose driver alone writes to it (``swinray.aim_mirror``). Object
+    storage cannot hold it, and an Aim server (aim://) is refused: Aim 3.29's has no authentication."""
     repo = aim_repo or os.environ.get(AIM_REPO_ENV, "")
+    named = "run.aim_repo" if aim_repo else f"${AIM_REPO_ENV}"
+    if is_uri(repo):
+        raise ConfigError(f"{named}={repo}: the Aim repo is a folder on the machine that runs the command (the "
+                          "driver copies every run into it, and `aim up --host 127.0.0.1` serves it); an Aim "
+                          "server or object storage cannot be one: Aim 3.29's server has no authentication")
     if not repo and is_uri(storage):
         raise ConfigError(f"run.storage={storage}: Aim cannot write to object storage; set run.aim_repo "
-                          f"(--set run.aim_repo=...) to aim://HOST:PORT (cluster/gpu.yaml runs one on the head and "
-                          f"sets ${AIM_REPO_ENV} there) or to a path on this machine")
+                          f"(--set run.aim_repo=PATH) or ${AIM_REPO_ENV} to a folder on the machine that runs "
+                          f"the command")
     return output_path(repo or storage)
 
 

@@ -6,6 +6,7 @@ cluster it was submitted to.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import logging
@@ -38,12 +39,25 @@ def verbose() -> bool:
     return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
 
 
+def token_file() -> Path:
+    """Where Ray keeps the cluster token: ``$RAY_AUTH_TOKEN_PATH``, else ``~/.ray/auth_token``."""
+    return Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+
+
+def keep_token_private() -> None:
+    """Ray writes the token file (for a new local instance too) readable by every user of the
+    machine, and whoever holds the token can run code on the cluster: make it the user's alone."""
+    path = token_file()
+    with contextlib.suppress(OSError):
+        if path.is_file() and path.stat().st_mode & 0o077:
+            path.chmod(0o600)
+
+
 def use_token_if_present() -> None:
     """Join a token-auth cluster with the token the user has (``~/.ray/auth_token``, as ``ray
     get-auth-token`` saves it, or ``RAY_AUTH_TOKEN[_PATH]``) though ``RAY_AUTH_MODE`` is unset: Ray
     would otherwise send none and be refused."""
-    token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
-    if "RAY_AUTH_MODE" not in os.environ and (os.environ.get("RAY_AUTH_TOKEN") or token_file.is_file()):
+    if "RAY_AUTH_MODE" not in os.environ and (os.environ.get("RAY_AUTH_TOKEN") or token_file().is_file()):
         os.environ["RAY_AUTH_MODE"] = "token"
 
 
@@ -74,6 +88,7 @@ def init_ray(run: RunConfig) -> dict:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ConfigError(f"cannot join the Ray cluster at {address} ({first}); is it running, and does "
                               "~/.ray/auth_token hold its token (RAY_AUTH_MODE=token)?") from None
+        keep_token_private()
         if not verbose():
             for name in _CHATTY_LOGGERS:
                 logging.getLogger(name).setLevel(logging.WARNING)

@@ -48,9 +48,12 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 
 
 def read_experiment(repo_path: str, experiment: str) -> list[RunRecord]:
-    """Every run of ``experiment`` in the Aim repo at ``repo_path`` (a folder or aim://host:port)."""
+    """Every run of ``experiment`` in the Aim repo at ``repo_path``, a folder (never an Aim server:
+    Aim 3.29's clients trust what a server sends)."""
     from aim import Repo, Run
-    if "://" not in repo_path and not Repo.exists(repo_path):
+    if "://" in repo_path:
+        raise ConfigError(f"aim_repo={repo_path}: a folder holding .aim is read, not an Aim server")
+    if not Repo.exists(repo_path):
         raise ConfigError(f"aim_repo={repo_path}: no Aim repository there (it holds a .aim folder once a run "
                           "has been tracked)")
     repo = Repo.from_path(repo_path)

@@ -1,4 +1,4 @@
-"""Clean up after a stopped trial: Tune kills it, but its workers' placement group and its Aim run stay.
+"""Clean up after a stopped trial: Tune kills it, but its workers' placement group stays.
 
 When ASHA stops a trial, Tune kills the trial's actor and with it the Train controller, before the
 controller can remove its workers' placement group. Ray Train's own cleaner actor needs the State
@@ -6,34 +6,19 @@ API, which only a cluster with its dashboard serves (``runtime.pin_own_cluster``
 right one); without it the reserved CPUs would starve every later trial. Rank 0 records the group's
 id in the trial's run folder, and this callback, in the sweep's driver, removes it when the trial ends.
 
-The killed worker never closes its Aim run either. Its lock is held until the process is gone,
-so ``close_trial_runs`` closes such runs when the sweep ends (seen: closing one from the callback
-found the run still locked by the dying worker).
+(A killed trial leaves no Aim run open: workers never write to Aim, the driver's writer does, see
+``swinray.aim_mirror``.)
 """
 from __future__ import annotations
 
-import time
 import warnings
 from pathlib import Path
 
 from ray.tune import Callback
 from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
 
-from swinray.storage import fetch, fetch_named
-from swinray.tracking import close_abandoned_run
-from swinray.train.finetune_loop import AIM_RUN_FILE, PLACEMENT_GROUP_FILE
-
-
-def close_trial_runs(trials_dir: Path, aim_repo: str, wait_s: float = 20.0) -> list[str]:
-    """Close the Aim runs that killed trials left open, giving dying workers ``wait_s`` to let go
-    of them; returns the hashes still open."""
-    pending = [path.read_text().strip() for path in fetch_named(trials_dir, AIM_RUN_FILE)]
-    deadline = time.monotonic() + wait_s
-    while True:
-        pending = [run_hash for run_hash in pending if not close_abandoned_run(aim_repo, run_hash)]
-        if not pending or time.monotonic() > deadline:
-            return pending
-        time.sleep(0.5)
+from swinray.storage import fetch
+from swinray.train.finetune_loop import PLACEMENT_GROUP_FILE
 
 
 class FreeTrialWorkers(Callback):

@@ -5,7 +5,8 @@
     python -m platform.sweep --tasks all --data /data/msd      # one sweep per task folder found
 
 Per task, under ``<storage>/<name>`` (``<name>-<task>`` with several tasks): ``tune/`` (Tune's
-experiment, restorable), ``trials/<trial_id>/`` (each trial's Ray Train run and ``metrics.jsonl``),
+experiment, restorable), ``trials/<trial_id>/`` (each trial's Ray Train run, its ``config.json``
+and what rank 0 recorded, copied into Aim by this driver while the sweep runs),
 ``trials.md`` and ``trials.json`` (every trial; Optuna's own record of the study), ``best_config.json``
 (``platform.finetune --config`` takes it) and ``best_model.pt``.
 """
@@ -20,6 +21,7 @@ import ray.tune
 from ray.tune import Tuner
 
 from swinray import interrupt
+from swinray.aim_mirror import mirror_to_aim
 from swinray.config import FinetuneConfig, SweepConfig, save_config
 from swinray.data.tasks import TASKS
 from swinray.errors import ConfigError, StorageError, UserError
@@ -38,7 +40,7 @@ from swinray.storage import (
     write_text,
 )
 from swinray.sweep.budget import trial_budget
-from swinray.sweep.cleanup import FreeTrialWorkers, close_trial_runs
+from swinray.sweep.cleanup import FreeTrialWorkers
 from swinray.sweep.progress import ENDED, SweepProgress
 from swinray.sweep.report import summarise
 from swinray.sweep.searcher import export_study, make_scheduler, make_searcher
@@ -123,13 +125,10 @@ def sweep_task(cfg: SweepConfig, resolved: Resolved, sweep_name: str, log=print)
                                           failure_config=ray.tune.FailureConfig(max_failures=0), verbose=0,
                                           callbacks=[FreeTrialWorkers(str(trials_dir)),
                                                      SweepProgress(sweep_name, cfg.trials)]))
-    with interrupt.ours_after():        # Tune stops on Ctrl-C, saves the experiment and returns
+    with mirror_to_aim(base.run.aim_repo, folders=[trials_dir], log=log) as aim, \
+            interrupt.ours_after():     # Tune stops on Ctrl-C, saves the experiment and returns
         grid = tuner.fit()
     stopped = interrupt.received()
-    still_open = close_trial_runs(trials_dir, base.run.aim_repo)
-    if still_open:
-        log(f"sweep {sweep_name}: warning: Aim runs {', '.join(still_open)} of stopped trials are still "
-            "locked by their workers; they will show as active in Aim")
 
     searcher = make_searcher(None, cfg.search, cfg.seed)
     fetch(experiment, refresh=True)     # Tune's state in object storage: the searcher reads local files
@@ -143,7 +142,8 @@ def sweep_task(cfg: SweepConfig, resolved: Resolved, sweep_name: str, log=print)
            "early_stopped": summary["early_stopped"], "errored": summary["errored"],
            "interrupted_trials": summary["interrupted"],
            "trial_steps": summary["trial_steps"], "trial_samples": summary["trial_samples"],
-           "best_val_dice": None, "aim_experiment": sweep_name, "table": shown(folder / "trials.md"),
+           "best_val_dice": None, "aim_experiment": sweep_name, "aim_error": aim.aim_error,
+           "table": shown(folder / "trials.md"),
            "aim_link": aim_explorer_url(f'metric.name == "val_dice" and run.experiment == "{sweep_name}"'),
            "report_command": f"python -m platform.report --aim-repo {base.run.aim_repo} --experiment {sweep_name}"}
     if stopped:                         # the best model and its test score wait for the finished sweep
@@ -191,7 +191,8 @@ def sweep(resolved: Resolved, log=print) -> dict:
     except interrupt.Interrupted as e:                      # no later task starts
         sweeps.append(e.reached)
         raise interrupt.Interrupted(summary) from None
-    return {**summary, "ok": all("error" not in s for s in sweeps)}
+    return {**summary, "aim_error": next((s["aim_error"] for s in sweeps if s.get("aim_error")), None),
+            "ok": all("error" not in s for s in sweeps)}
 
 
 def unfinished_trials(experiment: Path) -> set[str]:

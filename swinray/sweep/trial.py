@@ -7,12 +7,13 @@ trainer picks up its own latest checkpoint instead of starting again.
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import ray.tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from swinray.config import FinetuneConfig, apply_overrides, field_types
-from swinray.resolve import RunPaths, run_dir
+from swinray.config import FinetuneConfig, apply_overrides, field_types, save_config
+from swinray.resolve import CONFIG_FILE, RunPaths, run_dir
 from swinray.train.finetune import FinetunePlan
 from swinray.train.finetune_loop import train_fn_per_worker
 from swinray.train.trainer import loop_config, make_trainer
@@ -33,6 +34,7 @@ def run_trial(params: dict, plan: FinetunePlan, trials_dir: str, experiment: str
     trial_id = ray.tune.get_context().get_trial_id()
     cfg = trial_config(plan.cfg, params, trial_id, trials_dir, experiment)
     paths: RunPaths = replace(plan.resolved.paths, run_dir=str(run_dir(trials_dir, trial_id)))
+    save_config(cfg, Path(paths.run_dir) / CONFIG_FILE)     # what ran; the driver's Aim writer finds the trial by it
     trainer = make_trainer(train_fn_per_worker, loop_config(cfg, paths, threads), cfg.run, gpu, resources,
                            callbacks=[TuneReportCallback()])
     metrics = trainer.fit().metrics or {}

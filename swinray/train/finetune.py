@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from swinray import interrupt
+from swinray.aim_mirror import mirror_to_aim
 from swinray.config import FinetuneConfig, to_dict
 from swinray.data.preprocess import preprocess_dataset
 from swinray.errors import ConfigError, DatasetError
@@ -113,7 +114,8 @@ def finetune(resolved: Resolved, log=print) -> dict:
         f"({resources}), {cfg.optim.num_steps} steps -> {shown(run_dir)}")
     trainer = make_trainer(train_fn_per_worker, loop_config(cfg, resolved.paths, threads), cfg.run, gpu, resources)
     with interrupt.interruptible(lambda: {"run_dir": shown(run_dir), "steps": progress.done}), \
-            follow_run(run_dir / "metrics.jsonl", cfg.optim.num_steps, f"finetune {cfg.run.name}") as progress:
+            follow_run(run_dir / "metrics.jsonl", cfg.optim.num_steps, f"finetune {cfg.run.name}") as progress, \
+            mirror_to_aim(cfg.run.aim_repo, runs=[run_dir], log=log) as aim:
         result = fit(trainer, run_dir)
     model_path = run_dir / MODEL_FILE
     with result.checkpoint.as_directory() as directory, writing_to(run_dir, RUN_STORAGE_KEY):
@@ -126,9 +128,6 @@ def finetune(resolved: Resolved, log=print) -> dict:
     if metrics.get("diverged_step"):
         log(f"error: training diverged at step {metrics['diverged_step']} (NaN or infinite gradients); the best "
             f"model before it is kept. Lower optim.lr or raise optim.warmup_steps")
-    if metrics.get("aim_error"):
-        log(f"warning: Aim tracking failed during the run ({metrics['aim_error']}); "
-            f"metrics are in {shown(run_dir / 'metrics.jsonl')}")
     with writing_to(run_dir, RUN_STORAGE_KEY):
         test = test_score(plan, model_path, run_dir / "test_per_case.csv", log)
     return {"command": "finetune", "task": cfg.data.task, "run_dir": shown(run_dir), "steps": metrics.get("step"),
@@ -140,7 +139,7 @@ def finetune(resolved: Resolved, log=print) -> dict:
             "pretrained_report": plan.pretrained.summary() if plan.pretrained else None,
             "metrics_log": shown(run_dir / "metrics.jsonl"), "split": shown(resolved.paths.split),
             "aim_repo": cfg.run.aim_repo,
-            "aim_error": metrics.get("aim_error") or None, "diverged_step": metrics.get("diverged_step") or None,
+            "aim_error": aim.aim_error, "diverged_step": metrics.get("diverged_step") or None,
             "ok": saved["val_dice"] >= 0 and not metrics.get("diverged_step")}
 
 

@@ -36,7 +36,6 @@ from swinray.train.steps import seg_forward_backward
 from swinray.train.trainer import cached_task, case_files, start_worker
 
 PLACEMENT_GROUP_FILE = "placement_group.id"
-AIM_RUN_FILE = "aim_run.hash"
 
 
 def model_kwargs(model: ModelConfig) -> dict:
@@ -60,7 +59,6 @@ class Progress:
     best_step: int = 0
     best_per_class: list = field(default_factory=list)
     diverged_step: int = 0
-    aim_run_hash: str = ""
 
 
 def _validate(model, paths: list[str], cfg: FinetuneConfig, device, use_amp: bool,
@@ -82,14 +80,11 @@ def _validate(model, paths: list[str], cfg: FinetuneConfig, device, use_amp: boo
     return dice, pictures
 
 
-def _record_for_cleanup(run_dir: Path, tracker) -> None:
-    """Note the workers' placement group and the Aim run: if Tune stops this trial mid-run, the
-    sweep frees the one and closes the other."""
+def _record_for_cleanup(run_dir: Path) -> None:
+    """Note the workers' placement group: if Tune stops this trial mid-run, the sweep frees it."""
     group = ray.util.get_current_placement_group()
     if group is not None:
         write_text(run_dir / PLACEMENT_GROUP_FILE, group.id.hex())
-    if tracker.run_hash:
-        write_text(run_dir / AIM_RUN_FILE, tracker.run_hash)
 
 
 def _out_of_patience(progress: Progress, step: int, seg) -> bool:
@@ -133,6 +128,7 @@ def train_fn_per_worker(config: dict) -> None:
     optimizer, scheduler = make_optimizer(model, cfg.optim)
     restored = restore(net, optimizer, scheduler, files=(MODEL_FILE,)) or {}
     best_state = restored.pop(MODEL_FILE)["state_dict"] if restored else None
+    restored.pop("aim_run_hash", None)      # checkpoints from when workers wrote to Aim themselves
     progress = Progress(**restored)
     step, elapsed_before = progress.step, progress.elapsed_s
 
@@ -144,10 +140,8 @@ def train_fn_per_worker(config: dict) -> None:
                          lambda_ce=cfg.seg.ce_weight)
     tracker = NullTracker()
     if rank == 0:
-        tracker = Tracker(Path(paths.run_dir) / "metrics.jsonl", cfg.run.aim_repo, cfg.run.experiment,
-                          params=config["cfg"], run_hash=progress.aim_run_hash or None, name=cfg.run.name,
-                          resumed_at=step)
-        _record_for_cleanup(Path(paths.run_dir), tracker)
+        tracker = Tracker(paths.run_dir, resumed_at=step)     # the driver copies it into Aim
+        _record_for_cleanup(Path(paths.run_dir))
     use_amp = cfg.run.amp_bf16 and device.type == "cuda"
     started = time.perf_counter()
     deadline = cfg.seg.max_minutes * 60 if cfg.seg.max_minutes > 0 else float("inf")
@@ -158,7 +152,6 @@ def train_fn_per_worker(config: dict) -> None:
         """Report metrics on every rank; rank 0 attaches the training state and the best model so far."""
         state, files = None, {}
         if rank == 0:
-            progress.aim_run_hash = tracker.run_hash or ""
             state = training_state(net, optimizer, scheduler, **vars(progress))
             best = build_swin_unetr(**kwargs)
             best.load_state_dict(best_state if best_state is not None else net.state_dict())
@@ -170,8 +163,7 @@ def train_fn_per_worker(config: dict) -> None:
         summary = {k: metrics[k] for k in ("loss", "val_dice", "elapsed_s") if k in metrics}  # the rest: Aim, jsonl
         report({**summary, "step": step, "samples": step * cfg.optim.batch_size * world,  # all workers
                 "best_val_dice": progress.best_dice, "best_step": progress.best_step,
-                "aim_error": tracker.aim_error or "", "diverged_step": progress.diverged_step,
-                "stopped_by": stopped_by}, state, files)
+                "diverged_step": progress.diverged_step, "stopped_by": stopped_by}, state, files)
 
     while not stop:
         seed_step(cfg.run.seed, rank, step)         # drop-path: the same draws when this step is redone
@@ -230,5 +222,5 @@ def train_fn_per_worker(config: dict) -> None:
         if rank == 0:
             print(f"[swinray] {cfg.run.name}: already finished at step {step} ({stopped_by})", flush=True)
         report({"step": step, "samples": step * cfg.optim.batch_size * world, "best_val_dice": progress.best_dice,
-                "aim_error": "", "diverged_step": progress.diverged_step, "stopped_by": stopped_by})
+                "diverged_step": progress.diverged_step, "stopped_by": stopped_by})
     tracker.close()

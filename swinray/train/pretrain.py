@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 from swinray import interrupt
+from swinray.aim_mirror import mirror_to_aim
 from swinray.config import PretrainConfig
 from swinray.data.preprocess import preprocess_dataset
 from swinray.errors import DatasetError
@@ -70,7 +71,8 @@ def pretrain(resolved: Resolved, log=print) -> dict:
         write_json(resolved.paths.split, {"training": case_ids})      # rank r trains on every world-th from r
     trainer = make_trainer(train_fn_per_worker, loop_config(cfg, resolved.paths, threads), cfg.run, gpu, resources)
     with interrupt.interruptible(lambda: {"run_dir": shown(run_dir), "steps": progress.done}), \
-            follow_run(run_dir / "metrics.jsonl", cfg.optim.num_steps, f"pretrain {cfg.run.name}") as progress:
+            follow_run(run_dir / "metrics.jsonl", cfg.optim.num_steps, f"pretrain {cfg.run.name}") as progress, \
+            mirror_to_aim(cfg.run.aim_repo, runs=[run_dir], log=log) as aim:
         result = fit(trainer, run_dir)
     encoder_path = run_dir / ENCODER_FILE
     with result.checkpoint.as_directory() as directory, writing_to(run_dir, RUN_STORAGE_KEY):
@@ -86,15 +88,12 @@ def pretrain(resolved: Resolved, log=print) -> dict:
     metrics_log = run_dir / "metrics.jsonl"
     proxies = proxy_progress(metrics_log) if metrics_log.is_file() else {}
     log(describe(proxies))
-    if metrics.get("aim_error"):
-        log(f"warning: Aim tracking failed during the run ({metrics['aim_error']}); "
-            f"metrics are in {shown(run_dir / 'metrics.jsonl')}")
     return {"command": "pretrain", "run_dir": shown(run_dir), "steps": metrics.get("step"),
             "loss": metrics.get("loss"), "proxies": proxies, "encoder": shown(encoder_path),
             "encoder_keys_loaded": len(report.loaded), "encoder_keys_missing": len(report.missing),
             "checkpoint": checkpoint_location(result.checkpoint.path, ray_storage_path(cfg.run.storage)),
             "metrics_log": shown(run_dir / "metrics.jsonl"), "aim_repo": cfg.run.aim_repo,
-            "aim_error": metrics.get("aim_error") or None, "weights_in_sync": in_sync,
+            "aim_error": aim.aim_error, "weights_in_sync": in_sync,
             "ok": not report.missing and in_sync}
 
 

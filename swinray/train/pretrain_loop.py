@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-from pathlib import Path
 
 import ray.train
 import torch
@@ -50,9 +49,7 @@ def train_fn_per_worker(config: dict) -> None:
                            body_above=body_above)
     tracker = NullTracker()
     if rank == 0:
-        tracker = Tracker(Path(paths.run_dir) / "metrics.jsonl", cfg.run.aim_repo, cfg.run.experiment,
-                          params=config["cfg"], run_hash=restored.get("aim_run_hash") or None, name=cfg.run.name,
-                          resumed_at=start)
+        tracker = Tracker(paths.run_dir, resumed_at=start)     # the driver copies it into Aim
     use_amp = cfg.run.amp_bf16 and device.type == "cuda"
 
     for step in range(start, cfg.optim.num_steps):
@@ -83,13 +80,13 @@ def train_fn_per_worker(config: dict) -> None:
             if rank == 0:
                 tracker.log_image("pretext_views", views_side_by_side(
                     batch["target1"][0, 0], batch["view1"][0, 0], halves[2][0][0, 0]), done, caption=CAPTION)
-                state = training_state(net, optimizer, scheduler, done, aim_run_hash=tracker.run_hash or "")
+                state = training_state(net, optimizer, scheduler, done)
                 if final:
                     files = {ENCODER_FILE: lambda path: save_encoder(net, path)}
             in_sync = {"weights_in_sync": ranks_agree(net)} if final else {}   # every rank: a collective
             tracker.checkpointed()
-            report({**metrics, **in_sync, "step": done, "aim_error": tracker.aim_error or ""}, state, files)
+            report({**metrics, **in_sync, "step": done}, state, files)
     if start >= cfg.optim.num_steps:  # a rerun of a finished run: report where it stands
-        report({"step": start, "aim_error": ""})
+        report({"step": start})
     crops.close()
     tracker.close()

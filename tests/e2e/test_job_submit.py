@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-from conftest import REPO, SHARED_DATA, run_module, s3_keys, s3_text
+from conftest import REPO, SHARED_DATA, aim_hparams, aim_images, run_module, s3_keys, s3_text
 from ray_head import RAY, RayHead
 
 pytestmark = pytest.mark.e2e
@@ -149,3 +149,8 @@ def test_submitted_pretraining_on_real_ct_writes_everything_to_s3(ray_head, s3_b
                 and k.endswith("/state.pt")}) == 2                                 # steps 2 and 3, in S3
     log = s3_text(s3_bucket["bucket"], f"{prefix}pretrain-debug/metrics.jsonl")
     assert [json.loads(line)["step"] for line in log.splitlines()] == [1, 2, 3]
+    # Tracking without an Aim server: the pictures went to S3 beside the metrics, and the job's driver
+    # copied both into its local repo (the head's, on a cluster)
+    assert summary["aim_error"] is None and f"{prefix}pretrain-debug/images.jsonl" in keys
+    assert sorted(aim_images(tmp_path / "aim", "pretext_views")["pretrain-debug"]) == [2, 3]
+    assert aim_hparams(tmp_path / "aim")["pretrain-debug"]["run"]["storage"] == storage

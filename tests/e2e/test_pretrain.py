@@ -115,8 +115,8 @@ def immutable(path, on: bool) -> bool:
 
 def test_aim_repo_made_unwritable_mid_run_only_warns_and_the_log_is_complete(local_ray, tmp_path):
     cfg = debug_config(tmp_path / "runs", **{"optim.num_steps": 4, "run.name": "pretrain-aim"})
-    outcome = {}
-    thread = threading.Thread(target=lambda: outcome.update(summary=run_pretrain(cfg, quiet)))
+    outcome, messages = {}, []
+    thread = threading.Thread(target=lambda: outcome.update(summary=run_pretrain(cfg, messages.append)))
     thread.start()
     log, aim_dir = tmp_path / "runs" / cfg.run.name / "metrics.jsonl", tmp_path / "runs" / ".aim"
     try:
@@ -132,6 +132,7 @@ def test_aim_repo_made_unwritable_mid_run_only_warns_and_the_log_is_complete(loc
     summary = outcome["summary"]
     assert summary["ok"] and summary["steps"] == cfg.optim.num_steps
     assert "Operation not permitted" in summary["aim_error"]
+    assert len([m for m in messages if m.startswith("warning: Aim tracking is off")]) == 1     # once
     assert [r["step"] for r in read_metrics(summary)] == list(range(1, cfg.optim.num_steps + 1))
     from aim import Repo
     assert len(Repo.from_path(str(tmp_path / "runs")).list_all_runs()) == 1   # it was tracking before

@@ -6,6 +6,7 @@ import urllib.parse
 
 import pytest
 
+from swinray.aim_mirror import mirror_to_aim
 from swinray.config import ConfigError, ReportConfig
 from swinray.report.runs import read_experiment, varying_params
 from swinray.report.write import run_report
@@ -15,8 +16,12 @@ CLASSES = ("anterior", "posterior")
 
 
 def track(tmp_path, name: str, experiment: str, lr: float, dice: list[float] | None):
-    params = {"optim": {"lr": lr, "batch_size": 2}, "run": {"name": name}}
-    tracker = Tracker(tmp_path / name / "metrics.jsonl", str(tmp_path / "aim"), experiment, params=params, name=name)
+    """A run's folder as a run leaves it: its config and rank 0's metrics."""
+    run_dir = tmp_path / "runs" / name
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text(json.dumps({"optim": {"lr": lr, "batch_size": 2},
+                                                     "run": {"name": name, "experiment": experiment}}))
+    tracker = Tracker(run_dir)
     for step in (1, 2, 3):
         metrics = {"loss": 1.0 / step}
         if dice:
@@ -33,6 +38,9 @@ def repo(tmp_path_factory):
     track(tmp, "trial-b", "sweep-x", 3e-3, [0.1, 0.3, 0.6])       # the best run, at step 3
     track(tmp, "trial-c", "sweep-x", 1e-2, None)                  # stopped before validating
     track(tmp, "other", "finetune", 1e-3, [0.9, 0.9, 0.9])        # another experiment: not reported
+    with mirror_to_aim(str(tmp / "aim"), folders=[tmp / "runs"], poll_s=0.2) as mirror:   # as a driver does
+        pass
+    assert mirror.aim_error is None
     return tmp
 
 
@@ -65,6 +73,11 @@ def test_an_unknown_experiment_lists_the_ones_there(repo, tmp_path):
         run_report(ReportConfig(aim_repo=str(repo / "aim"), experiment="sweep-y", out_dir=str(tmp_path)))
     with pytest.raises(ConfigError, match="no Aim repository"):
         run_report(ReportConfig(aim_repo=str(tmp_path / "nowhere"), experiment="sweep-x", out_dir=str(tmp_path)))
+
+
+def test_the_report_reads_a_repo_folder_never_an_aim_server(tmp_path):
+    with pytest.raises(ConfigError, match="aim_repo=aim://10.0.0.5:53800: a folder holding .aim is read"):
+        run_report(ReportConfig(aim_repo="aim://10.0.0.5:53800", experiment="sweep-x", out_dir=str(tmp_path)))
 
 
 def test_an_explorer_link_carries_the_query_in_aims_own_url_state():

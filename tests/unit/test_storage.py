@@ -105,7 +105,7 @@ def test_a_cached_case_written_on_one_node_is_found_and_read_on_another(s3_bucke
 
 def test_a_metrics_log_resumed_on_another_node_keeps_its_earlier_lines(s3_bucket, tmp_path, monkeypatch):
     log = local_path(f"s3://{s3_bucket['bucket']}/runs") / "r" / "metrics.jsonl"
-    first = Tracker(log, None, "r")
+    first = Tracker(log.parent)
     first.log({"loss": 1.0}, 1)
     first.log({"loss": 0.9}, 2)                     # within the upload interval: not uploaded yet
     assert [json.loads(line)["step"] for line in read_remote_bytes(log).splitlines()] == [1]
@@ -115,7 +115,7 @@ def test_a_metrics_log_resumed_on_another_node_keeps_its_earlier_lines(s3_bucket
     first.close()
     as_another_node(monkeypatch, tmp_path)
     there = local_path(f"s3://{s3_bucket['bucket']}/runs") / "r" / "metrics.jsonl"
-    second = Tracker(there, None, "r")
+    second = Tracker(there.parent)
     second.log({"loss": 0.8}, 4)
     second.close()
     assert [json.loads(line)["step"] for line in read_remote_bytes(there).splitlines()] == [1, 2, 3, 4]
@@ -126,10 +126,10 @@ def test_a_dataset_is_read_from_a_path_not_a_bucket():
         load_source(DataConfig(source="s3://lab/ct"))
 
 
-def test_aim_cannot_default_into_object_storage(monkeypatch):
+def test_aim_cannot_default_into_object_storage(monkeypatch, tmp_path):
     monkeypatch.delenv("SWINRAY_AIM_REPO", raising=False)
-    with pytest.raises(ConfigError, match="s3://lab/runs: Aim cannot write to object storage.*aim://HOST:PORT"):
+    with pytest.raises(ConfigError, match="s3://lab/runs: Aim cannot write to object storage.*a folder"):
         aim_repo_for("", "s3://lab/runs")
-    assert aim_repo_for("aim://10.0.0.1:53800", "s3://lab/runs") == "aim://10.0.0.1:53800"
-    monkeypatch.setenv("SWINRAY_AIM_REPO", "aim://head:53800")
-    assert aim_repo_for("", "s3://lab/runs") == "aim://head:53800"
+    assert aim_repo_for(str(tmp_path / "aim"), "s3://lab/runs") == str(tmp_path / "aim")
+    monkeypatch.setenv("SWINRAY_AIM_REPO", str(tmp_path / "head-aim"))     # a cluster's head names its repo
+    assert aim_repo_for("", "s3://lab/runs") == str(tmp_path / "head-aim")
