@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
+from swinray.config_checks import at_least, non_negative_finite, plain_name, positive_finite, require
 from swinray.config_codec import (  # noqa: F401
     apply_overrides,
     field_types,
@@ -24,66 +25,13 @@ from swinray.config_codec import (  # noqa: F401
     save_config,
     to_dict,
 )
-from swinray.errors import ConfigError
+from swinray.errors import ConfigError  # noqa: F401  (re-exported: from swinray.config import ConfigError)
+from swinray.limits import VolumeLimits  # noqa: F401  (re-exported)
 from swinray.storage import check_storage
-
-
-def _require(ok: bool, name: str, value, rule: str) -> None:
-    """A pure check of one field; it fires at parse time and again on every worker (``from_dict``)."""
-    if not ok:
-        raise ConfigError(f"{name}={value!r}: {rule}")
-
-
-def _at_least(minimum: int, **values) -> None:
-    for name, value in values.items():
-        _require(value >= minimum, name, value, f"must be at least {minimum}")
-
-
-def _positive_finite(**values) -> None:
-    for name, value in values.items():
-        _require(math.isfinite(value) and value > 0, name, value, "must be a finite number above 0")
-
-
-def _non_negative_finite(**values) -> None:
-    for name, value in values.items():
-        _require(math.isfinite(value) and value >= 0, name, value, "must be a finite number, 0 or more")
-
-
-def _plain_name(name: str, value: str) -> None:
-    """A run or sweep name becomes a folder under storage: one plain path component."""
-    _require(bool(value.strip()) and value not in (".", "..") and not any(c in value for c in "/\\\0"),
-             name, value, "must be a plain name (not empty, no path separators), e.g. ssl-openkbp")
-
 
 # --------------------------------------------------------------------------------------------
 # Sections
 # --------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class VolumeLimits:
-    """What one volume may cost, checked from its header before anything is allocated: a header is
-    only a claim, and nibabel allocates what it claims (a 64-byte file can claim 1 GiB). The first
-    three bound any volume; the last two bound a case against the others it comes with
-    (``swinray.data.admission``), which the absolute ones, sized for a whole-body CT, cannot."""
-    max_megavoxels: float = 256.0       # voxels x channels a source may hold, and its resampling may
-                                        # produce; 256 = a 512 x 512 x 1000 whole-body CT
-    max_volume_mb: float = 1024.0       # bytes of voxel data a header may claim, as loaded (float32 when
-                                        # scl_slope/scl_inter scale it); 1024 = 256 megavoxels of float32
-    max_resample_growth: float = 27.0   # resampling to the task spacing may multiply the voxel count
-                                        # by at most this (3x per axis) once the result passes 16
-                                        # megavoxels: a 12 mm header is refused, not blown up 400x
-    max_times_median: float = 16.0      # a case may cost (load and resample, from its headers) at most
-                                        # this many times the median case of its dataset
-    relative_floor_mb: float = 32.0     # ...but a case costing less than this is never refused for it
-
-    def __post_init__(self) -> None:
-        _positive_finite(max_megavoxels=self.max_megavoxels, max_volume_mb=self.max_volume_mb)
-        _require(math.isfinite(self.max_resample_growth) and self.max_resample_growth >= 1, "max_resample_growth",
-                 self.max_resample_growth, "must be a finite number, 1 or more")
-        _require(math.isfinite(self.max_times_median) and self.max_times_median >= 1, "max_times_median",
-                 self.max_times_median, "must be a finite number, 1 or more (1e6 turns the check off)")
-        _non_negative_finite(relative_floor_mb=self.relative_floor_mb)
-
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -107,13 +55,13 @@ class DataConfig:
     limits: VolumeLimits = field(default_factory=VolumeLimits)  # per-volume memory bounds
 
     def __post_init__(self) -> None:
-        _require(self.spacing_mm == (0.0, 0.0, 0.0) or all(math.isfinite(s) and s > 0 for s in self.spacing_mm),
+        require(self.spacing_mm == (0.0, 0.0, 0.0) or all(math.isfinite(s) and s > 0 for s in self.spacing_mm),
                  "spacing_mm", self.spacing_mm, "three voxel sizes in mm above 0, or (0, 0, 0) for the task's")
-        _require(self.window_hu == (0.0, 0.0) or (all(math.isfinite(v) for v in self.window_hu)
+        require(self.window_hu == (0.0, 0.0) or (all(math.isfinite(v) for v in self.window_hu)
                                                   and self.window_hu[0] < self.window_hu[1]),
                  "window_hu", self.window_hu, "a (low, high) HU window with low < high, or (0, 0) for the task's")
-        _at_least(0, max_cases=self.max_cases)
-        _at_least(1, num_phantom_cases=self.num_phantom_cases)
+        at_least(0, max_cases=self.max_cases)
+        at_least(1, num_phantom_cases=self.num_phantom_cases)
 
 
 @dataclass(frozen=True)
@@ -124,9 +72,9 @@ class PhantomConfig:
     shape: tuple[int, int, int] = (128, 128, 64)  # voxels per case before any reorientation
 
     def __post_init__(self) -> None:
-        _at_least(1, num_cases=self.num_cases)
-        _at_least(0, seed=self.seed)
-        _require(all(side >= low for side, low in zip(self.shape, (48, 48, 16))), "shape", self.shape,
+        at_least(1, num_cases=self.num_cases)
+        at_least(0, seed=self.seed)
+        require(all(side >= low for side, low in zip(self.shape, (48, 48, 16))), "shape", self.shape,
                  "must be at least (48, 48, 16): the phantom's organs need that many voxels")
 
 
@@ -143,14 +91,14 @@ class ModelConfig:
     gradient_checkpointing: bool = False  # trades compute for memory on large ROIs
 
     def __post_init__(self) -> None:
-        _require(self.feature_size > 0 and self.feature_size % 12 == 0, "feature_size", self.feature_size,
+        require(self.feature_size > 0 and self.feature_size % 12 == 0, "feature_size", self.feature_size,
                  "must be a positive multiple of 12 (attention heads split it 3, 6, 12 and 24 ways), e.g. 12 or 48")
-        _require(self.roi_size == (0, 0, 0) or all(side > 0 and side % 32 == 0 for side in self.roi_size),
+        require(self.roi_size == (0, 0, 0) or all(side > 0 and side % 32 == 0 for side in self.roi_size),
                  "roi_size", self.roi_size, "each side a positive multiple of 32 (five 2x downsamplings), "
                  "or (0, 0, 0) for the task's ROI")
-        _at_least(0, in_channels=self.in_channels, out_channels=self.out_channels)
-        _at_least(1, window_size=self.window_size)
-        _require(0.0 <= self.drop_path_rate < 1.0, "drop_path_rate", self.drop_path_rate, "must be in [0, 1)")
+        at_least(0, in_channels=self.in_channels, out_channels=self.out_channels)
+        at_least(1, window_size=self.window_size)
+        require(0.0 <= self.drop_path_rate < 1.0, "drop_path_rate", self.drop_path_rate, "must be in [0, 1)")
 
 
 @dataclass(frozen=True)
@@ -164,10 +112,10 @@ class OptimConfig:
     grad_clip_norm: float = 1.0
 
     def __post_init__(self) -> None:
-        _positive_finite(lr=self.lr, grad_clip_norm=self.grad_clip_norm)
-        _non_negative_finite(weight_decay=self.weight_decay)
-        _at_least(0, warmup_steps=self.warmup_steps)
-        _at_least(1, num_steps=self.num_steps, batch_size=self.batch_size, grad_accum_steps=self.grad_accum_steps)
+        positive_finite(lr=self.lr, grad_clip_norm=self.grad_clip_norm)
+        non_negative_finite(weight_decay=self.weight_decay)
+        at_least(0, warmup_steps=self.warmup_steps)
+        at_least(1, num_steps=self.num_steps, batch_size=self.batch_size, grad_accum_steps=self.grad_accum_steps)
 
 
 @dataclass(frozen=True)
@@ -179,10 +127,10 @@ class PretextConfig:
     cutout_max_fraction: float = 0.3    # the paper masks up to 30% of the volume
 
     def __post_init__(self) -> None:
-        _non_negative_finite(rotation_weight=self.rotation_weight, contrastive_weight=self.contrastive_weight,
+        non_negative_finite(rotation_weight=self.rotation_weight, contrastive_weight=self.contrastive_weight,
                              reconstruction_weight=self.reconstruction_weight)
-        _positive_finite(temperature=self.temperature)
-        _require(0.0 <= self.cutout_max_fraction <= 1.0, "cutout_max_fraction", self.cutout_max_fraction,
+        positive_finite(temperature=self.temperature)
+        require(0.0 <= self.cutout_max_fraction <= 1.0, "cutout_max_fraction", self.cutout_max_fraction,
                  "must be in [0, 1]")
 
 
@@ -198,11 +146,11 @@ class SplitConfig:
                                         # same whatever seed, fold or fraction); a labelled "test" list wins
 
     def __post_init__(self) -> None:
-        _at_least(2, num_folds=self.num_folds)
-        _require(0 <= self.fold < self.num_folds, "fold", self.fold, f"must be in 0..{self.num_folds - 1} "
+        at_least(2, num_folds=self.num_folds)
+        require(0 <= self.fold < self.num_folds, "fold", self.fold, f"must be in 0..{self.num_folds - 1} "
                  f"(num_folds={self.num_folds})")
-        _require(0.0 < self.label_fraction <= 1.0, "label_fraction", self.label_fraction, "must be in (0, 1]")
-        _require(0.0 <= self.test_fraction < 1.0, "test_fraction", self.test_fraction, "must be in [0, 1)")
+        require(0.0 < self.label_fraction <= 1.0, "label_fraction", self.label_fraction, "must be in (0, 1]")
+        require(0.0 <= self.test_fraction < 1.0, "test_fraction", self.test_fraction, "must be in [0, 1)")
 
 
 @dataclass(frozen=True)
@@ -229,17 +177,17 @@ class SegConfig:
     num_overlay_cases: int = 2          # validation cases drawn as ground truth / prediction overlays
 
     def __post_init__(self) -> None:
-        _at_least(1, val_every_steps=self.val_every_steps, sw_batch_size=self.sw_batch_size)
-        _at_least(0, freeze_encoder_steps=self.freeze_encoder_steps, num_overlay_cases=self.num_overlay_cases,
+        at_least(1, val_every_steps=self.val_every_steps, sw_batch_size=self.sw_batch_size)
+        at_least(0, freeze_encoder_steps=self.freeze_encoder_steps, num_overlay_cases=self.num_overlay_cases,
                   patience_validations=self.patience_validations)
-        _require(0 <= self.freeze_encoder_stages <= 5, "freeze_encoder_stages", self.freeze_encoder_stages,
+        require(0 <= self.freeze_encoder_stages <= 5, "freeze_encoder_stages", self.freeze_encoder_stages,
                  "must be 0 (none) to 5 (the patch embedding and all four Swin stages)")
-        _require(0.0 <= self.sw_overlap < 1.0, "sw_overlap", self.sw_overlap, "must be in [0, 1)")
-        _require(not self.crop_class_ratios or (len(self.crop_class_ratios) >= 2 and all(
+        require(0.0 <= self.sw_overlap < 1.0, "sw_overlap", self.sw_overlap, "must be in [0, 1)")
+        require(not self.crop_class_ratios or (len(self.crop_class_ratios) >= 2 and all(
             math.isfinite(r) and r >= 0 for r in self.crop_class_ratios) and sum(self.crop_class_ratios) > 0),
             "crop_class_ratios", self.crop_class_ratios, "one weight of 0 or more per class, background first, "
             "not all 0; or () for pos_neg_ratio")
-        _non_negative_finite(pos_neg_ratio=self.pos_neg_ratio, rotate_degrees=self.rotate_degrees,
+        non_negative_finite(pos_neg_ratio=self.pos_neg_ratio, rotate_degrees=self.rotate_degrees,
                              intensity_jitter=self.intensity_jitter, dice_weight=self.dice_weight,
                              ce_weight=self.ce_weight, max_minutes=self.max_minutes)
 
@@ -263,11 +211,11 @@ class RunConfig:
                                         # State API that Ray Train's placement-group cleaner polls
 
     def __post_init__(self) -> None:
-        _plain_name("name", self.name)
+        plain_name("name", self.name)
         check_storage(self.storage, "storage")      # from_dict prefixes the section: run.storage
-        _at_least(1, num_workers=self.num_workers, checkpoint_every_steps=self.checkpoint_every_steps,
+        at_least(1, num_workers=self.num_workers, checkpoint_every_steps=self.checkpoint_every_steps,
                   num_checkpoints_kept=self.num_checkpoints_kept)
-        _at_least(0, max_failures=self.max_failures)
+        at_least(0, max_failures=self.max_failures)
 
 
 # --------------------------------------------------------------------------------------------
@@ -313,9 +261,9 @@ class EvaluateConfig:
     limits: VolumeLimits = field(default_factory=VolumeLimits)  # per-volume memory bounds
 
     def __post_init__(self) -> None:
-        _at_least(0, max_cases=self.max_cases)
-        _at_least(1, sw_batch_size=self.sw_batch_size)
-        _require(0.0 <= self.sw_overlap < 1.0, "sw_overlap", self.sw_overlap, "must be in [0, 1)")
+        at_least(0, max_cases=self.max_cases)
+        at_least(1, sw_batch_size=self.sw_batch_size)
+        require(0.0 <= self.sw_overlap < 1.0, "sw_overlap", self.sw_overlap, "must be in [0, 1)")
 
 
 @dataclass(frozen=True)
@@ -329,8 +277,8 @@ class PredictConfig:
     limits: VolumeLimits = field(default_factory=VolumeLimits)  # per-volume memory bounds
 
     def __post_init__(self) -> None:
-        _at_least(1, sw_batch_size=self.sw_batch_size)
-        _require(0.0 <= self.sw_overlap < 1.0, "sw_overlap", self.sw_overlap, "must be in [0, 1)")
+        at_least(1, sw_batch_size=self.sw_batch_size)
+        require(0.0 <= self.sw_overlap < 1.0, "sw_overlap", self.sw_overlap, "must be in [0, 1)")
 
 
 @dataclass(frozen=True)
@@ -353,11 +301,11 @@ class SweepConfig:
     storage: str = "outputs/sweeps"
 
     def __post_init__(self) -> None:
-        _plain_name("name", self.name)
+        plain_name("name", self.name)
         check_storage(self.storage, "storage")
-        _at_least(1, trials=self.trials)
-        _at_least(2, reduction_factor=self.reduction_factor)
-        _at_least(0, rungs=self.rungs, trial_samples=self.trial_samples,
+        at_least(1, trials=self.trials)
+        at_least(2, reduction_factor=self.reduction_factor)
+        at_least(0, rungs=self.rungs, trial_samples=self.trial_samples,
                   max_concurrent_trials=self.max_concurrent_trials)
 
 
@@ -423,14 +371,14 @@ class BenchConfig:
     run: RunConfig = field(default_factory=lambda: RunConfig(name="bench"))
 
     def __post_init__(self) -> None:
-        _positive_finite(budget_minutes=self.budget_minutes, part_seconds=self.part_seconds)
-        _non_negative_finite(peak_tflops=self.peak_tflops)
-        _at_least(0, scaling_workers=self.scaling_workers)
-        _require(all(side > 0 for side in self.gpu_volume_shape), "gpu_volume_shape", self.gpu_volume_shape,
+        positive_finite(budget_minutes=self.budget_minutes, part_seconds=self.part_seconds)
+        non_negative_finite(peak_tflops=self.peak_tflops)
+        at_least(0, scaling_workers=self.scaling_workers)
+        require(all(side > 0 for side in self.gpu_volume_shape), "gpu_volume_shape", self.gpu_volume_shape,
                  "three positive sides")
-        _at_least(0, budget_steps=self.budget_steps, patience_validations=self.patience_validations)
-        _at_least(1, sweep_trials=self.sweep_trials, seeds=self.seeds, rounds=self.rounds)
-        _require(all(0.0 < f <= 1.0 for f in self.fractions) and bool(self.fractions), "fractions",
+        at_least(0, budget_steps=self.budget_steps, patience_validations=self.patience_validations)
+        at_least(1, sweep_trials=self.sweep_trials, seeds=self.seeds, rounds=self.rounds)
+        require(all(0.0 < f <= 1.0 for f in self.fractions) and bool(self.fractions), "fractions",
                  self.fractions, "one or more label fractions in (0, 1]")
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from test_hostile_inputs import fake_model, header_bytes, msd, peak_mb, write_case, write_dataset
+from hostile_files import fake_model, header_bytes, msd, peak_mb, write_case, write_dataset
 
 from conftest import shared_dataset, write_dicom_series
 from swinray.config import EvaluateConfig, PredictConfig, RunConfig, VolumeLimits

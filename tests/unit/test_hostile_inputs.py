@@ -3,75 +3,18 @@ case, and never takes the valid cases down with it. Every file here is small and
 are crafted with nibabel and written byte for byte, the gzip bomb is compressed as a stream."""
 import gzip
 import json
-import tracemalloc
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
+from hostile_files import MB, TASK, header_bytes, msd, peak_mb, write_case, write_dataset
 
 from swinray.data.case_pipeline import process_case
 from swinray.data.cases import Case
 from swinray.data.datasets import load_dataset
 from swinray.data.nifti import CaseError, read_verified
-from swinray.data.tasks import TaskSpec
 from swinray.errors import DatasetError
-
-TASK = TaskSpec("Hostile", "CT", ("CT",), ("background", "organ"), (1.5, 1.5, 2.0), "ct_window", (-175.0, 250.0),
-                (64, 64, 64))
-MB = 2 ** 20
-
-
-def header_bytes(shape, dtype=np.int16, zooms=(1.5, 1.5, 2.0)) -> bytes:
-    """A NIfTI-1 header claiming ``shape`` voxels of ``dtype``, padded to its 352-byte data offset."""
-    header = nib.Nifti1Header()
-    header.set_data_shape(shape)
-    header.set_data_dtype(dtype)
-    header.set_zooms(zooms)
-    header.set_sform(np.diag([*zooms[:3], 1.0]), code=1)
-    header.set_data_offset(352)
-    return header.binaryblock + b"\0" * 4
-
-
-def write_case(folder: Path, name: str, shape=(24, 24, 12), zooms=(1.5, 1.5, 2.0), label=True) -> dict:
-    """A valid small CT case: a body of 40 HU in air, an organ label inside it."""
-    for sub in ("imagesTr", "labelsTr"):
-        (folder / sub).mkdir(parents=True, exist_ok=True)
-    affine = np.diag([*zooms, 1.0])
-    image = np.full(shape, -1000, np.int16)
-    image[4:-4, 4:-4, 2:-2] = 40
-    nib.save(nib.Nifti1Image(image, affine), folder / "imagesTr" / f"{name}.nii.gz")
-    entry = {"image": f"./imagesTr/{name}.nii.gz"}
-    if label:
-        seg = np.zeros(shape, np.uint8)
-        seg[8:14, 8:14, 4:8] = 1
-        nib.save(nib.Nifti1Image(seg, affine), folder / "labelsTr" / f"{name}.nii.gz")
-        entry["label"] = f"./labelsTr/{name}.nii.gz"
-    return entry
-
-
-def write_dataset(root: Path, meta) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "dataset.json").write_text(json.dumps(meta))
-    return root
-
-
-def msd(entries, **extra) -> dict:
-    return {"modality": {"0": "CT"}, "labels": {"0": "background", "1": "organ"}, "training": entries, **extra}
-
-
-def peak_mb(fn) -> tuple[object, float]:
-    """(fn's result or the CaseError it raised, peak MB allocated meanwhile, as tracemalloc sees it)."""
-    tracemalloc.start()
-    try:
-        try:
-            result = fn()
-        except CaseError as e:
-            result = e
-        return result, tracemalloc.get_traced_memory()[1] / MB
-    finally:
-        tracemalloc.stop()
-
 
 # --------------------------------------------------------------------------------------------
 # Bounded memory
@@ -363,109 +306,3 @@ def test_an_entry_listed_twice_is_counted_once_with_a_warning_and_in_one_split(t
     assert dataset.rejected == ()
     assert len(dataset.warnings) == 3 and all("a.nii.gz is listed twice" in w for w in dataset.warnings)
     assert "counted once, in 'training'" in dataset.warnings[1] and any(m.startswith("warning: ") for m in said)
-
-
-# --------------------------------------------------------------------------------------------
-# Evaluate and predict (preprocessing reruns: tests/e2e/test_reruns.py)
-# --------------------------------------------------------------------------------------------
-
-def fake_model(monkeypatch, module, fail_on: str):
-    """``module``'s model is a stub and its segmentation a copy of the truth, except for ``fail_on``,
-    whose segmentation raises what no case error covers."""
-    from swinray.seg.model_input import Segmented
-    meta = {"task": json.loads(json.dumps(TASK.__dict__)), "roi_size": [64, 64, 64], "metrics": {"val_dice": 0.5}}
-    monkeypatch.setattr(module, "open_model", lambda path, device: (None, meta))
-
-    def segment(model, case, task, *args, **kwargs):
-        if fail_on in case.image[0]:
-            raise RuntimeError("odd case")
-        image = nib.load(case.image[0])
-        truth = np.asanyarray(nib.load(case.label).dataobj) if case.label else None
-        labels = truth if truth is not None else np.zeros(image.shape, np.uint8)
-        return Segmented(labels, truth, image.affine, 1)
-    monkeypatch.setattr(module, "segment_case", segment)
-
-
-def test_evaluate_records_a_failing_case_goes_on_and_writes_its_csv(tmp_path, monkeypatch):
-    import swinray.seg.evaluate as ev
-    from swinray.config import EvaluateConfig
-    root = tmp_path / "Scored"
-    write_dataset(root, msd([write_case(root, n) for n in ("ok0", "odd", "ok1")]))
-    fake_model(monkeypatch, ev, "odd.nii.gz")
-    cfg = EvaluateConfig(checkpoint=str(tmp_path / "model.pt"), data=str(root), split="all",
-                         out_dir=str(tmp_path / "eval"))
-    summary = ev.run_evaluate(cfg, log=lambda m: None)
-    assert summary["ok"] and summary["num_cases"] == 2 and summary["num_rejected"] == 1
-    assert summary["rejected"][0]["reason"].endswith("odd.nii.gz: unexpected RuntimeError: odd case")
-    rows = Path(summary["per_case_csv"]).read_text().splitlines()
-    assert [r.split(",")[0] for r in rows[1:]] == ["ok0", "ok1"]
-
-
-def test_predict_records_a_failing_file_goes_on_and_writes_its_csv(tmp_path, monkeypatch):
-    import swinray.seg.predict as pr
-    from swinray.config import PredictConfig
-    root = tmp_path / "Scans"
-    for name in ("ok0", "odd", "ok1"):
-        write_case(root, name, label=False)
-    fake_model(monkeypatch, pr, "odd.nii.gz")
-    cfg = PredictConfig(checkpoint=str(tmp_path / "model.pt"), input=str(root / "imagesTr"),
-                        output=str(tmp_path / "labels"))
-    summary = pr.run_predict(cfg, log=lambda m: None)
-    assert summary["ok"] and summary["num_written"] == 2 and summary["num_rejected"] == 1
-    assert "odd.nii.gz: unexpected RuntimeError: odd case" in summary["rejected"][0]["reason"]
-    table = (tmp_path / "labels" / "predictions.csv").read_text().splitlines()
-    assert table[0] == "file,status,output,reason" and len(table) == 4
-    assert sorted(p.name for p in (tmp_path / "labels").glob("*.nii.gz")) == ["ok0.nii.gz", "ok1.nii.gz"]
-
-
-def test_predict_into_its_input_folder_is_refused_before_anything_is_written(tmp_path, capfd):
-    from swinray.cli import main
-    folder = tmp_path / "scans"
-    write_case(folder, "s0", label=False)
-    images = folder / "imagesTr"
-    before = sorted(p.name for p in images.iterdir())
-    code = main("predict", ["--checkpoint", str(tmp_path / "model.pt"), "--input", str(images),
-                            "--output", str(images)])
-    summary = json.loads(capfd.readouterr().out.strip().splitlines()[-1])
-    assert code == 1 and summary["ok"] is False and "is the input folder" in summary["error"]
-    assert sorted(p.name for p in images.iterdir()) == before
-
-
-def test_predict_into_the_folder_its_linked_inputs_point_to_is_refused(tmp_path, capfd):
-    """Inputs that are symlinks: their targets' folder is an input folder too."""
-    from swinray.cli import main
-    write_case(tmp_path / "scans", "s0", label=False)
-    images = tmp_path / "scans" / "imagesTr"
-    links = tmp_path / "links"
-    links.mkdir()
-    (links / "s0.nii.gz").symlink_to(images / "s0.nii.gz")
-    code = main("predict", ["--checkpoint", str(tmp_path / "model.pt"), "--input", str(links),
-                            "--output", str(images)])
-    summary = json.loads(capfd.readouterr().out.strip().splitlines()[-1])
-    assert code == 1 and "is the input folder" in summary["error"]
-    assert sorted(p.name for p in images.iterdir()) == ["s0.nii.gz"]
-
-
-def test_predict_into_a_file_is_refused_before_anything_is_written(tmp_path, capfd):
-    from swinray.cli import main
-    write_case(tmp_path / "scans", "s0", label=False)
-    image = tmp_path / "scans" / "imagesTr" / "s0.nii.gz"
-    before = image.read_bytes()
-    code = main("predict", ["--checkpoint", str(tmp_path / "model.pt"), "--input", str(image), "--output", str(image)])
-    summary = json.loads(capfd.readouterr().out.strip().splitlines()[-1])
-    assert code == 1 and summary["ok"] is False and "s0.nii.gz is a file" in summary["error"]
-    assert image.read_bytes() == before
-
-
-def test_predict_replaces_a_symlink_in_its_output_folder_instead_of_writing_through_it(tmp_path):
-    from swinray.seg.predict import write_label_map
-    source = tmp_path / "in" / "imagesTr" / "s0.nii.gz"
-    write_case(tmp_path / "in", "s0", label=False)
-    target = tmp_path / "precious.txt"
-    target.write_text("keep me")
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "s0.nii.gz").symlink_to(target)
-    write_label_map(np.ones((24, 24, 12), np.uint8), source, out / "s0.nii.gz")
-    assert target.read_text() == "keep me"
-    assert not (out / "s0.nii.gz").is_symlink() and nib.load(out / "s0.nii.gz").shape == (24, 24, 12)
