@@ -28,9 +28,12 @@ import warnings
 from pathlib import Path
 from typing import Callable, Iterable
 
+from swinray import interrupt
+
 IDLE_CLOSE_S = 120.0         # a sweep's trials end without telling the driver: idle this long is ended
 POLL_S = 5.0                 # how often the writer copies what is new: how far Aim is behind the run
 FINISH_TIMEOUT_S = 600.0     # for the last copy (every trial of a sweep in object storage) and closing
+INTERRUPTED_FINISH_TIMEOUT_S = 60.0   # the same once the command was interrupted: its JSON line comes soon
 EXIT_TIMEOUT_S = 10.0        # after it: then the writer is killed (Aim's exit handler can hang)
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,22 +91,36 @@ class AimMirror:
                    "pictures stay in the run's folder (metrics.jsonl, images.jsonl), and a rerun of the command "
                    "copies them into Aim again")
 
-    def close(self, timeout_s: float = FINISH_TIMEOUT_S) -> None:
-        """The last copy and every Aim run closed; returns within about ``timeout_s`` whatever Aim does."""
+    def close(self, timeout_s: float | None = None) -> None:
+        """The last copy and every Aim run closed; returns within about ``timeout_s`` whatever Aim does
+        (``FINISH_TIMEOUT_S``, or ``INTERRUPTED_FINISH_TIMEOUT_S`` once a stop signal came). A stop
+        signal while it waits kills the writer: a rerun copies what it had not."""
+        if timeout_s is None:
+            timeout_s = INTERRUPTED_FINISH_TIMEOUT_S if interrupt.received() else FINISH_TIMEOUT_S
         self._send({"finish": True})
         with contextlib.suppress(OSError):
             self.process.stdin.close()
-        deadline = time.monotonic() + timeout_s
-        while not self._finished.is_set() and self._listener.is_alive() and time.monotonic() < deadline:
-            self._finished.wait(0.2)
-        if not self._finished.is_set() and self._listener.is_alive():
-            self._fail(f"the Aim writer did not finish within {timeout_s:.0f} s")
         try:
-            self.process.wait(EXIT_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+            deadline = time.monotonic() + timeout_s
+            while not self._finished.is_set() and self._listener.is_alive() and time.monotonic() < deadline:
+                self._finished.wait(0.2)
+            if not self._finished.is_set() and self._listener.is_alive():
+                self._fail(f"the Aim writer did not finish within {timeout_s:.0f} s")
+            try:
+                self.process.wait(EXIT_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self._kill()
+        except BaseException:           # interrupted again while waiting: never leave the writer behind
+            if not self._finished.is_set():
+                self._fail("the command was stopped before the Aim writer finished its last copy")
+            self._kill()
+            raise
         self._listener.join(EXIT_TIMEOUT_S)
+
+    def _kill(self) -> None:
+        self.process.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(EXIT_TIMEOUT_S)
 
 
 @contextlib.contextmanager

@@ -23,12 +23,14 @@ import json
 import math
 import os
 import queue
+import signal
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from swinray.errors import StorageError
 from swinray.logtail import LogTail
 from swinray.resolve import CONFIG_FILE
 from swinray.storage import fetch, fetch_named, write_json
@@ -117,7 +119,7 @@ class AimWriter:
                 return None
             cursor = json.loads((run_dir / CURSOR_FILE).read_text()) if fetch(run_dir / CURSOR_FILE, refresh=True) \
                 else {}
-        except (OSError, ValueError):
+        except (OSError, StorageError, ValueError):   # StorageError: this node's mirror refused the download
             return None
         cursor = cursor if isinstance(cursor, dict) else {}
         known = bool(cursor.get("hash")) and self.repo.run_exists(str(cursor["hash"]))   # else a new run from line 1
@@ -145,8 +147,8 @@ class AimWriter:
         try:
             write_json(followed.run_dir / CURSOR_FILE, {"hash": followed.run_hash,
                                                        **{name: tail.state() for name, tail in followed.tails.items()}})
-        except OSError:                 # run storage is not ours to report on: a later writer copies from line 1
-            pass
+        except (OSError, StorageError):  # run storage is not ours to report on (write_json names a refused or
+            pass                         # full place as a StorageError): a later writer copies from line 1
 
     def _copy(self, followed: Followed, final: bool) -> None:
         metrics, images = (_read(followed.tails[name], final) for name in (METRICS_FILE, IMAGES_FILE))
@@ -173,10 +175,12 @@ class AimWriter:
         if file.is_absolute() or ".." in file.parts or not row.get("name"):
             return None
         try:
+            if not (run_dir / file).resolve().is_relative_to(run_dir.resolve()):
+                return None             # a link out of the run's folder
             fetch(run_dir / file)
             with PILImage.open(run_dir / file) as picture:
                 return Image(picture.convert("RGB"), caption=str(row.get("caption", "")))
-        except OSError:
+        except (OSError, StorageError, PILImage.DecompressionBombError):   # skipped: no failure of Aim
             return None
 
     def _check(self, followed: Followed) -> None:
@@ -234,6 +238,11 @@ def _read_commands(commands: queue.Queue) -> None:
 
 
 def serve(repo: str, poll_s: float) -> None:
+    # Stop signals are the driver's to act on: `ray job stop` and schedulers signal every process of the
+    # job, this one included, which would die without its last copy. It ends when the driver closes its
+    # stdin (after the last copy) or kills it.
+    for stop in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop, signal.SIG_IGN)
     channel = os.fdopen(os.dup(1), "w")     # the driver reads our messages here; anything printed goes to stderr
     os.dup2(2, 1)
 

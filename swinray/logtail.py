@@ -1,10 +1,10 @@
 """Reading an append-only log as it grows: rank 0's ``metrics.jsonl`` and ``images.jsonl``, followed
 by the driver for its progress bar and for Aim.
 
-The log may be written on another node: with object storage the local copy is stale and the lines
-are read from the object, which rank 0 uploads every few seconds. A resumed run rewrites its log
-without the lines of the steps it redoes; the tail notices (the last line it read is no longer where
-it was) and reads the log again from its start.
+The log may be written on another node: with object storage the lines are read from the object,
+which rank 0 uploads every few seconds and at checkpoints (a copy on this node may be stale). A
+resumed run rewrites its log without the lines of the steps it redoes; the tail notices (the last
+line it read is no longer where it was) and reads the log again from its start.
 
     tail = LogTail(run_dir / "metrics.jsonl")
     lines, from_start = tail.read()
@@ -31,16 +31,18 @@ class LogTail:
         return {"offset": self.offset, "last": self.last.decode(errors="replace")}
 
     def _source(self, final: bool) -> str:
-        """Where to read: "here" when the local copy differs from what was read (it grew, or a rewrite
-        shortened it), else "object" (in object storage, at most every ``remote_poll_s`` unless
-        ``final``: the local copy may be another node's stale one), else "" (nothing new)."""
+        """Where to read: in object storage the object, at most every ``remote_poll_s`` unless ``final``
+        (this node's copy is never trusted: it may be a download of the log as it was before a resumed
+        run dropped the steps it redoes); else "here" when the file differs from what was read (it
+        grew, or a rewrite shortened it), and always when ``final`` (opening the file, not its cached
+        size, sees a shared filesystem's last writes); else "" (nothing new)."""
+        if self.mirrored:
+            if final or time.monotonic() - self.remote_read_at >= self.remote_poll_s:
+                self.remote_read_at = time.monotonic()
+                return "object"
+            return ""
         size = self.path.stat().st_size if self.path.exists() else None
-        if size is not None and (size > self.offset or (size < self.offset and not self.mirrored)):
-            return "here"
-        if self.mirrored and (final or time.monotonic() - self.remote_read_at >= self.remote_poll_s):
-            self.remote_read_at = time.monotonic()
-            return "object"
-        return ""
+        return "here" if size is not None and (final or size != self.offset) else ""
 
     def _bytes_from(self, source: str, start: int) -> bytes | None:
         if source == "object":

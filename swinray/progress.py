@@ -16,7 +16,6 @@ from pathlib import Path
 from tqdm import tqdm
 
 from swinray.logtail import LogTail
-from swinray.storage import fetch_newer, remote_of
 
 
 class Progress:
@@ -82,12 +81,10 @@ def follow_run(metrics_log: Path, total_steps: int, desc: str, poll_s: float = 1
     Steps already in the log (a resumed run) count as done from the start. A log in object storage
     is also read from there (rank 0 may run on another node and uploads it every few seconds)."""
     metrics_log = Path(metrics_log)
-    if remote_of(metrics_log) is not None:
-        fetch_newer(metrics_log)    # a resumed run's earlier steps
-    tail = LogTail(metrics_log)
+    tail = LogTail(metrics_log)     # in object storage it reads the object: a resumed run's earlier steps
     try:
-        initial = json.loads(tail.read()[0][-1]).get("step", 0)
-    except (IndexError, ValueError, OSError):
+        initial = _last_step(b"\n".join(tail.read()[0]))
+    except OSError:
         initial = 0
     progress = Progress(total_steps, "step", desc, initial=initial, clock_from_first_update=True)  # not Ray's start-up
     stop = threading.Event()

@@ -115,9 +115,11 @@ class Resolved:
 # A rerun of a training run or a sweep under the same name resumes it, so it must be the same run:
 # it may only go on for longer or run elsewhere. Keys (their last part) a rerun may change:
 # A restored sweep keeps its own trial count and budgets (Tune's saved state), so it may only move.
+# aim_repo: only the driver's writer uses it (a folder on the driver's machine), so a run resumed from
+# another machine, or from before there was no Aim server (aim://), goes on into the repo named now.
 RESUMABLE_CHANGES = {"run": ("num_steps", "max_minutes", "ray_address", "dashboard", "max_failures",
-                             "num_checkpoints_kept", "cache_dir", "phantom_dir"),
-                     "sweep": ("ray_address", "dashboard", "cache_dir", "phantom_dir")}
+                             "num_checkpoints_kept", "cache_dir", "phantom_dir", "aim_repo"),
+                     "sweep": ("ray_address", "dashboard", "cache_dir", "phantom_dir", "aim_repo")}
 RESUMABLE = ("checkpoint_*", "metrics.jsonl", "tune")   # what a started run or sweep leaves to resume from
 
 

@@ -190,9 +190,12 @@ def sweep(resolved: Resolved, log=print) -> dict:
                     sweeps.append({"task": target.data.task, "error": str(e)})
     except interrupt.Interrupted as e:                      # no later task starts
         sweeps.append(e.reached)
-        raise interrupt.Interrupted(summary) from None
-    return {**summary, "aim_error": next((s["aim_error"] for s in sweeps if s.get("aim_error")), None),
-            "ok": all("error" not in s for s in sweeps)}
+        raise interrupt.Interrupted({**summary, "aim_error": first_aim_error(sweeps)}) from None
+    return {**summary, "aim_error": first_aim_error(sweeps), "ok": all("error" not in s for s in sweeps)}
+
+
+def first_aim_error(sweeps: list[dict]) -> str | None:
+    return next((s["aim_error"] for s in sweeps if s.get("aim_error")), None)
 
 
 def unfinished_trials(experiment: Path) -> set[str]:

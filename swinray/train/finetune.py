@@ -113,10 +113,12 @@ def finetune(resolved: Resolved, log=print) -> dict:
         f"validation case(s), ROI {cfg.model.roi_size}, {cfg.run.num_workers} worker(s) on {'GPU' if gpu else 'CPU'} "
         f"({resources}), {cfg.optim.num_steps} steps -> {shown(run_dir)}")
     trainer = make_trainer(train_fn_per_worker, loop_config(cfg, resolved.paths, threads), cfg.run, gpu, resources)
-    with interrupt.interruptible(lambda: {"run_dir": shown(run_dir), "steps": progress.done}), \
+    with interrupt.interruptible(lambda: {"run_dir": shown(run_dir), "steps": progress.done,
+                                          "aim_error": aim.aim_error}), \
             follow_run(run_dir / "metrics.jsonl", cfg.optim.num_steps, f"finetune {cfg.run.name}") as progress, \
             mirror_to_aim(cfg.run.aim_repo, runs=[run_dir], log=log) as aim:
-        result = fit(trainer, run_dir)
+        with interrupt.ours_after():    # Train's SIGINT handler outlives fit: ours are back for Aim's last copy
+            result = fit(trainer, run_dir)
     model_path = run_dir / MODEL_FILE
     with result.checkpoint.as_directory() as directory, writing_to(run_dir, RUN_STORAGE_KEY):
         copy_to_local(str(Path(directory) / MODEL_FILE), model_path)

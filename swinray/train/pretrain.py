@@ -70,10 +70,12 @@ def pretrain(resolved: Resolved, log=print) -> dict:
     with writing_to(run_dir, RUN_STORAGE_KEY):
         write_json(resolved.paths.split, {"training": case_ids})      # rank r trains on every world-th from r
     trainer = make_trainer(train_fn_per_worker, loop_config(cfg, resolved.paths, threads), cfg.run, gpu, resources)
-    with interrupt.interruptible(lambda: {"run_dir": shown(run_dir), "steps": progress.done}), \
+    with interrupt.interruptible(lambda: {"run_dir": shown(run_dir), "steps": progress.done,
+                                          "aim_error": aim.aim_error}), \
             follow_run(run_dir / "metrics.jsonl", cfg.optim.num_steps, f"pretrain {cfg.run.name}") as progress, \
             mirror_to_aim(cfg.run.aim_repo, runs=[run_dir], log=log) as aim:
-        result = fit(trainer, run_dir)
+        with interrupt.ours_after():    # Train's SIGINT handler outlives fit: ours are back for Aim's last copy
+            result = fit(trainer, run_dir)
     encoder_path = run_dir / ENCODER_FILE
     with result.checkpoint.as_directory() as directory, writing_to(run_dir, RUN_STORAGE_KEY):
         copy_to_local(str(Path(directory) / ENCODER_FILE), encoder_path)
@@ -86,6 +88,10 @@ def pretrain(resolved: Resolved, log=print) -> dict:
     if not in_sync:
         log("error: the ranks' weights differ at the end of training; DDP did not keep them in sync")
     metrics_log = run_dir / "metrics.jsonl"
+    try:                                # in object storage: rank 0's log, not this node's copy from the start
+        fetch(metrics_log, refresh=True)
+    except OSError:                     # unreadable now: the proxies come from the copy here, if any
+        pass
     proxies = proxy_progress(metrics_log) if metrics_log.is_file() else {}
     log(describe(proxies))
     return {"command": "pretrain", "run_dir": shown(run_dir), "steps": metrics.get("step"),
