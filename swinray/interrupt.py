@@ -120,6 +120,14 @@ def interruptible(reached: Callable[[], dict]):
         except BaseException as e:
             if received() is None:
                 raise
-            raise Interrupted(reached()) from e
+            raise Interrupted(_what(reached)) from e
     if received() is not None:
-        raise Interrupted(reached())
+        raise Interrupted(_what(reached))
+
+
+def _what(reached: Callable[[], dict]) -> dict:
+    """``reached()``, or nothing when the stop came before what it reports existed (a name not yet bound)."""
+    try:
+        return reached()
+    except Exception:
+        return {}
