@@ -17,6 +17,19 @@ from conftest import REPO, registered_checkpoint_steps, run_module
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 
+def aim_writers_for(storage: Path) -> list[str]:
+    """Command lines of Aim writer processes still alive for repos under ``storage``."""
+    alive = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"swinray.aim_writer" in args and any(str(storage).encode() in a for a in args):
+            alive.append(b" ".join(args).decode(errors="replace"))
+    return alive
+
+
 def logged_steps(run_dir: Path) -> list[int]:
     path = run_dir / "metrics.jsonl"
     lines = path.read_text().splitlines() if path.exists() else []
@@ -60,10 +73,12 @@ def test_an_interrupted_run_says_so_exits_130_and_the_same_command_resumes_it(ve
     assert (summary["ok"], summary["interrupted"], summary["signal"]) == (False, True, stop.name)
     resumed_from = max(registered_checkpoint_steps(run_dir))
     assert resumed_from <= summary["steps"] < steps                 # cut before its end
+    assert summary["aim_error"] is None and not aim_writers_for(tmp_path)   # Aim got its last copy, and let go
 
     again = run_module(f"platform.{verb}", *args, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads(again.stdout)["steps"] == steps
+    assert json.loads(again.stdout)["aim_error"] is None            # the same Aim run, unlocked, continued
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, steps + 1))   # each step once
     # It went on from its checkpoint: the steps up to it are the first command's, those after it redone
