@@ -12,14 +12,11 @@ from pathlib import Path
 
 import torch
 
-from swinray import interrupt
-from swinray.aim_mirror import mirror_to_aim
 from swinray.config import FinetuneConfig, to_dict
 from swinray.data.preprocess import preprocess_dataset
 from swinray.errors import ConfigError, DatasetError
 from swinray.models.registry import build_swin_unetr
 from swinray.models.weights import LoadReport, load_encoder
-from swinray.progress import follow_run
 from swinray.resolve import RUN_STORAGE_KEY, Resolved, resolve_finetune, save
 from swinray.runtime import init_ray, use_gpu
 from swinray.seg.evaluate import score_test_cases
@@ -27,7 +24,7 @@ from swinray.storage import copy_to_local, local_file, local_path, shown, write_
 from swinray.train.finetune_loop import model_kwargs, train_fn_per_worker
 from swinray.train.seg_data import split_cases
 from swinray.train.state import MODEL_FILE
-from swinray.train.trainer import fit, loop_config, make_trainer, worker_resources
+from swinray.train.trainer import fit_followed, loop_config, make_trainer, worker_resources
 from swinray.writable import writing_to
 
 
@@ -113,12 +110,7 @@ def finetune(resolved: Resolved, log=print) -> dict:
         f"validation case(s), ROI {cfg.model.roi_size}, {cfg.run.num_workers} worker(s) on {'GPU' if gpu else 'CPU'} "
         f"({resources}), {cfg.optim.num_steps} steps -> {shown(run_dir)}")
     trainer = make_trainer(train_fn_per_worker, loop_config(cfg, resolved.paths, threads), cfg.run, gpu, resources)
-    with interrupt.interruptible(lambda: {"run_dir": shown(run_dir), "steps": progress.done,
-                                          "aim_error": aim.aim_error}), \
-            follow_run(run_dir / "metrics.jsonl", cfg.optim.num_steps, f"finetune {cfg.run.name}") as progress, \
-            mirror_to_aim(cfg.run.aim_repo, runs=[run_dir], log=log) as aim:
-        with interrupt.ours_after():    # Train's SIGINT handler outlives fit: ours are back for Aim's last copy
-            result = fit(trainer, run_dir)
+    result, aim = fit_followed(trainer, run_dir, cfg.optim.num_steps, f"finetune {cfg.run.name}", cfg.run.aim_repo, log)
     model_path = run_dir / MODEL_FILE
     with result.checkpoint.as_directory() as directory, writing_to(run_dir, RUN_STORAGE_KEY):
         copy_to_local(str(Path(directory) / MODEL_FILE), model_path)

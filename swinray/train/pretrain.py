@@ -8,14 +8,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from swinray import interrupt
-from swinray.aim_mirror import mirror_to_aim
 from swinray.config import PretrainConfig
 from swinray.data.preprocess import preprocess_dataset
 from swinray.errors import DatasetError
 from swinray.models.registry import build_swin_unetr
 from swinray.models.weights import load_encoder
-from swinray.progress import follow_run
 from swinray.resolve import RUN_STORAGE_KEY, Resolved, resolve_pretrain, save
 from swinray.runtime import init_ray, use_gpu
 from swinray.storage import (
@@ -30,7 +27,7 @@ from swinray.storage import (
 from swinray.train.pretrain_loop import train_fn_per_worker
 from swinray.train.proxy_progress import describe, proxy_progress
 from swinray.train.state import ENCODER_FILE
-from swinray.train.trainer import fit, loop_config, make_trainer, worker_resources
+from swinray.train.trainer import fit_followed, loop_config, make_trainer, worker_resources
 from swinray.writable import writing_to
 
 
@@ -70,12 +67,7 @@ def pretrain(resolved: Resolved, log=print) -> dict:
     with writing_to(run_dir, RUN_STORAGE_KEY):
         write_json(resolved.paths.split, {"training": case_ids})      # rank r trains on every world-th from r
     trainer = make_trainer(train_fn_per_worker, loop_config(cfg, resolved.paths, threads), cfg.run, gpu, resources)
-    with interrupt.interruptible(lambda: {"run_dir": shown(run_dir), "steps": progress.done,
-                                          "aim_error": aim.aim_error}), \
-            follow_run(run_dir / "metrics.jsonl", cfg.optim.num_steps, f"pretrain {cfg.run.name}") as progress, \
-            mirror_to_aim(cfg.run.aim_repo, runs=[run_dir], log=log) as aim:
-        with interrupt.ours_after():    # Train's SIGINT handler outlives fit: ours are back for Aim's last copy
-            result = fit(trainer, run_dir)
+    result, aim = fit_followed(trainer, run_dir, cfg.optim.num_steps, f"pretrain {cfg.run.name}", cfg.run.aim_repo, log)
     encoder_path = run_dir / ENCODER_FILE
     with result.checkpoint.as_directory() as directory, writing_to(run_dir, RUN_STORAGE_KEY):
         copy_to_local(str(Path(directory) / ENCODER_FILE), encoder_path)

@@ -25,7 +25,7 @@ from swinray.config import RunConfig, from_dict, to_dict
 from swinray.data.cache import case_paths
 from swinray.errors import StorageError
 from swinray.resolve import RUN_STORAGE_KEY, RunPaths
-from swinray.storage import fetch, ray_storage_path
+from swinray.storage import fetch, ray_storage_path, shown
 from swinray.writable import storage_fault
 
 DATA_CPU_RESERVE = 0.5  # CPU left free beside the workers: Ray Data tasks, a sweep trial's function actor
@@ -130,6 +130,22 @@ def fit(trainer: TorchTrainer, run_dir: str | Path) -> ray.train.Result:
         if fault is None:
             raise
         raise fault from None
+
+
+def fit_followed(trainer: TorchTrainer, run_dir: Path, total_steps: int, desc: str, aim_repo: str, log):
+    """``fit`` as the drivers run it: a progress bar from rank 0's metrics log, the Aim writer copying
+    the run as it trains, and a stop signal ending it as ``Interrupted`` with the steps reached.
+    Returns (the result, the Aim mirror, whose ``aim_error`` the summary reports)."""
+    from swinray import interrupt  # the driver's alone: workers never import these
+    from swinray.aim_mirror import mirror_to_aim
+    from swinray.progress import follow_run
+    with interrupt.interruptible(lambda: {"run_dir": shown(run_dir), "steps": progress.done,
+                                          "aim_error": aim.aim_error}), \
+            follow_run(run_dir / "metrics.jsonl", total_steps, desc) as progress, \
+            mirror_to_aim(aim_repo, runs=[run_dir], log=log) as aim:
+        with interrupt.ours_after():    # Train's SIGINT handler outlives fit: ours are back for Aim's last copy
+            result = fit(trainer, run_dir)
+    return result, aim
 
 
 def training_fault(error: BaseException, run_dir: str | Path) -> StorageError | None:
