@@ -27,6 +27,7 @@ from pathlib import Path
 from swinray.config import BenchConfig, ConfigError, FinetuneConfig, apply_overrides, to_dict
 from swinray.errors import StorageError
 from swinray.presets import preset
+from swinray.report.runs import flatten
 from swinray.resolve import locate_pretrained
 from swinray.storage import local_file, write_json
 from swinray.train.finetune import run_finetune
@@ -71,19 +72,12 @@ def _reuse_key(run_cfg: FinetuneConfig) -> dict:
     return {**to_dict(replace(run_cfg, run=replace(run_cfg.run, ray_address=""))), "encoder_sha256": digest}
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        out.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
-    return out
-
-
 def same_run(saved: dict, current: dict) -> bool:
     """Whether a finished row's recorded key describes the run asked for now: every setting it recorded
     is unchanged, and a setting the platform gained since (absent from the row) is at its default,
     which is what that run did; so a study spanning sessions keeps its rows across new features."""
-    saved, current = _flat(saved), _flat(current)
-    defaults = _flat(to_dict(FinetuneConfig()))
+    saved, current = flatten(saved), flatten(current)
+    defaults = flatten(to_dict(FinetuneConfig()))
     return all(saved[key] == value if key in saved else key in defaults and defaults[key] == value
                for key, value in current.items())
 

@@ -57,8 +57,8 @@ def describe(progress: dict) -> str:
     """One line for people."""
     if not progress:
         return f"proxy tasks: fewer than {2 * WINDOW} steps logged, too few to judge"
-    parts = [f"{proxy} {progress[proxy][k1]:.3f} -> {progress[proxy][k2]:.3f}"
-             for proxy in PROXIES for k1, k2 in [list(progress[proxy])[:2]]]
+    first, last = f"first_{WINDOW}_mean", f"last_{WINDOW}_mean"
+    parts = [f"{proxy} {progress[proxy][first]:.3f} -> {progress[proxy][last]:.3f}" for proxy in PROXIES]
     verdict = ("learned" if progress["learned"] else
                f"NOT all learned (rotation must end <= {ROTATION_LEARNED_BELOW:.3f}, half of chance, and "
                f"contrast and reconstruction >= {LEARNED_DROP:.0%} below their start)")
