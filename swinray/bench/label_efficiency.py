@@ -6,6 +6,8 @@ fractions are subsets of larger ones, ``split_cases``) and the training's random
 a seed share them, so the SSL - scratch difference is paired by seed. Each run trains until
 ``patience_validations`` validations bring no better validation Dice (``budget_steps`` caps it) and
 is scored once on the test split, which chose nothing: the held-out cases are the same for every seed.
+The preset's wall-time limit is off: a run's length is counted in steps, so a busy machine or a
+slower node changes how long the study takes, never what it measures.
 
 Runs are ``<out_dir>/label_efficiency/<arm>-f<fraction>-s<seed>``. A finished run leaves its row
 beside it, and running the bench again reuses every row whose run config is unchanged and resumes
@@ -58,7 +60,7 @@ def run_config(cfg: BenchConfig, arm: str, encoder: str, fraction: float, seed: 
                                                     storage=str(Path(cfg.out_dir) / "label_efficiency"),
                                                     ray_address=cfg.run.ray_address))
     overrides = {"seg.pretrained": encoder, "split.label_fraction": fraction, "split.seed": seed, "run.seed": seed,
-                 "seg.patience_validations": cfg.patience_validations}
+                 "seg.patience_validations": cfg.patience_validations, "seg.max_minutes": 0.0}
     if cfg.budget_steps:
         overrides["optim.num_steps"] = cfg.budget_steps
     return apply_overrides(base, overrides)

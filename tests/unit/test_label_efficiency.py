@@ -16,7 +16,7 @@ from swinray.bench.label_efficiency import (
     same_run,
     summarise,
 )
-from swinray.config import BenchConfig, ConfigError, apply_overrides
+from swinray.config import BenchConfig, ConfigError, FinetuneConfig, apply_overrides
 from swinray.presets import preset
 
 
@@ -52,6 +52,13 @@ def test_the_arms_of_a_seed_differ_only_in_weights_and_seeds_change_cases_and_tr
     other = run_config(cfg, "scratch", "", 0.25, 2)
     assert (other.split.seed, other.run.seed) == (2, 2) and (scratch.split.seed, scratch.run.seed) == (1, 1)
     assert other.split.test_fraction == scratch.split.test_fraction        # the test cases do not move
+
+
+def test_a_run_is_measured_in_steps_not_the_presets_wall_time(tmp_path):
+    cfg = apply_overrides(preset(BenchConfig, "debug"), {"finetune_preset": "cpu-headneck-oar",
+                                                         "out_dir": str(tmp_path)})
+    assert preset(FinetuneConfig, "cpu-headneck-oar").seg.max_minutes > 0
+    assert run_config(cfg, "scratch", "", 0.1, 0).seg.max_minutes == 0.0     # a busy machine changes no row
 
 
 def test_the_paired_difference_has_a_student_t_interval_over_seeds():
