@@ -6,6 +6,7 @@ for real work on a CPU (``cpu-hippocampus``; ``cpu-headneck-oar`` and the pretra
 """
 from __future__ import annotations
 
+from dataclasses import fields, replace
 from typing import Any
 
 from swinray.config import (
@@ -146,3 +147,12 @@ def preset(cls: type, name: str):
         raise ConfigError(f"unknown preset {name!r} for {cls.__name__}; valid presets: "
                           f"{', '.join(presets)}")
     return presets[name]
+
+
+def finetune_preset_on(name: str, data: DataConfig) -> FinetuneConfig:
+    """The fine-tuning preset ``name`` on a bench's data: each data setting the bench changed from its
+    default, and the preset's own elsewhere, so a preset's CT window or voxel size survives ``--data``."""
+    base, default = preset(FinetuneConfig, name), DataConfig()
+    changed = {f.name: getattr(data, f.name) for f in fields(DataConfig)
+               if getattr(data, f.name) != getattr(default, f.name)}
+    return replace(base, data=replace(base.data, **changed))

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from swinray.config import BenchConfig, ConfigError, FinetuneConfig, apply_overrides, to_dict
 from swinray.errors import StorageError
-from swinray.presets import preset
+from swinray.presets import finetune_preset_on
 from swinray.report.runs import flatten
 from swinray.resolve import locate_pretrained
 from swinray.storage import local_file, write_json
@@ -55,8 +55,8 @@ def arms(pretrained: tuple[str, ...]) -> list[tuple[str, str]]:
 
 def run_config(cfg: BenchConfig, arm: str, encoder: str, fraction: float, seed: int) -> FinetuneConfig:
     """The fine-tuning config of one arm at one fraction and seed; arms differ only in their weights."""
-    base = preset(FinetuneConfig, cfg.finetune_preset)
-    base = replace(base, data=cfg.data, run=replace(base.run, name=f"{arm}-f{fraction:g}-s{seed}",
+    base = finetune_preset_on(cfg.finetune_preset, cfg.data)
+    base = replace(base, run=replace(base.run, name=f"{arm}-f{fraction:g}-s{seed}",
                                                     storage=str(Path(cfg.out_dir) / "label_efficiency"),
                                                     ray_address=cfg.run.ray_address))
     overrides = {"seg.pretrained": encoder, "split.label_fraction": fraction, "split.seed": seed, "run.seed": seed,

@@ -54,6 +54,16 @@ def test_the_arms_of_a_seed_differ_only_in_weights_and_seeds_change_cases_and_tr
     assert other.split.test_fraction == scratch.split.test_fraction        # the test cases do not move
 
 
+def test_a_run_keeps_its_presets_data_settings_and_takes_the_benchs_data(tmp_path):
+    cfg = apply_overrides(BenchConfig(), {"finetune_preset": "cpu-headneck-oar", "data.source": "/d/OAR",
+                                          "data.limits.max_times_median": 8.0})
+    run = run_config(cfg, "scratch", "", 0.1, 0)
+    assert run.data.window_hu == preset(FinetuneConfig, "cpu-headneck-oar").data.window_hu != (0.0, 0.0)
+    assert run.data.source == "/d/OAR" and run.data.limits.max_times_median == 8.0
+    chosen = run_config(apply_overrides(cfg, {"data.window_hu": (-1000.0, 1000.0)}), "scratch", "", 0.1, 0)
+    assert chosen.data.window_hu == (-1000.0, 1000.0)                 # what the bench asks for wins
+
+
 def test_a_run_is_measured_in_steps_not_the_presets_wall_time(tmp_path):
     cfg = apply_overrides(preset(BenchConfig, "debug"), {"finetune_preset": "cpu-headneck-oar",
                                                          "out_dir": str(tmp_path)})
