@@ -21,7 +21,8 @@ FIELDS = {
 
 
 def test_the_debug_preset_measures_every_part_on_a_cpu_and_writes_its_results(tmp_path):
-    out = run_module("platform.bench", "gpu", "--preset", "debug", "--set", f"out_dir={tmp_path}", timeout=540)
+    out = run_module("platform.bench", "gpu", "--preset", "debug", "--set", f"out_dir={tmp_path}",
+                     "--set", "part_seconds=1", timeout=540)      # a shape check, not a measurement
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["ok"] and result["device"] == "cpu" and result["amp_bf16"] is True
