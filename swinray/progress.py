@@ -91,9 +91,10 @@ def follow_run(metrics_log: Path, total_steps: int, desc: str, poll_s: float = 1
 
     def read_new_lines(final: bool = False):
         with contextlib.suppress(OSError, ValueError):
-            for line in tail.read(final)[0]:           # a rewritten log (a restart) is read again: steps go back
-                row = json.loads(line)
-                progress.set(row.get("step", progress.done), _figures(row))
+            rows = [json.loads(line) for line in tail.read(final)[0]]
+            if rows:    # one move per read: a rewritten log (a restart) read again from step 1 is where the
+                        # run stands, not steps done since the last read (they would inflate the rate)
+                progress.set(rows[-1].get("step", progress.done), _figures(rows[-1]))
 
     def follow():
         while not stop.wait(poll_s):

@@ -38,6 +38,23 @@ def test_a_run_is_followed_through_its_metrics_log_including_a_restart(tmp_path,
     assert capsys.readouterr().err.splitlines()[-1].startswith("[swinray] pretrain x: 4/4 step,")
 
 
+def test_a_resumed_run_that_rewrites_its_log_counts_its_rate_from_where_it_resumed(tmp_path):
+    """A resumed run rewrites its log up to its checkpoint (step 200 of the 267 logged): read again from
+    step 1, those lines are not steps done in the last second, and the time left stays honest."""
+    log = tmp_path / "metrics.jsonl"
+    lines = [json.dumps({"step": s, "loss": 1.0}) + "\n" for s in range(1, 268)]
+    log.write_text("".join(lines))
+    with follow_run(log, total_steps=1600, desc="finetune x", poll_s=0.05) as progress:
+        assert progress.done == 267
+        log.write_text("".join(lines[:200]))                             # the rewrite, then a new step
+        with log.open("a") as f:
+            f.write(json.dumps({"step": 201, "loss": 0.5}) + "\n")
+        deadline = time.time() + 5
+        while progress.done != 201 and time.time() < deadline:
+            time.sleep(0.05)
+    assert progress.done == 201 and progress.since[1] >= 200             # the rate counts from the resume
+
+
 def test_a_run_whose_last_line_was_cut_short_is_followed_from_its_last_whole_step(tmp_path):
     """A full disk or a kill can leave the metrics log's last line without its newline; the rerun
     (which drops that line when it resumes) is followed from the step before, not ended by it."""
