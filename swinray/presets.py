@@ -150,9 +150,10 @@ def preset(cls: type, name: str):
 
 
 def finetune_preset_on(name: str, data: DataConfig) -> FinetuneConfig:
-    """The fine-tuning preset ``name`` on a bench's data: each data setting the bench changed from its
-    default, and the preset's own elsewhere, so a preset's CT window or voxel size survives ``--data``."""
+    """The fine-tuning preset ``name`` on a bench's data: which data (source, task) is the bench's; how
+    it is processed is each setting the bench changed from its default, and the preset's own elsewhere,
+    so a preset's CT window or voxel size survives ``--data`` and its task does not pin other data."""
     base, default = preset(FinetuneConfig, name), DataConfig()
-    changed = {f.name: getattr(data, f.name) for f in fields(DataConfig)
-               if getattr(data, f.name) != getattr(default, f.name)}
-    return replace(base, data=replace(base.data, **changed))
+    chosen = {f.name: getattr(data, f.name) for f in fields(DataConfig)
+              if f.name in ("source", "task", "unlabelled") or getattr(data, f.name) != getattr(default, f.name)}
+    return replace(base, data=replace(base.data, **chosen))

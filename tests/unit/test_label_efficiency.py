@@ -62,6 +62,9 @@ def test_a_run_keeps_its_presets_data_settings_and_takes_the_benchs_data(tmp_pat
     assert run.data.source == "/d/OAR" and run.data.limits.max_times_median == 8.0
     chosen = run_config(apply_overrides(cfg, {"data.window_hu": (-1000.0, 1000.0)}), "scratch", "", 0.1, 0)
     assert chosen.data.window_hu == (-1000.0, 1000.0)                 # what the bench asks for wins
+    on_phantom = run_config(apply_overrides(BenchConfig(), {"finetune_preset": "cpu-hippocampus"}), "s", "", 1.0, 0)
+    assert preset(FinetuneConfig, "cpu-hippocampus").data.task == "Task04_Hippocampus"
+    assert (on_phantom.data.source, on_phantom.data.task) == ("", "auto")   # the preset's task is its data's
 
 
 def test_a_run_is_measured_in_steps_not_the_presets_wall_time(tmp_path):
