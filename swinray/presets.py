@@ -6,7 +6,7 @@ for real work on a CPU (``cpu-hippocampus``; ``cpu-headneck-oar`` and the pretra
 """
 from __future__ import annotations
 
-from dataclasses import fields, replace
+from dataclasses import replace
 from typing import Any
 
 from swinray.config import (
@@ -150,10 +150,10 @@ def preset(cls: type, name: str):
 
 
 def finetune_preset_on(name: str, data: DataConfig) -> FinetuneConfig:
-    """The fine-tuning preset ``name`` on a bench's data: which data (source, task) is the bench's; how
-    it is processed is each setting the bench changed from its default, and the preset's own elsewhere,
-    so a preset's CT window or voxel size survives ``--data`` and its task does not pin other data."""
-    base, default = preset(FinetuneConfig, name), DataConfig()
-    chosen = {f.name: getattr(data, f.name) for f in fields(DataConfig)
-              if f.name in ("source", "task", "unlabelled") or getattr(data, f.name) != getattr(default, f.name)}
-    return replace(base, data=replace(base.data, **chosen))
+    """The fine-tuning preset ``name`` on a bench's data: the bench's data settings, except the voxel
+    size and HU window the bench left unchosen (their "the task's" value), which stay the preset's:
+    a CT preset's window survives ``--data``."""
+    base, unchosen = preset(FinetuneConfig, name), DataConfig()
+    kept = {key: getattr(base.data, key) for key in ("spacing_mm", "window_hu")
+            if getattr(data, key) == getattr(unchosen, key)}
+    return replace(base, data=replace(data, **kept))

@@ -90,11 +90,20 @@ def follow_run(metrics_log: Path, total_steps: int, desc: str, poll_s: float = 1
     stop = threading.Event()
 
     def read_new_lines(final: bool = False):
-        with contextlib.suppress(OSError, ValueError):
-            rows = [json.loads(line) for line in tail.read(final)[0]]
-            if rows:    # one move per read: a rewritten log (a restart) read again from step 1 is where the
-                        # run stands, not steps done since the last read (they would inflate the rate)
-                progress.set(rows[-1].get("step", progress.done), _figures(rows[-1]))
+        try:
+            lines = tail.read(final)[0]
+        except OSError:
+            return
+        rows = []
+        for line in lines:
+            with contextlib.suppress(ValueError):
+                rows.append(json.loads(line))
+        rows = [row for row in rows if isinstance(row, dict)]
+        if rows:    # one move per read: a rewritten log (a restart) read again from step 1 is where the run
+                    # stands, not steps done since the last read (they would inflate the rate); the figures
+                    # are the latest of each in the read (a validation row need not be the last line)
+            latest = {key: value for row in rows for key, value in row.items()}
+            progress.set(rows[-1].get("step", progress.done), _figures(latest))
 
     def follow():
         while not stop.wait(poll_s):

@@ -49,8 +49,8 @@ def data(tmp_path_factory) -> list[str]:
                                                                     # checkpoints at its validations (3, 6) and at 4
     pytest.param("pretrain", signal.SIGTERM, 12, False, id="pretrain-sigterm"),  # every 4 steps: room to stop
 ])
-def test_an_interrupted_run_says_so_exits_130_and_the_same_command_resumes_it(verb, stop, steps, resume, data,
-                                                                            tmp_path):
+def test_an_interrupted_run_says_so_and_exits_130_and_a_finetune_rerun_resumes_it(verb, stop, steps, resume, data,
+                                                                                  tmp_path):
     args = ["--preset", "debug", "--set", f"run.storage={tmp_path}", "--set", f"optim.num_steps={steps}", *data]
     run_dir = tmp_path / f"{verb}-debug"
     log = tmp_path / "first.log"

@@ -2,7 +2,7 @@
 import pytest
 
 from swinray.bench.sweep import arm_config, compare_seeds
-from swinray.config import BenchConfig, apply_overrides
+from swinray.config import BenchConfig, FinetuneConfig, apply_overrides
 from swinray.presets import preset
 
 
@@ -14,6 +14,13 @@ def test_an_arm_budget_counts_the_samples_of_all_workers_and_the_seed_sets_sampl
     assert arm.trial_samples == 10 * 1 * 2
     assert arm.seed == base.run.seed == 4 and arm.name == "bench-tpe-asha-seed4"
     assert base.split.seed == 0                                          # one split for every seed
+
+
+def test_an_arm_keeps_its_presets_ct_window_on_the_benchs_data_and_counts_samples_not_minutes():
+    cfg = apply_overrides(BenchConfig(), {"finetune_preset": "cpu-headneck-oar", "data.source": "/d/OAR"})
+    base = arm_config(cfg, "tpe", "asha", seed=0).finetune
+    assert base.data.window_hu == preset(FinetuneConfig, "cpu-headneck-oar").data.window_hu != (0.0, 0.0)
+    assert base.data.source == "/d/OAR" and base.seg.max_minutes == 0.0
 
 
 def arms(ours_dice, ours_samples, random_dice, random_samples, test=None):

@@ -65,6 +65,8 @@ def test_a_run_keeps_its_presets_data_settings_and_takes_the_benchs_data(tmp_pat
     on_phantom = run_config(apply_overrides(BenchConfig(), {"finetune_preset": "cpu-hippocampus"}), "s", "", 1.0, 0)
     assert preset(FinetuneConfig, "cpu-hippocampus").data.task == "Task04_Hippocampus"
     assert (on_phantom.data.source, on_phantom.data.task) == ("", "auto")   # the preset's task is its data's
+    debug = run_config(apply_overrides(BenchConfig(), {"finetune_preset": "debug"}), "s", "", 1.0, 0)
+    assert (debug.data.num_phantom_cases, debug.data.cache_dir) == (8, "")      # the bench's, not the preset's
 
 
 def test_a_run_is_measured_in_steps_not_the_presets_wall_time(tmp_path):

@@ -55,6 +55,21 @@ def test_a_resumed_run_that_rewrites_its_log_counts_its_rate_from_where_it_resum
     assert progress.done == 201 and progress.since[1] >= 200             # the rate counts from the resume
 
 
+def test_a_validation_read_with_the_steps_after_it_is_shown_with_them(tmp_path):
+    """Object storage is read every few seconds: a read holds several steps, and the validation Dice
+    among them is shown even when a training step came after it."""
+    log = tmp_path / "metrics.jsonl"
+    log.write_text("")
+    with follow_run(log, total_steps=5, desc="finetune x", poll_s=0.05) as progress:
+        log.write_text("".join(json.dumps(row) + "\n" for row in (
+            {"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5, "val_dice": 0.3}, "not a row",
+            {"step": 3, "loss": 1.2})))
+        deadline = time.time() + 5
+        while progress.done != 3 and time.time() < deadline:
+            time.sleep(0.05)
+    assert progress.done == 3 and progress.figures == "loss 1.2000, val_dice 0.3000"
+
+
 def test_a_run_whose_last_line_was_cut_short_is_followed_from_its_last_whole_step(tmp_path):
     """A full disk or a kill can leave the metrics log's last line without its newline; the rerun
     (which drops that line when it resumes) is followed from the step before, not ended by it."""
