@@ -114,15 +114,16 @@ def immutable(path, on: bool) -> bool:
 
 
 def test_aim_repo_made_unwritable_mid_run_only_warns_and_the_log_is_complete(local_ray, tmp_path):
-    cfg = debug_config(tmp_path / "runs", **{"optim.num_steps": 4, "run.name": "pretrain-aim"})
+    cfg = debug_config(tmp_path / "runs", **{"optim.num_steps": 8, "run.name": "pretrain-aim"})
     outcome, messages = {}, []
     thread = threading.Thread(target=lambda: outcome.update(summary=run_pretrain(cfg, messages.append)))
     thread.start()
-    log, aim_dir = tmp_path / "runs" / cfg.run.name / "metrics.jsonl", tmp_path / "runs" / ".aim"
+    run_dir, aim_dir = tmp_path / "runs" / cfg.run.name, tmp_path / "runs" / ".aim"
     try:
-        deadline = time.time() + 600
-        while time.time() < deadline and not (log.exists() and len(log.read_text().splitlines()) >= 2):
+        deadline = time.time() + 600   # once the Aim writer has copied steps (its cursor file), so the repo exists
+        while time.time() < deadline and thread.is_alive() and not (run_dir / "aim_run.json").exists():
             time.sleep(0.1)
+        assert thread.is_alive(), "the run ended before the Aim writer's first copy"
         if not immutable(aim_dir, True):
             thread.join()
             pytest.skip("chattr +i is not available here")
