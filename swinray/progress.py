@@ -92,7 +92,7 @@ def follow_run(metrics_log: Path, total_steps: int, desc: str, poll_s: float = 1
     def read_new_lines(final: bool = False):
         try:
             lines = tail.read(final)[0]
-        except OSError:
+        except (OSError, ValueError):
             return
         rows = []
         for line in lines:
