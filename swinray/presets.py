@@ -6,7 +6,6 @@ for real work on a CPU (``cpu-hippocampus``; ``cpu-headneck-oar`` and the pretra
 """
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 from swinray.config import (
@@ -148,12 +147,3 @@ def preset(cls: type, name: str):
                           f"{', '.join(presets)}")
     return presets[name]
 
-
-def finetune_preset_on(name: str, data: DataConfig) -> FinetuneConfig:
-    """The fine-tuning preset ``name`` on a bench's data: the bench's data settings, except the voxel
-    size and HU window the bench left unchosen (their "the task's" value), which stay the preset's:
-    a CT preset's window survives ``--data``."""
-    base, unchosen = preset(FinetuneConfig, name), DataConfig()
-    kept = {key: getattr(base.data, key) for key in ("spacing_mm", "window_hu")
-            if getattr(data, key) == getattr(unchosen, key)}
-    return replace(base, data=replace(data, **kept))

@@ -64,14 +64,21 @@ def _figures(row: dict) -> str:
     return ", ".join(shown)
 
 
-def _last_step(whole_lines: bytes) -> int:
-    """The step of the last line that parses (0 when none): where a resumed run's log stands."""
-    for line in reversed(whole_lines.splitlines()):
+def _rows(lines: list[bytes]) -> list[dict]:
+    """The lines that parse as JSON objects: a line cut short or not a row is skipped alone."""
+    rows = []
+    for line in lines:
         with contextlib.suppress(ValueError):
             row = json.loads(line)
             if isinstance(row, dict):
-                return row.get("step", 0)
-    return 0
+                rows.append(row)
+    return rows
+
+
+def _last_step(whole_lines: bytes) -> int:
+    """The step of the last line that parses (0 when none): where a resumed run's log stands."""
+    rows = _rows(whole_lines.splitlines())
+    return rows[-1].get("step", 0) if rows else 0
 
 
 @contextlib.contextmanager
@@ -94,11 +101,7 @@ def follow_run(metrics_log: Path, total_steps: int, desc: str, poll_s: float = 1
             lines = tail.read(final)[0]
         except (OSError, ValueError):
             return
-        rows = []
-        for line in lines:
-            with contextlib.suppress(ValueError):
-                rows.append(json.loads(line))
-        rows = [row for row in rows if isinstance(row, dict)]
+        rows = _rows(lines)
         if rows:    # one move per read: a rewritten log (a restart) read again from step 1 is where the run
                     # stands, not steps done since the last read (they would inflate the rate); the figures
                     # are the latest of each in the read (a validation row need not be the last line)

@@ -26,9 +26,9 @@ import statistics
 from dataclasses import replace
 from pathlib import Path
 
+from swinray.bench import finetune_base
 from swinray.config import BenchConfig, ConfigError, FinetuneConfig, apply_overrides, to_dict
 from swinray.errors import StorageError
-from swinray.presets import finetune_preset_on
 from swinray.report.runs import flatten
 from swinray.resolve import locate_pretrained
 from swinray.storage import local_file, write_json
@@ -55,12 +55,12 @@ def arms(pretrained: tuple[str, ...]) -> list[tuple[str, str]]:
 
 def run_config(cfg: BenchConfig, arm: str, encoder: str, fraction: float, seed: int) -> FinetuneConfig:
     """The fine-tuning config of one arm at one fraction and seed; arms differ only in their weights."""
-    base = finetune_preset_on(cfg.finetune_preset, cfg.data)
+    base = finetune_base(cfg)
     base = replace(base, run=replace(base.run, name=f"{arm}-f{fraction:g}-s{seed}",
                                                     storage=str(Path(cfg.out_dir) / "label_efficiency"),
                                                     ray_address=cfg.run.ray_address))
     overrides = {"seg.pretrained": encoder, "split.label_fraction": fraction, "split.seed": seed, "run.seed": seed,
-                 "seg.patience_validations": cfg.patience_validations, "seg.max_minutes": 0.0}
+                 "seg.patience_validations": cfg.patience_validations}
     if cfg.budget_steps:
         overrides["optim.num_steps"] = cfg.budget_steps
     return apply_overrides(base, overrides)

@@ -21,8 +21,8 @@ import statistics
 from dataclasses import replace
 from pathlib import Path
 
+from swinray.bench import finetune_base
 from swinray.config import BenchConfig, SweepConfig
-from swinray.presets import finetune_preset_on
 from swinray.storage import write_json
 from swinray.sweep.run import run_sweep
 
@@ -31,9 +31,8 @@ DICE_TARGET, SAMPLES_TARGET = 0.99, 0.5
 
 
 def arm_config(cfg: BenchConfig, search: str, scheduler: str, seed: int) -> SweepConfig:
-    base = finetune_preset_on(cfg.finetune_preset, cfg.data)
-    base = replace(base, run=replace(base.run, ray_address=cfg.run.ray_address, seed=seed),
-                   seg=replace(base.seg, max_minutes=0.0))     # trials are measured in samples, not wall time
+    base = finetune_base(cfg)
+    base = replace(base, run=replace(base.run, ray_address=cfg.run.ray_address, seed=seed))
     samples = (cfg.budget_steps or base.optim.num_steps) * base.optim.batch_size * base.run.num_workers
     return SweepConfig(finetune=base, trials=cfg.sweep_trials, trial_samples=samples, search=search,
                        scheduler=scheduler, seed=seed, name=f"bench-{search}-{scheduler}-seed{seed}",

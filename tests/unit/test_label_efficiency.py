@@ -54,7 +54,7 @@ def test_the_arms_of_a_seed_differ_only_in_weights_and_seeds_change_cases_and_tr
     assert other.split.test_fraction == scratch.split.test_fraction        # the test cases do not move
 
 
-def test_a_run_keeps_its_presets_data_settings_and_takes_the_benchs_data(tmp_path):
+def test_a_run_keeps_its_presets_data_settings_and_takes_the_benchs_data():
     cfg = apply_overrides(BenchConfig(), {"finetune_preset": "cpu-headneck-oar", "data.source": "/d/OAR",
                                           "data.limits.max_times_median": 8.0})
     run = run_config(cfg, "scratch", "", 0.1, 0)

@@ -61,9 +61,11 @@ def test_a_validation_read_with_the_steps_after_it_is_shown_with_them(tmp_path):
     log = tmp_path / "metrics.jsonl"
     log.write_text("")
     with follow_run(log, total_steps=5, desc="finetune x", poll_s=0.05) as progress:
-        log.write_text("".join(json.dumps(row) + "\n" for row in (
+        written = tmp_path / "written.jsonl"                             # all at once: one read
+        written.write_text("".join(json.dumps(row) + "\n" for row in (
             {"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5, "val_dice": 0.3}, "not a row",
             {"step": 3, "loss": 1.2})))
+        written.replace(log)
         deadline = time.time() + 5
         while progress.done != 3 and time.time() < deadline:
             time.sleep(0.05)
