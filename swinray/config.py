@@ -175,6 +175,9 @@ class SegConfig:
     freeze_encoder_stages: int = 0      # freeze the patch embedding and the first k-1 Swin stages (0-5)...
     freeze_encoder_steps: int = 0       # ...for this many steps (pretrained features first, then everything)
     num_overlay_cases: int = 2          # validation cases drawn as ground truth / prediction overlays
+    cpu_bf16: bool = False              # bf16 autocast for training steps on a CPU too, where it computes
+                                        # bf16 natively (AVX512-BF16, AMX): ~1.7x faster steps; float32 with
+                                        # a warning on other CPUs. Validation stays float32, as evaluate
 
     def __post_init__(self) -> None:
         at_least(1, val_every_steps=self.val_every_steps, sw_batch_size=self.sw_batch_size)

@@ -29,6 +29,7 @@ from swinray.seg.metrics import DiceMean, dice_per_case
 from swinray.seg.overlay import legend, overlay_pair
 from swinray.storage import local_file, write_text
 from swinray.tracking import NullTracker, Tracker
+from swinray.train.precision import finetune_autocast, float32_bottleneck
 from swinray.train.replay import seed_step
 from swinray.train.seg_data import StepBatches, load_validation_case
 from swinray.train.state import MODEL_FILE, make_optimizer, report, restore, training_state
@@ -123,6 +124,9 @@ def train_fn_per_worker(config: dict) -> None:
         loaded = load_encoder(net, local_file(cfg.seg.pretrained), adapt_channels=True)  # a URI: downloaded
         if rank == 0:
             print(f"[swinray] pretrained encoder {cfg.seg.pretrained}: {loaded.summary()}", flush=True)
+    use_amp, amp_warning = finetune_autocast(cfg, device)
+    if use_amp and device.type == "cpu":
+        float32_bottleneck(net)
     frozen = encoder_stage_parameters(net, cfg.seg.freeze_encoder_stages) if cfg.seg.freeze_encoder_steps else []
     model = ray.train.torch.prepare_model(net)
     optimizer, scheduler = make_optimizer(model, cfg.optim)
@@ -142,7 +146,9 @@ def train_fn_per_worker(config: dict) -> None:
     if rank == 0:
         tracker = Tracker(paths.run_dir, resumed_at=step)     # the driver copies it into Aim
         _record_for_cleanup(Path(paths.run_dir))
-    use_amp = cfg.run.amp_bf16 and device.type == "cuda"
+    infer_amp = cfg.run.amp_bf16 and device.type == "cuda"    # validation on a CPU: float32, as evaluate
+    if rank == 0 and amp_warning:
+        print(f"[swinray] {cfg.run.name}: {amp_warning}", flush=True)
     started = time.perf_counter()
     deadline = cfg.seg.max_minutes * 60 if cfg.seg.max_minutes > 0 else float("inf")
     metrics, stopped_by = {}, stop_reason(progress, step, cfg, elapsed_before >= deadline)
@@ -196,7 +202,7 @@ def train_fn_per_worker(config: dict) -> None:
                 print(f"[swinray] {cfg.run.name}: the gradients became {float(grad_norm)} at step {step} "
                       f"(loss {metrics['loss']}, optim.lr={cfg.optim.lr}); the run stops as diverged", flush=True)
         elif stop or step % cfg.seg.val_every_steps == 0:
-            dice, pictures = _validate(net, val_paths, cfg, device, use_amp,
+            dice, pictures = _validate(net, val_paths, cfg, device, infer_amp,
                                        cfg.seg.num_overlay_cases if rank == 0 else 0)
             metrics.update(val_dice=dice.mean(), elapsed_s=elapsed_before + time.perf_counter() - started,
                            **{f"val_dice_{name}": d for name, d in zip(task["label_names"][1:], dice.per_class())})

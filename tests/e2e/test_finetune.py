@@ -231,7 +231,8 @@ def test_real_head_and_neck_ct_fine_tunes_five_organs_and_scores_the_test_split(
     data = shared_dataset("OpenKBP_HN_OAR")
     cfg = debug_config(tmp_path / "runs", DataConfig(source=str(data), cache_dir=str(tmp_path / "cache"), max_cases=3),
                        **{"optim.num_steps": 2, "seg.val_every_steps": 2, "run.name": "ft-oar",
-                          "run.num_workers": 1, "split.num_folds": 2, "seg.num_overlay_cases": 0})
+                          "run.num_workers": 1, "split.num_folds": 2, "seg.num_overlay_cases": 0,
+                          "seg.cpu_bf16": True})       # as the preset: bf16 steps where the CPU has it
     summary = run_finetune(cfg, quiet)
     organs = ["Brainstem", "SpinalCord", "RightParotid", "LeftParotid", "Mandible"]
     assert summary["ok"] and summary["task"] == "OpenKBP_HN_OAR"
