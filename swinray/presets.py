@@ -51,9 +51,9 @@ PRESET_CPU_HIPPOCAMPUS = FinetuneConfig(
 # cpu-hippocampus on 64^3 crops, which at the data's ~4 x 4 x 2.5 mm hold the parotids, mandible and
 # brainstem together (256 x 256 x 160 mm), and a soft-tissue window (W400/L40): chosen on validation
 # over the inferred -117..1573 HU, with which the brainstem was never found. Training steps in bf16
-# where the CPU computes it natively (1.7x faster): about 1.15 s per step with validation, 2 workers
-# on 2 idle cores, so 2800 steps, 7 validations and the test score take 56 minutes; max_minutes
-# keeps the hour on a slower CPU or one without native bf16.
+# where the CPU computes it natively (1.7x faster): about 1.2 s per step with validation, 2 workers
+# on 2 idle cores, so 2800 steps and 7 validations take 55 minutes, 58 with the test score;
+# max_minutes keeps the hour on a slower CPU or one without native bf16 (which stops near step 1700).
 PRESET_CPU_HEADNECK_OAR = FinetuneConfig(
     data=DataConfig(window_hu=(-160.0, 240.0)),
     model=ModelConfig(feature_size=12, roi_size=(64, 64, 64), window_size=4),

@@ -122,7 +122,7 @@ def one_run(run_cfg: FinetuneConfig, row: dict, log) -> dict:
            "val_dice": summary["best_val_dice"], "best_step": summary["best_step"], "steps": summary["steps"],
            "training_cases": summary["num_training_cases"], "validation_cases": summary["num_validation_cases"],
            "test_cases": summary["num_test_cases"], "train_seconds": _train_seconds(summary["metrics_log"]),
-           "model": summary["model"], "task": summary["task"],
+           "model": summary["model"], "task": summary["task"], "train_bf16": summary.get("train_bf16"),
            "test_images_seen_in_pretraining": len(held_out_images_in_pretraining(run_cfg.seg.pretrained,
                                                                                   Path(summary["split"])))}
     if row["test_images_seen_in_pretraining"]:
@@ -161,6 +161,13 @@ def paired_difference(ours: dict[int, float], scratch: dict[int, float], level: 
     return out
 
 
+def _precision(rows: list[dict]) -> str:
+    """The cell's training precision; a cell whose runs differ (machines with and without native bf16
+    on a CPU) says so, as its runs did not train alike."""
+    kinds = sorted({"bf16" if r["train_bf16"] else "float32" for r in rows if r.get("train_bf16") is not None})
+    return " and ".join(kinds) if kinds else "?"
+
+
 def summarise(rows: list[dict], arm_names: list[str]) -> list[dict]:
     """One cell per fraction and arm: test Dice mean ± sd over seeds, and each SSL arm's paired difference."""
     cells = []
@@ -173,6 +180,7 @@ def summarise(rows: list[dict], arm_names: list[str]) -> list[dict]:
                       "failed": sum(1 for r in at if r.get("test_dice") is None),
                       "test_images_seen_in_pretraining": max((r.get("test_images_seen_in_pretraining", 0) for r in at),
                                                              default=0),
+                      "precision": _precision(at),
                       "arms": {arm: mean_sd(list(by_arm[arm].values())) for arm in arm_names},
                       "differences": {arm: paired_difference(by_arm[arm], by_arm[SCRATCH])
                                       for arm in arm_names if arm != SCRATCH}})
@@ -197,13 +205,13 @@ def markdown_table(cells: list[dict], arm_names: list[str]) -> str:
     """Fractions down, arms across: test Dice mean ± sd over seeds, then SSL - scratch with its 95% interval."""
     gains = [a for a in arm_names if a != SCRATCH]
     head = ["fraction", "training cases", *arm_names, *(f"{a} - scratch (95% CI)" for a in gains), "failed runs",
-            "test images seen in pretraining"]
+            "test images seen in pretraining", "training precision"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c in cells:
         lines.append("| " + " | ".join([
             f"{c['fraction']:g}", "/".join(map(str, c["training_cases"])) or "?",
             *(_fmt(c["arms"][a]) for a in arm_names), *(_fmt_difference(c["differences"][a]) for a in gains),
-            str(c["failed"]), str(c["test_images_seen_in_pretraining"])]) + " |")
+            str(c["failed"]), str(c["test_images_seen_in_pretraining"]), c["precision"]]) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -125,7 +125,7 @@ def finetune(resolved: Resolved, log=print) -> dict:
     with writing_to(run_dir, RUN_STORAGE_KEY):
         test = test_score(plan, model_path, run_dir / "test_per_case.csv", log)
     return {"command": "finetune", "task": cfg.data.task, "run_dir": shown(run_dir), "steps": metrics.get("step"),
-            "stopped_by": metrics.get("stopped_by") or None,
+            "stopped_by": metrics.get("stopped_by") or None, "train_bf16": metrics.get("train_bf16"),
             "best_val_dice": saved["val_dice"], "best_step": saved["step"], "val_dice_per_class": per_class,
             "val_dice": saved["val_dice"], **test,
             "num_training_cases": len(plan.train), "num_validation_cases": len(plan.val),

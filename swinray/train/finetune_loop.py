@@ -169,7 +169,8 @@ def train_fn_per_worker(config: dict) -> None:
         summary = {k: metrics[k] for k in ("loss", "val_dice", "elapsed_s") if k in metrics}  # the rest: Aim, jsonl
         report({**summary, "step": step, "samples": step * cfg.optim.batch_size * world,  # all workers
                 "best_val_dice": progress.best_dice, "best_step": progress.best_step,
-                "diverged_step": progress.diverged_step, "stopped_by": stopped_by}, state, files)
+                "diverged_step": progress.diverged_step, "stopped_by": stopped_by, "train_bf16": use_amp},
+               state, files)
 
     while not stop:
         seed_step(cfg.run.seed, rank, step)         # drop-path: the same draws when this step is redone

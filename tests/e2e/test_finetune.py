@@ -29,6 +29,7 @@ from swinray.models.registry import build_ssl_head
 from swinray.models.weights import save_encoder
 from swinray.presets import preset
 from swinray.train.finetune import run_finetune
+from swinray.train.precision import cpu_has_native_bf16
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -239,6 +240,7 @@ def test_real_head_and_neck_ct_fine_tunes_five_organs_and_scores_the_test_split(
     assert (summary["num_training_cases"], summary["num_validation_cases"], summary["num_test_cases"]) == (1, 1, 1)
     assert list(summary["val_dice_per_class"]) == organs and list(summary["test_dice_per_class"]) == organs
     assert 0.0 <= summary["test_dice"] <= 1.0
+    assert summary["train_bf16"] is cpu_has_native_bf16()      # what the steps ran in, not what was asked
     task = json.loads(next((tmp_path / "cache").glob("OpenKBP_HN_OAR-*/task.json")).read_text())
     assert task["modality"] == "CT" and task["intensity"] == "ct_window" and task["label_pairs"] == [[4, 3]]
 

@@ -89,9 +89,11 @@ def test_the_paired_difference_has_a_student_t_interval_over_seeds():
 def rows():
     out = []
     for seed, (s, o) in enumerate([(0.70, 0.74), (0.72, 0.73), (0.71, 0.75)]):
-        out += [{"arm": "scratch", "fraction": 0.1, "seed": seed, "test_dice": s, "training_cases": 7},
-                {"arm": "ssl", "fraction": 0.1, "seed": seed, "test_dice": o, "training_cases": 7}]
-    out += [{"arm": "scratch", "fraction": 1.0, "seed": 0, "test_dice": 0.85, "training_cases": 73},
+        out += [{"arm": "scratch", "fraction": 0.1, "seed": seed, "test_dice": s, "training_cases": 7,
+                 "train_bf16": True},
+                {"arm": "ssl", "fraction": 0.1, "seed": seed, "test_dice": o, "training_cases": 7, "train_bf16": True}]
+    out += [{"arm": "scratch", "fraction": 1.0, "seed": 0, "test_dice": 0.85, "training_cases": 73,
+             "train_bf16": False},
             {"arm": "ssl", "fraction": 1.0, "seed": 0, "test_dice": None, "error": "RuntimeError: worker died"}]
     return out
 
@@ -102,9 +104,17 @@ def test_the_table_gives_mean_sd_per_cell_and_the_paired_difference_with_its_int
     assert cells[0]["differences"]["ssl"]["mean"] == pytest.approx(0.03)
     lines = markdown_table(cells, ["scratch", "ssl"]).splitlines()
     assert lines[0] == ("| fraction | training cases | scratch | ssl | ssl - scratch (95% CI) | failed runs | "
-                        "test images seen in pretraining |")
-    assert lines[2] == "| 0.1 | 7 | 0.710 ± 0.010 (n=3) | 0.740 ± 0.010 (n=3) | +0.030 [-0.013, +0.073] (n=3) | 0 | 0 |"
-    assert lines[3] == "| 1 | 73 | 0.850 (n=1) | - | - | 1 | 0 |"
+                        "test images seen in pretraining | training precision |")
+    assert lines[2] == ("| 0.1 | 7 | 0.710 ± 0.010 (n=3) | 0.740 ± 0.010 (n=3) | +0.030 [-0.013, +0.073] (n=3) | 0 | 0 "
+                        "| bf16 |")
+    assert lines[3] == "| 1 | 73 | 0.850 (n=1) | - | - | 1 | 0 | float32 |"
+
+
+def test_a_cell_whose_runs_trained_in_different_precisions_says_so():
+    mixed = [{**r, "train_bf16": r["seed"] != 1} for r in rows() if r["fraction"] == 0.1]
+    assert summarise(mixed, ["scratch", "ssl"])[0]["precision"] == "bf16 and float32"
+    unknown = [{k: v for k, v in r.items() if k != "train_bf16"} for r in rows()]   # rows from before it was kept
+    assert summarise(unknown, ["scratch", "ssl"])[0]["precision"] == "?"
 
 
 def test_the_plot_is_a_png(tmp_path):
