@@ -52,6 +52,11 @@ class LoadReport:
     not_in_encoder: int          # the model's other tensors (Swin UNETR's decoder): untrained by design
     notes: list[str]             # adaptations made, first shape mismatch with its shapes
 
+    def parameters(self, model: nn.Module) -> list[nn.Parameter]:
+        """The parameters of ``model`` that received a pretrained tensor (loaded buffers are no parameters)."""
+        named = dict(model.named_parameters())
+        return [named[key] for key in self.loaded if key in named]
+
     def summary(self) -> str:
         """One line: counts, the first few names of each problem, then the notes."""
         def few(keys: list[str]) -> str:

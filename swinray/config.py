@@ -174,6 +174,8 @@ class SegConfig:
                                         # (0 = never: num_steps, max_minutes); num_steps stays the cap
     freeze_encoder_stages: int = 0      # freeze the patch embedding and the first k-1 Swin stages (0-5)...
     freeze_encoder_steps: int = 0       # ...for this many steps (pretrained features first, then everything)
+    pretrained_lr_scale: float = 1.0    # learning rate of the tensors loaded from `pretrained`, relative to
+                                        # optim.lr on the same schedule (the paper: 1; lower keeps more of them)
     num_overlay_cases: int = 2          # validation cases drawn as ground truth / prediction overlays
     cpu_bf16: bool = False              # bf16 autocast for training steps on a CPU too, where it computes
                                         # bf16 natively (AVX512-BF16, AMX): ~1.7x faster steps; float32 with
@@ -186,6 +188,7 @@ class SegConfig:
         require(0 <= self.freeze_encoder_stages <= 5, "freeze_encoder_stages", self.freeze_encoder_stages,
                  "must be 0 (none) to 5 (the patch embedding and all four Swin stages)")
         require(0.0 <= self.sw_overlap < 1.0, "sw_overlap", self.sw_overlap, "must be in [0, 1)")
+        positive_finite(pretrained_lr_scale=self.pretrained_lr_scale)
         require(not self.crop_class_ratios or (len(self.crop_class_ratios) >= 2 and all(
             math.isfinite(r) and r >= 0 for r in self.crop_class_ratios) and sum(self.crop_class_ratios) > 0),
             "crop_class_ratios", self.crop_class_ratios, "one weight of 0 or more per class, background first, "
@@ -352,6 +355,8 @@ class BenchConfig:
     pretrained: tuple[str, ...] = ()    # label-efficiency: SSL encoder files, each an arm beside scratch
     fractions: tuple[float, ...] = (0.1, 0.25, 1.0)  # label-efficiency: fractions of the training cases
     finetune_preset: str = "cpu-hippocampus"  # label-efficiency, sweep: how every run fine-tunes
+    ssl_set: tuple[str, ...] = ()       # label-efficiency: fine-tuning settings of the SSL arms only, KEY=VALUE
+                                        # (seg.pretrained_lr_scale=0.1); the arms' names carry them
     budget_steps: int = 0               # train: training steps per run; label-efficiency: the cap of each run's
                                         # steps (0 = the preset's); gpu: timed steps per part
                                         # (0 = 20; scaling: 10); sweep: x the preset's
@@ -383,6 +388,8 @@ class BenchConfig:
         at_least(1, sweep_trials=self.sweep_trials, seeds=self.seeds, rounds=self.rounds)
         require(all(0.0 < f <= 1.0 for f in self.fractions) and bool(self.fractions), "fractions",
                  self.fractions, "one or more label fractions in (0, 1]")
+        require(all(s.partition("=")[0].strip() and "=" in s for s in self.ssl_set), "ssl_set", self.ssl_set,
+                "fine-tuning settings as KEY=VALUE, e.g. seg.pretrained_lr_scale=0.1")
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,9 @@ slower node changes how long the study takes, never what it measures.
 Runs are ``<out_dir>/label_efficiency/<arm>-f<fraction>-s<seed>``. A finished run leaves its row
 beside it, and running the bench again reuses every row whose run config is unchanged and resumes
 unfinished runs: the study can be run in parts (``--fractions 0.1`` first). A run that fails is
-reported in the table and the others go on.
+reported in the table and the others go on. ``ssl_set`` makes a variant of the SSL arms (how their
+pretrained layers fine-tune: ``seg.pretrained_lr_scale``, ``seg.freeze_encoder_*``), named and tabled
+apart (``label_efficiency+pretrained_lr_scale=0.1.md``) while the scratch rows are reused.
 
     python -m platform.bench label-efficiency --data ../shared/data/OpenKBP_HN_OAR \\
         --pretrained outputs/ssl-openkbp/encoder.pt --set finetune_preset=cpu-headneck-oar
@@ -27,7 +29,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from swinray.bench import finetune_base
-from swinray.config import BenchConfig, ConfigError, FinetuneConfig, apply_overrides, to_dict
+from swinray.config import BenchConfig, ConfigError, FinetuneConfig, apply_overrides, parse_assignments, to_dict
 from swinray.errors import StorageError
 from swinray.report.runs import flatten
 from swinray.resolve import locate_pretrained
@@ -38,14 +40,30 @@ SCRATCH = "scratch"
 ROW_FILE = "label_efficiency_row.json"
 
 
-def arms(pretrained: tuple[str, ...]) -> list[tuple[str, str]]:
-    """(arm name, encoder file) pairs, scratch first; a pretraining run's encoder.pt is named after its run."""
+def ssl_settings(cfg: BenchConfig) -> dict:
+    """``cfg.ssl_set`` as typed fine-tuning overrides; an unknown key or a bad value fails before any run."""
+    try:
+        return parse_assignments(list(cfg.ssl_set), FinetuneConfig())
+    except ConfigError as e:
+        raise ConfigError(f"ssl_set: {e}") from None
+
+
+def settings_suffix(ssl_set: tuple[str, ...]) -> str:
+    """What names an SSL arm fine-tuned with ``ssl_set``, and its table: ``+pretrained_lr_scale=0.1``."""
+    return "".join(f"+{key.strip().rsplit('.', 1)[-1]}={value.strip()}"
+                   for key, _, value in (s.partition("=") for s in ssl_set))
+
+
+def arms(pretrained: tuple[str, ...], ssl_set: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+    """(arm name, encoder file) pairs, scratch first; a pretraining run's encoder.pt is named after its run,
+    and then after the settings its arm fine-tunes with (``settings_suffix``)."""
     out, seen = [(SCRATCH, "")], {SCRATCH}
+    settings = settings_suffix(ssl_set)
     for path in pretrained:
         file = local_file(path)            # an s3:// encoder: downloaded
         if not file.is_file():
             raise ConfigError(f"pretrained={path}: no such encoder file")
-        name = file.parent.name if file.stem == "encoder" and file.parent.name else file.stem
+        name = (file.parent.name if file.stem == "encoder" and file.parent.name else file.stem) + settings
         while name in seen:
             name += "+"
         seen.add(name)
@@ -54,7 +72,8 @@ def arms(pretrained: tuple[str, ...]) -> list[tuple[str, str]]:
 
 
 def run_config(cfg: BenchConfig, arm: str, encoder: str, fraction: float, seed: int) -> FinetuneConfig:
-    """The fine-tuning config of one arm at one fraction and seed; arms differ only in their weights."""
+    """The fine-tuning config of one arm at one fraction and seed; arms differ only in their weights and
+    in ``ssl_set`` (SSL arms only: scratch is the preset itself)."""
     base = finetune_base(cfg)
     base = replace(base, run=replace(base.run, name=f"{arm}-f{fraction:g}-s{seed}",
                                                     storage=str(Path(cfg.out_dir) / "label_efficiency"),
@@ -63,6 +82,8 @@ def run_config(cfg: BenchConfig, arm: str, encoder: str, fraction: float, seed: 
                  "seg.patience_validations": cfg.patience_validations}
     if cfg.budget_steps:
         overrides["optim.num_steps"] = cfg.budget_steps
+    if encoder:
+        overrides.update(ssl_settings(cfg))
     return apply_overrides(base, overrides)
 
 
@@ -247,7 +268,8 @@ def plot(cells: list[dict], arm_names: list[str], title: str, path: Path) -> Pat
 def bench_label_efficiency(cfg: BenchConfig, log=print) -> dict:
     fractions = sorted(set(cfg.fractions))     # BenchConfig checked them
     seeds = [cfg.run.seed + i for i in range(cfg.seeds)]
-    arm_list = arms(cfg.pretrained)
+    ssl_settings(cfg)                          # a bad setting fails now, not after the first runs
+    arm_list = arms(cfg.pretrained, cfg.ssl_set)
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -265,13 +287,14 @@ def bench_label_efficiency(cfg: BenchConfig, log=print) -> dict:
     cells = summarise(rows, names)
     table = markdown_table(cells, names)
     log("label efficiency (test Dice, mean ± sd over seeds; the test split chose nothing):\n" + table)
-    (out_dir / "label_efficiency.md").write_text(table)
+    stem = "label_efficiency" + settings_suffix(cfg.ssl_set)   # a variant's table beside the study's
+    (out_dir / f"{stem}.md").write_text(table)
     png = plot(cells, names, f"{task}: {cfg.finetune_preset}, {len(seeds)} seed(s), patience "
-               f"{cfg.patience_validations} validations", out_dir / "label_efficiency.png")
+               f"{cfg.patience_validations} validations", out_dir / f"{stem}.png")
     failed = [r for r in rows if r.get("test_dice") is None]
     result = {"command": "bench", "target": "label-efficiency", "task": task, "preset": cfg.finetune_preset,
               "fractions": fractions, "seeds": seeds, "arms": names, "runs": len(rows), "failed": len(failed),
-              "cells": cells, "table": str(out_dir / "label_efficiency.md"), "plot": str(png),
-              "results": str(out_dir / "label_efficiency.json"), "ok": not failed}
-    write_json(out_dir / "label_efficiency.json", {**result, "rows": rows})
+              "cells": cells, "table": str(out_dir / f"{stem}.md"), "plot": str(png),
+              "results": str(out_dir / f"{stem}.json"), "ok": not failed}
+    write_json(out_dir / f"{stem}.json", {**result, "rows": rows})
     return result

@@ -120,16 +120,18 @@ def train_fn_per_worker(config: dict) -> None:
 
     net = build_swin_unetr(**kwargs, drop_path_rate=cfg.model.drop_path_rate,
                            use_checkpoint=cfg.model.gradient_checkpointing)
+    pretrained = []
     if cfg.seg.pretrained:
         loaded = load_encoder(net, local_file(cfg.seg.pretrained), adapt_channels=True)  # a URI: downloaded
         if rank == 0:
             print(f"[swinray] pretrained encoder {cfg.seg.pretrained}: {loaded.summary()}", flush=True)
+        pretrained = loaded.parameters(net)
     use_amp, amp_warning = finetune_autocast(cfg, device)
     if use_amp and device.type == "cpu":
         float32_bottleneck(net)
     frozen = encoder_stage_parameters(net, cfg.seg.freeze_encoder_stages) if cfg.seg.freeze_encoder_steps else []
     model = ray.train.torch.prepare_model(net)
-    optimizer, scheduler = make_optimizer(model, cfg.optim)
+    optimizer, scheduler = make_optimizer(model, cfg.optim, pretrained, cfg.seg.pretrained_lr_scale)
     restored = restore(net, optimizer, scheduler, files=(MODEL_FILE,)) or {}
     best_state = restored.pop(MODEL_FILE)["state_dict"] if restored else None
     restored.pop("aim_run_hash", None)      # checkpoints from when workers wrote to Aim themselves

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Collection
 
 import ray.train
 import torch
@@ -23,9 +23,15 @@ ENCODER_FILE = "encoder.pt"             # pretraining's export: the Swin encoder
 MODEL_FILE = "model.pt"                 # fine-tuning's export: the best model so far, self-contained
 
 
-def make_optimizer(model: torch.nn.Module, optim: OptimConfig):
-    """AdamW with a linear warm-up then cosine decay over ``optim.num_steps`` (as the paper)."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
+def make_optimizer(model: torch.nn.Module, optim: OptimConfig, scaled: Collection[torch.nn.Parameter] = (),
+                   lr_scale: float = 1.0):
+    """AdamW with a linear warm-up then cosine decay over ``optim.num_steps`` (as the paper). The
+    ``scaled`` parameters (pretrained ones) learn at ``lr_scale`` times ``optim.lr``, on the same schedule."""
+    slow = {id(p) for p in scaled} if lr_scale != 1.0 else set()
+    groups = [{"params": [p for p in model.parameters() if id(p) not in slow]}]
+    if slow:
+        groups.append({"params": [p for p in model.parameters() if id(p) in slow], "lr": optim.lr * lr_scale})
+    optimizer = torch.optim.AdamW(groups, lr=optim.lr, weight_decay=optim.weight_decay)
     return optimizer, WarmupCosineSchedule(optimizer, warmup_steps=optim.warmup_steps, t_total=optim.num_steps)
 
 

@@ -186,6 +186,19 @@ def test_label_efficiency_bench_scores_arms_on_the_test_split_reports_failures_a
     assert sum("(reused)" in line for line in lines) == 2                # the finished runs did not run again
     assert again["cells"][1] == result["cells"][1]
 
+    # A variant of the SSL arm: scratch's run is reused, the variant's table is written beside the study's
+    lines, table = [], Path(result["table"]).read_text()
+    variant = bench_label_efficiency(replace(apply_overrides(bench, {"ssl_set": ["seg.pretrained_lr_scale=0.5"],
+                                                                     "fractions": [1.0]}), data=cfg.data), lines.append)
+    arm = f"{tmp.name}+pretrained_lr_scale=0.5"
+    assert variant["arms"] == ["scratch", arm] and variant["ok"]
+    assert [line for line in lines if "(reused)" in line] == [lines[1]] and "scratch" in lines[1]
+    assert Path(variant["table"]).name == "label_efficiency+pretrained_lr_scale=0.5.md"
+    assert Path(result["table"]).read_text() == table
+    state = torch.load(next((runs / f"{arm}-f1-s0").glob("checkpoint_*/state.pt")), weights_only=True)
+    full, pretrained = state["optimizer"]["param_groups"]         # the encoder's tensors at half the rate
+    assert pretrained["lr"] == pytest.approx(0.5 * full["lr"]) and len(pretrained["params"]) > 0
+
 
 def test_a_run_with_patience_stops_once_that_many_validations_bring_nothing_better(local_ray, tmp_path):
     """A learning rate too small to change any prediction: the Dice of step 1 is never bettered, so

@@ -34,6 +34,30 @@ def test_a_missing_encoder_file_is_an_error_naming_it(tmp_path):
         arms((str(tmp_path / "nope.pt"),))
 
 
+def test_ssl_arm_settings_change_only_the_ssl_arms_and_name_them(tmp_path):
+    (tmp_path / "ssl-ct").mkdir()
+    (tmp_path / "ssl-ct" / "encoder.pt").write_bytes(b"x")
+    cfg = apply_overrides(preset(BenchConfig, "debug"), {
+        "out_dir": str(tmp_path), "ssl_set": ["seg.pretrained_lr_scale=0.1", "seg.freeze_encoder_steps=20"]})
+    (scratch, _), (name, encoder) = arms((str(tmp_path / "ssl-ct" / "encoder.pt"),), cfg.ssl_set)
+    assert name == "ssl-ct+pretrained_lr_scale=0.1+freeze_encoder_steps=20"   # apart from the plain arm's runs
+    ssl, plain = run_config(cfg, name, encoder, 0.1, 0), run_config(cfg, scratch, "", 0.1, 0)
+    assert (ssl.seg.pretrained_lr_scale, ssl.seg.freeze_encoder_steps) == (0.1, 20)
+    assert plain == run_config(apply_overrides(cfg, {"ssl_set": []}), scratch, "", 0.1, 0)  # scratch rows reused
+
+
+@pytest.mark.parametrize("setting, problem", [("seg.no_such_key=1", "ssl_set: unknown key"),
+                                              ("seg.pretrained_lr_scale=fast", "ssl_set: seg.pretrained_lr_scale"),
+                                              ("seg.pretrained_lr_scale", "ssl_set=")])
+def test_a_bad_ssl_arm_setting_fails_before_any_run_naming_it(tmp_path, setting, problem):
+    from swinray.bench.label_efficiency import bench_label_efficiency
+
+    with pytest.raises(ConfigError, match=problem):
+        cfg = apply_overrides(preset(BenchConfig, "debug"), {"out_dir": str(tmp_path), "ssl_set": [setting]})
+        bench_label_efficiency(cfg, log=lambda line: None)
+    assert not (tmp_path / "label_efficiency").exists()
+
+
 @pytest.mark.parametrize("fractions", [[], [0.0, 0.5], [1.5]])
 def test_fractions_outside_zero_to_one_are_refused_when_the_config_is_read(fractions):
     with pytest.raises(ConfigError, match="fractions="):
