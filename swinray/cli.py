@@ -82,6 +82,10 @@ def requested_config(cls: type, args: argparse.Namespace, shortcuts: list[Shortc
     keys = [key for _, key, _ in shortcuts] + ([positional] if positional else [])
     values = {key: getattr(args, key) for key in keys if getattr(args, key) is not None}
     flagged = [f"{key}={','.join(v) if isinstance(v, list) else v}" for key, v in values.items()]
+    keys_set = [item.partition("=")[0] for item in args.overrides]
+    twice = sorted({key for key in keys_set if keys_set.count(key) > 1})
+    if twice:       # the last would win silently: ssl_set=a=1 --set ssl_set=b=2 keeps b only
+        raise C.ConfigError(f"--set {twice[0]} is given more than once; give it once (a list as a,b)")
     return C.apply_overrides(cfg, C.parse_assignments(flagged + args.overrides, cfg))
 
 

@@ -356,7 +356,7 @@ class BenchConfig:
     fractions: tuple[float, ...] = (0.1, 0.25, 1.0)  # label-efficiency: fractions of the training cases
     finetune_preset: str = "cpu-hippocampus"  # label-efficiency, sweep: how every run fine-tunes
     ssl_set: tuple[str, ...] = ()       # label-efficiency: fine-tuning settings of the SSL arms only, KEY=VALUE
-                                        # (seg.pretrained_lr_scale=0.1); the arms' names carry them
+                                        # (seg.pretrained_lr_scale=0.1; several: a=1,b=2); the arms' names carry them
     budget_steps: int = 0               # train: training steps per run; label-efficiency: the cap of each run's
                                         # steps (0 = the preset's); gpu: timed steps per part
                                         # (0 = 20; scaling: 10); sweep: x the preset's

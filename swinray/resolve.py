@@ -121,6 +121,9 @@ RESUMABLE_CHANGES = {"run": ("num_steps", "max_minutes", "ray_address", "dashboa
                              "num_checkpoints_kept", "cache_dir", "phantom_dir", "aim_repo"),
                      "sweep": ("ray_address", "dashboard", "cache_dir", "phantom_dir", "aim_repo")}
 RESUMABLE = ("checkpoint_*", "metrics.jsonl", "tune")   # what a started run or sweep leaves to resume from
+# Settings added after runs were saved without them, at the value that is what those runs did: a saved
+# run lacking one resumes while it is at that value (other missing settings count as changes).
+ADDED_AT_FORMER_BEHAVIOUR = {"seg.pretrained_lr_scale": 1.0, "seg.cpu_bf16": False}
 
 
 def save(resolved: Resolved, folder: str | Path | None = None) -> Path:
@@ -139,8 +142,8 @@ def save(resolved: Resolved, folder: str | Path | None = None) -> Path:
 def check_same_run(saved_path: Path, cfg) -> None:
     """Refuse to resume the run saved at ``saved_path`` with a config that differs in anything but
     ``RESUMABLE_CHANGES``: compared as saved, so a setting the saved file lacks (an older version's
-    run, e.g. from before test splits) counts as a change. A config saved on another node (a mirror
-    that lacks it) is not compared."""
+    run, e.g. from before test splits) counts as a change, unless ``ADDED_AT_FORMER_BEHAVIOUR`` says
+    what it was. A config saved on another node (a mirror that lacks it) is not compared."""
     if not saved_path.exists():
         return
     try:
@@ -148,8 +151,11 @@ def check_same_run(saved_path: Path, cfg) -> None:
     except (OSError, ValueError):
         saved = {}
     allowed = RESUMABLE_CHANGES["sweep" if isinstance(cfg, SweepConfig) else "run"]
-    changed = {k: (saved.get(k, "(not set)"), v) for k, v in _flat(to_dict(cfg)).items()
-               if saved.get(k, "(not set)") != v and k.rsplit(".", 1)[-1] not in allowed}
+    def as_saved(key: str):
+        return saved.get(key, ADDED_AT_FORMER_BEHAVIOUR.get(key.removeprefix("finetune."), "(not set)"))
+
+    changed = {k: (as_saved(k), v) for k, v in _flat(to_dict(cfg)).items()
+               if as_saved(k) != v and k.rsplit(".", 1)[-1] not in allowed}
     if changed:
         listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(changed.items())[:6])
         raise ConfigError(f"{saved_path.parent} already holds a run of this name with another config "

@@ -40,25 +40,39 @@ SCRATCH = "scratch"
 ROW_FILE = "label_efficiency_row.json"
 
 
+# What the bench sets for every run: an SSL arm that changed them would not be paired with scratch
+BENCH_KEYS = ("run.", "split.", "data.", "seg.pretrained=")
+
+
 def ssl_settings(cfg: BenchConfig) -> dict:
-    """``cfg.ssl_set`` as typed fine-tuning overrides; an unknown key or a bad value fails before any run."""
+    """``cfg.ssl_set`` as typed fine-tuning overrides, refusing what the bench sets for every run."""
     try:
-        return parse_assignments(list(cfg.ssl_set), FinetuneConfig())
+        settings = parse_assignments([s.strip() for s in cfg.ssl_set], FinetuneConfig())
     except ConfigError as e:
         raise ConfigError(f"ssl_set: {e}") from None
+    for key in settings:
+        if any(f"{key}=".startswith(reserved) for reserved in BENCH_KEYS):
+            raise ConfigError(f"ssl_set: {key} is the bench's to set for every run (the arms must share "
+                              "data, split and seeds to be paired); set how the SSL arms fine-tune instead, "
+                              "e.g. seg.pretrained_lr_scale=0.1")
+    return settings
 
 
-def settings_suffix(ssl_set: tuple[str, ...]) -> str:
-    """What names an SSL arm fine-tuned with ``ssl_set``, and its table: ``+pretrained_lr_scale=0.1``."""
-    return "".join(f"+{key.strip().rsplit('.', 1)[-1]}={value.strip()}"
-                   for key, _, value in (s.partition("=") for s in ssl_set))
+def _text(value) -> str:
+    return ",".join(map(_text, value)) if isinstance(value, (list, tuple)) else f"{value:g}" \
+        if isinstance(value, float) else str(value)
 
 
-def arms(pretrained: tuple[str, ...], ssl_set: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+def settings_suffix(cfg: BenchConfig) -> str:
+    """What names an SSL arm fine-tuned with ``ssl_set``, and its table: ``+pretrained_lr_scale=0.1``
+    (from the values read, so 0.10 and 1e-1 name the same arm)."""
+    return "".join(f"+{key.rsplit('.', 1)[-1]}={_text(value)}" for key, value in ssl_settings(cfg).items())
+
+
+def arms(pretrained: tuple[str, ...], settings: str = "") -> list[tuple[str, str]]:
     """(arm name, encoder file) pairs, scratch first; a pretraining run's encoder.pt is named after its run,
-    and then after the settings its arm fine-tunes with (``settings_suffix``)."""
+    and then after the ``settings`` its arm fine-tunes with (``settings_suffix``)."""
     out, seen = [(SCRATCH, "")], {SCRATCH}
-    settings = settings_suffix(ssl_set)
     for path in pretrained:
         file = local_file(path)            # an s3:// encoder: downloaded
         if not file.is_file():
@@ -268,8 +282,15 @@ def plot(cells: list[dict], arm_names: list[str], title: str, path: Path) -> Pat
 def bench_label_efficiency(cfg: BenchConfig, log=print) -> dict:
     fractions = sorted(set(cfg.fractions))     # BenchConfig checked them
     seeds = [cfg.run.seed + i for i in range(cfg.seeds)]
-    ssl_settings(cfg)                          # a bad setting fails now, not after the first runs
-    arm_list = arms(cfg.pretrained, cfg.ssl_set)
+    arm_list = arms(cfg.pretrained, settings_suffix(cfg))
+    if cfg.ssl_set and len(arm_list) == 1:
+        raise ConfigError(f"ssl_set={list(cfg.ssl_set)}: sets how the SSL arms fine-tune, but no --pretrained "
+                          "file gives an SSL arm")
+    for arm, encoder in arm_list:              # a setting out of range fails now, not after the first runs
+        try:
+            run_config(cfg, arm, encoder, fractions[0], seeds[0])
+        except ConfigError as e:
+            raise ConfigError(f"ssl_set={list(cfg.ssl_set)}: {e}" if encoder and cfg.ssl_set else str(e)) from None
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -287,12 +308,13 @@ def bench_label_efficiency(cfg: BenchConfig, log=print) -> dict:
     cells = summarise(rows, names)
     table = markdown_table(cells, names)
     log("label efficiency (test Dice, mean ± sd over seeds; the test split chose nothing):\n" + table)
-    stem = "label_efficiency" + settings_suffix(cfg.ssl_set)   # a variant's table beside the study's
+    stem = "label_efficiency" + settings_suffix(cfg)   # a variant's table beside the study's
     (out_dir / f"{stem}.md").write_text(table)
     png = plot(cells, names, f"{task}: {cfg.finetune_preset}, {len(seeds)} seed(s), patience "
                f"{cfg.patience_validations} validations", out_dir / f"{stem}.png")
     failed = [r for r in rows if r.get("test_dice") is None]
     result = {"command": "bench", "target": "label-efficiency", "task": task, "preset": cfg.finetune_preset,
+              "ssl_set": list(cfg.ssl_set),
               "fractions": fractions, "seeds": seeds, "arms": names, "runs": len(rows), "failed": len(failed),
               "cells": cells, "table": str(out_dir / f"{stem}.md"), "plot": str(png),
               "results": str(out_dir / f"{stem}.json"), "ok": not failed}

@@ -80,6 +80,9 @@ def plan_finetune(resolved: Resolved, log=print) -> FinetunePlan:
                         "unexpected": report.unexpected, "shape_mismatched": report.shape_mismatched,
                         "notes": report.notes})
             log(f"pretrained encoder {cfg.seg.pretrained} into SwinUNETR: {report.summary()}")
+    if not cfg.seg.pretrained and cfg.seg.pretrained_lr_scale != 1.0:
+        log(f"warning: seg.pretrained_lr_scale={cfg.seg.pretrained_lr_scale} changes nothing: no seg.pretrained "
+            "weights to scale (every layer learns at optim.lr)")
     return FinetunePlan(replace(resolved, dataset=None), task, train, val, test, report)   # trials need no dataset
 
 

@@ -197,7 +197,7 @@ def test_label_efficiency_bench_scores_arms_on_the_test_split_reports_failures_a
     assert Path(result["table"]).read_text() == table
     state = torch.load(next((runs / f"{arm}-f1-s0").glob("checkpoint_*/state.pt")), weights_only=True)
     full, pretrained = state["optimizer"]["param_groups"]         # the encoder's tensors at half the rate
-    assert pretrained["lr"] == pytest.approx(0.5 * full["lr"]) and len(pretrained["params"]) > 0
+    assert pretrained["initial_lr"] == pytest.approx(0.5 * full["initial_lr"]) and len(pretrained["params"]) > 0
 
 
 def test_a_run_with_patience_stops_once_that_many_validations_bring_nothing_better(local_ray, tmp_path):

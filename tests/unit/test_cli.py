@@ -28,7 +28,9 @@ def test_bad_settings_are_refused_before_anything_runs_with_one_line_and_a_json_
     for args, message in [(["--set", "optim.lrr=1"], "unknown key 'optim.lrr'; valid keys: "),
                           (["--set", "optim.num_steps=-5"], "optim.num_steps=-5: must be at least 1"),
                           (["--set", "optim.lr=NaN"], "optim.lr=nan: must be a finite number above 0"),
-                          (["--bogus-flag"], "unrecognized arguments: --bogus-flag")]:
+                          (["--bogus-flag"], "unrecognized arguments: --bogus-flag"),
+                          (["--set", "optim.lr=1e-3", "--set", "optim.lr=2e-3"],     # the last would win silently
+                           "--set optim.lr is given more than once")]:
         out = run_module("platform.pretrain", *args, "--set", f"run.storage={tmp_path}")
         assert out.returncode == 2 and "Traceback" not in out.stderr
         assert out.stderr.strip().splitlines()[-1].startswith(f"[swinray] error: {message}")

@@ -7,6 +7,7 @@ from swinray.bench.label_efficiency import (
     ROW_FILE,
     _reuse_key,
     arms,
+    bench_label_efficiency,
     held_out_images_in_pretraining,
     markdown_table,
     one_run,
@@ -14,6 +15,7 @@ from swinray.bench.label_efficiency import (
     plot,
     run_config,
     same_run,
+    settings_suffix,
     summarise,
 )
 from swinray.config import BenchConfig, ConfigError, FinetuneConfig, apply_overrides
@@ -34,28 +36,46 @@ def test_a_missing_encoder_file_is_an_error_naming_it(tmp_path):
         arms((str(tmp_path / "nope.pt"),))
 
 
-def test_ssl_arm_settings_change_only_the_ssl_arms_and_name_them(tmp_path):
+@pytest.fixture
+def encoder(tmp_path):
     (tmp_path / "ssl-ct").mkdir()
     (tmp_path / "ssl-ct" / "encoder.pt").write_bytes(b"x")
+    return str(tmp_path / "ssl-ct" / "encoder.pt")
+
+
+def test_ssl_arm_settings_change_only_the_ssl_arms_and_name_them(tmp_path, encoder):
     cfg = apply_overrides(preset(BenchConfig, "debug"), {
-        "out_dir": str(tmp_path), "ssl_set": ["seg.pretrained_lr_scale=0.1", "seg.freeze_encoder_steps=20"]})
-    (scratch, _), (name, encoder) = arms((str(tmp_path / "ssl-ct" / "encoder.pt"),), cfg.ssl_set)
+        "out_dir": str(tmp_path), "ssl_set": ["seg.pretrained_lr_scale=0.10", "seg.freeze_encoder_steps=20"]})
+    (scratch, _), (name, file) = arms((encoder,), settings_suffix(cfg))
     assert name == "ssl-ct+pretrained_lr_scale=0.1+freeze_encoder_steps=20"   # apart from the plain arm's runs
-    ssl, plain = run_config(cfg, name, encoder, 0.1, 0), run_config(cfg, scratch, "", 0.1, 0)
+    ssl, plain = run_config(cfg, name, file, 0.1, 0), run_config(cfg, scratch, "", 0.1, 0)
     assert (ssl.seg.pretrained_lr_scale, ssl.seg.freeze_encoder_steps) == (0.1, 20)
     assert plain == run_config(apply_overrides(cfg, {"ssl_set": []}), scratch, "", 0.1, 0)  # scratch rows reused
 
 
-@pytest.mark.parametrize("setting, problem", [("seg.no_such_key=1", "ssl_set: unknown key"),
-                                              ("seg.pretrained_lr_scale=fast", "ssl_set: seg.pretrained_lr_scale"),
-                                              ("seg.pretrained_lr_scale", "ssl_set=")])
-def test_a_bad_ssl_arm_setting_fails_before_any_run_naming_it(tmp_path, setting, problem):
-    from swinray.bench.label_efficiency import bench_label_efficiency
-
+@pytest.mark.parametrize("setting, problem", [
+    ("seg.no_such_key=1", "ssl_set: unknown key"),
+    ("seg.pretrained_lr_scale=fast", "ssl_set: seg.pretrained_lr_scale: cannot read"),
+    ("seg.pretrained_lr_scale=0", r"ssl_set=.*pretrained_lr_scale=0.0: must be a finite number above 0"),
+    ("seg.freeze_encoder_stages=9", r"ssl_set=.*freeze_encoder_stages=9"),
+    ("seg.pretrained_lr_scale", "ssl_set="),
+    ("split.label_fraction=1.0", "split.label_fraction is the bench's to set"),    # no longer paired
+    ("run.seed=7", "run.seed is the bench's to set"),
+    ("seg.pretrained=/other/encoder.pt", "seg.pretrained is the bench's to set"),
+    ("data.window_hu=-1000,1000", "data.window_hu is the bench's to set")])
+def test_a_bad_ssl_arm_setting_fails_before_any_run_naming_it(tmp_path, encoder, setting, problem):
     with pytest.raises(ConfigError, match=problem):
-        cfg = apply_overrides(preset(BenchConfig, "debug"), {"out_dir": str(tmp_path), "ssl_set": [setting]})
+        cfg = apply_overrides(preset(BenchConfig, "debug"), {"out_dir": str(tmp_path / "bench"), "ssl_set": [setting],
+                                                             "pretrained": [encoder]})
         bench_label_efficiency(cfg, log=lambda line: None)
-    assert not (tmp_path / "label_efficiency").exists()
+    assert not (tmp_path / "bench" / "label_efficiency").exists()
+
+
+def test_ssl_arm_settings_without_an_ssl_arm_are_refused(tmp_path):
+    cfg = apply_overrides(preset(BenchConfig, "debug"), {"out_dir": str(tmp_path),
+                                                         "ssl_set": ["seg.pretrained_lr_scale=0.1"]})
+    with pytest.raises(ConfigError, match="no --pretrained file gives an SSL arm"):
+        bench_label_efficiency(cfg, log=lambda line: None)
 
 
 @pytest.mark.parametrize("fractions", [[], [0.0, 0.5], [1.5]])

@@ -85,6 +85,23 @@ def test_a_sweep_resolves_its_fine_tuning_base_and_records_the_split_in_the_swee
     assert resolved.paths.split == str((tmp_path / "sweeps" / "sweep-debug" / "split.json").resolve())
 
 
+def test_a_run_saved_before_a_setting_existed_resumes_while_the_setting_does_what_that_run_did(dataset, tmp_path):
+    resolved = resolve_finetune(finetune_config(dataset, tmp_path), print)
+    saved = save(resolved)
+    (saved.parent / "metrics.jsonl").write_text('{"step": 1}\n')
+    older = json.loads(saved.read_text())
+    del older["seg"]["pretrained_lr_scale"], older["seg"]["cpu_bf16"]           # as an older version saved it
+    saved.write_text(json.dumps(older))
+    save(resolved)                                          # at 1.0 and float32: what that run did
+    scaled = resolve_finetune(apply_overrides(resolved.requested, {"seg.pretrained": str(tmp_path / "e.pt"),
+                                                                   "seg.pretrained_lr_scale": 0.5}), print)
+    with pytest.raises(ConfigError, match=r"seg\.pretrained_lr_scale: 1\.0 -> 0\.5"):
+        save(scaled)
+    saved.write_text(json.dumps({**older, "split": {k: v for k, v in older["split"].items() if k != "test_fraction"}}))
+    with pytest.raises(ConfigError, match=r"split\.test_fraction: '\(not set\)'"):   # others still count
+        save(resolved)
+
+
 def test_a_rerun_under_the_same_name_may_go_on_longer_but_not_with_other_settings(dataset, tmp_path):
     resolved = resolve_finetune(finetune_config(dataset, tmp_path), print)
     saved = save(resolved)
