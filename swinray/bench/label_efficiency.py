@@ -41,7 +41,7 @@ ROW_FILE = "label_efficiency_row.json"
 
 
 # What the bench sets for every run: an SSL arm that changed them would not be paired with scratch
-BENCH_KEYS = ("run.", "split.", "data.", "seg.pretrained=")
+BENCH_KEYS = ("run.", "split.", "data.", "seg.pretrained=", "seg.patience_validations=", "optim.num_steps=")
 
 
 def ssl_settings(cfg: BenchConfig) -> dict:
@@ -53,7 +53,7 @@ def ssl_settings(cfg: BenchConfig) -> dict:
     for key in settings:
         if any(f"{key}=".startswith(reserved) for reserved in BENCH_KEYS):
             raise ConfigError(f"ssl_set: {key} is the bench's to set for every run (the arms must share "
-                              "data, split and seeds to be paired); set how the SSL arms fine-tune instead, "
+                              "data, split, seeds and budget to be paired); set how the SSL arms fine-tune instead, "
                               "e.g. seg.pretrained_lr_scale=0.1")
     return settings
 

@@ -62,7 +62,8 @@ def test_ssl_arm_settings_change_only_the_ssl_arms_and_name_them(tmp_path, encod
     ("split.label_fraction=1.0", "split.label_fraction is the bench's to set"),    # no longer paired
     ("run.seed=7", "run.seed is the bench's to set"),
     ("seg.pretrained=/other/encoder.pt", "seg.pretrained is the bench's to set"),
-    ("data.window_hu=-1000,1000", "data.window_hu is the bench's to set")])
+    ("data.window_hu=-1000,1000", "data.window_hu is the bench's to set"),
+    ("optim.num_steps=5000", "optim.num_steps is the bench's to set")])             # equal budgets
 def test_a_bad_ssl_arm_setting_fails_before_any_run_naming_it(tmp_path, encoder, setting, problem):
     with pytest.raises(ConfigError, match=problem):
         cfg = apply_overrides(preset(BenchConfig, "debug"), {"out_dir": str(tmp_path / "bench"), "ssl_set": [setting],
