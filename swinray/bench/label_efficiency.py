@@ -282,7 +282,8 @@ def plot(cells: list[dict], arm_names: list[str], title: str, path: Path) -> Pat
 def bench_label_efficiency(cfg: BenchConfig, log=print) -> dict:
     fractions = sorted(set(cfg.fractions))     # BenchConfig checked them
     seeds = [cfg.run.seed + i for i in range(cfg.seeds)]
-    arm_list = arms(cfg.pretrained, settings_suffix(cfg))
+    suffix = settings_suffix(cfg)
+    arm_list = arms(cfg.pretrained, suffix)
     if cfg.ssl_set and len(arm_list) == 1:
         raise ConfigError(f"ssl_set={list(cfg.ssl_set)}: sets how the SSL arms fine-tune, but no --pretrained "
                           "file gives an SSL arm")
@@ -308,7 +309,7 @@ def bench_label_efficiency(cfg: BenchConfig, log=print) -> dict:
     cells = summarise(rows, names)
     table = markdown_table(cells, names)
     log("label efficiency (test Dice, mean ± sd over seeds; the test split chose nothing):\n" + table)
-    stem = "label_efficiency" + settings_suffix(cfg)   # a variant's table beside the study's
+    stem = "label_efficiency" + suffix         # a variant's table beside the study's
     (out_dir / f"{stem}.md").write_text(table)
     png = plot(cells, names, f"{task}: {cfg.finetune_preset}, {len(seeds)} seed(s), patience "
                f"{cfg.patience_validations} validations", out_dir / f"{stem}.png")
