@@ -24,13 +24,15 @@ FORMAT = "swinray-segmenter-v1"
 
 
 def save_segmenter(model: nn.Module, path: str | Path, model_kwargs: dict[str, Any], roi_size,
-                   task: dict[str, Any], metrics: dict[str, Any] | None = None) -> Path:
-    """Write ``model`` (a SwinUNETR built with ``model_kwargs``) with its task and ROI."""
+                   task: dict[str, Any], metrics: dict[str, Any] | None = None, flip_axes=(0,)) -> Path:
+    """Write ``model`` (a SwinUNETR built with ``model_kwargs``) with its task, ROI and the axes its
+    training flipped (what test-time flips may mirror)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
     torch.save({"format": FORMAT, "state_dict": state, "model": dict(model_kwargs),
-                "roi_size": [int(s) for s in roi_size], "task": task, "metrics": metrics or {}}, path)
+                "roi_size": [int(s) for s in roi_size], "task": task, "metrics": metrics or {},
+                "flip_axes": [int(a) for a in flip_axes]}, path)
     return path
 
 

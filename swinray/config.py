@@ -25,6 +25,13 @@ from swinray.config_codec import (  # noqa: F401
     save_config,
     to_dict,
 )
+from swinray.config_tools import (  # noqa: F401  (re-exported: every command's config is here)
+    ConvertConfig,
+    DownloadConfig,
+    EvaluateConfig,
+    PredictConfig,
+    ReportConfig,
+)
 from swinray.errors import ConfigError  # noqa: F401  (re-exported: from swinray.config import ConfigError)
 from swinray.limits import VolumeLimits  # noqa: F401  (re-exported)
 from swinray.storage import check_storage
@@ -159,6 +166,8 @@ class SegConfig:
     val_every_steps: int = 100          # sliding-window validation on the full volumes
     sw_batch_size: int = 4              # windows per forward pass in sliding-window inference
     sw_overlap: float = 0.25
+    tta_flips: bool = True              # the end-of-run test score averages mirror images along flip_axes, as
+                                        # evaluate does; validation (which chooses) stays one pass, half the time
     pos_neg_ratio: float = 1.0          # crops centred on foreground : background
     crop_class_ratios: tuple[float, ...] = ()  # () = pos_neg_ratio; else crops centred on each class with
                                         # these weights, background first, one per class (MONAI's
@@ -254,40 +263,6 @@ class FinetuneConfig:
 
 
 @dataclass(frozen=True)
-class EvaluateConfig:
-    checkpoint: str = ""                # model.pt written by finetune
-    data: str = ""                      # MSD-format folder (or dataset file) with labelled cases
-    out_dir: str = "outputs/evaluate"   # each evaluation gets its own <model's run>-on-<dataset>[-N] folder here
-    max_cases: int = 0                  # 0 = every case of the split
-    split: Literal["test", "validation", "train", "all"] = "test"   # by the run's split.json beside the model:
-                                        # test = its held-out cases and any it never saw; train needs asking
-    sw_batch_size: int = 4
-    sw_overlap: float = 0.25
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    limits: VolumeLimits = field(default_factory=VolumeLimits)  # per-volume memory bounds
-
-    def __post_init__(self) -> None:
-        at_least(0, max_cases=self.max_cases)
-        at_least(1, sw_batch_size=self.sw_batch_size)
-        require(0.0 <= self.sw_overlap < 1.0, "sw_overlap", self.sw_overlap, "must be in [0, 1)")
-
-
-@dataclass(frozen=True)
-class PredictConfig:
-    checkpoint: str = ""                # model.pt written by finetune
-    input: str = ""                     # a NIfTI file or a folder of them
-    output: str = "outputs/predict"     # label maps, one per input, same name, input geometry
-    sw_batch_size: int = 4
-    sw_overlap: float = 0.25
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    limits: VolumeLimits = field(default_factory=VolumeLimits)  # per-volume memory bounds
-
-    def __post_init__(self) -> None:
-        at_least(1, sw_batch_size=self.sw_batch_size)
-        require(0.0 <= self.sw_overlap < 1.0, "sw_overlap", self.sw_overlap, "must be in [0, 1)")
-
-
-@dataclass(frozen=True)
 class SweepConfig:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)  # every trial starts from this
     tasks: tuple[str, ...] = ()         # () = finetune.data; ("all",) = every registry task found as a
@@ -313,31 +288,6 @@ class SweepConfig:
         at_least(2, reduction_factor=self.reduction_factor)
         at_least(0, rungs=self.rungs, trial_samples=self.trial_samples,
                   max_concurrent_trials=self.max_concurrent_trials)
-
-
-@dataclass(frozen=True)
-class DownloadConfig:
-    task: str = ""                      # an MSD task (Task01_BrainTumour ... Task10_Colon) or all
-    root: str = "data/msd"              # the task lands in <root>/<task>, its archive beside it
-    mirror: str = ""                    # a base URL serving the same archive names ("" = MONAI's official URLs)
-    md5: str = ""                       # override the table's checksum (one task; a mirror's own archive)
-    keep_archive: bool = True           # keep the .tar after extracting (a rerun then verifies it)
-    check: bool = True                  # run the preprocessing's validation over every case
-
-
-@dataclass(frozen=True)
-class ConvertConfig:
-    format: Literal["btcv"] = "btcv"    # the layout the data was published in
-    src: str = ""                       # btcv: the RawData folder (Training/img, Training/label, Testing/img)
-    out: str = ""                       # the converted dataset (dataset_0.json, imagesTr, labelsTr, imagesTs)
-
-
-@dataclass(frozen=True)
-class ReportConfig:
-    aim_repo: str = "outputs"           # the Aim repo (a folder holding .aim) runs went to
-    experiment: str = ""                # the sweep's name (every Aim run of this experiment)
-    metric: str = "val_dice"            # the score; <metric>_<class> are its per-class curves
-    out_dir: str = ""                   # "" = outputs/reports/<experiment>
 
 
 @dataclass(frozen=True)

@@ -115,15 +115,16 @@ class Resolved:
 # A rerun of a training run or a sweep under the same name resumes it, so it must be the same run:
 # it may only go on for longer or run elsewhere. Keys (their last part) a rerun may change:
 # A restored sweep keeps its own trial count and budgets (Tune's saved state), so it may only move.
+# tta_flips: only the end-of-run test score uses it, never training or the choice of checkpoint.
 # aim_repo: only the driver's writer uses it (a folder on the driver's machine), so a run resumed from
 # another machine, or from before there was no Aim server (aim://), goes on into the repo named now.
-RESUMABLE_CHANGES = {"run": ("num_steps", "max_minutes", "ray_address", "dashboard", "max_failures",
+RESUMABLE_CHANGES = {"run": ("num_steps", "max_minutes", "tta_flips", "ray_address", "dashboard", "max_failures",
                              "num_checkpoints_kept", "cache_dir", "phantom_dir", "aim_repo"),
                      "sweep": ("ray_address", "dashboard", "cache_dir", "phantom_dir", "aim_repo")}
 RESUMABLE = ("checkpoint_*", "metrics.jsonl", "tune")   # what a started run or sweep leaves to resume from
 # Settings added after runs were saved without them, at the value that is what those runs did: a saved
 # run lacking one resumes while it is at that value (other missing settings count as changes).
-ADDED_AT_FORMER_BEHAVIOUR = {"seg.pretrained_lr_scale": 1.0, "seg.cpu_bf16": False}
+ADDED_AT_FORMER_BEHAVIOUR = {"seg.pretrained_lr_scale": 1.0, "seg.cpu_bf16": False, "seg.tta_flips": False}
 
 
 def save(resolved: Resolved, folder: str | Path | None = None) -> Path:

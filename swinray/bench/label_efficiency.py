@@ -32,7 +32,7 @@ from swinray.bench import finetune_base
 from swinray.config import BenchConfig, ConfigError, FinetuneConfig, apply_overrides, parse_assignments, to_dict
 from swinray.errors import StorageError
 from swinray.report.runs import flatten
-from swinray.resolve import locate_pretrained
+from swinray.resolve import ADDED_AT_FORMER_BEHAVIOUR, locate_pretrained
 from swinray.storage import local_file, write_json
 from swinray.train.finetune import run_finetune
 
@@ -41,7 +41,8 @@ ROW_FILE = "label_efficiency_row.json"
 
 
 # What the bench sets for every run: an SSL arm that changed them would not be paired with scratch
-BENCH_KEYS = ("run.", "split.", "data.", "seg.pretrained=", "seg.patience_validations=", "optim.num_steps=")
+BENCH_KEYS = ("run.", "split.", "data.", "seg.pretrained=", "seg.patience_validations=", "optim.num_steps=",
+              "seg.tta_flips=")
 
 
 def ssl_settings(cfg: BenchConfig) -> dict:
@@ -92,8 +93,10 @@ def run_config(cfg: BenchConfig, arm: str, encoder: str, fraction: float, seed: 
     base = replace(base, run=replace(base.run, name=f"{arm}-f{fraction:g}-s{seed}",
                                                     storage=str(Path(cfg.out_dir) / "label_efficiency"),
                                                     ray_address=cfg.run.ray_address))
+    # Test scores in one pass: the study compares training, every row alike (those scored before
+    # test-time flips existed too), at half the scoring time
     overrides = {"seg.pretrained": encoder, "split.label_fraction": fraction, "split.seed": seed, "run.seed": seed,
-                 "seg.patience_validations": cfg.patience_validations}
+                 "seg.patience_validations": cfg.patience_validations, "seg.tta_flips": False}
     if cfg.budget_steps:
         overrides["optim.num_steps"] = cfg.budget_steps
     if encoder:
@@ -111,11 +114,12 @@ def _reuse_key(run_cfg: FinetuneConfig) -> dict:
 
 def same_run(saved: dict, current: dict) -> bool:
     """Whether a finished row's recorded key describes the run asked for now: every setting it recorded
-    is unchanged, and a setting the platform gained since (absent from the row) is at its default,
-    which is what that run did; so a study spanning sessions keeps its rows across new features."""
+    is unchanged, and a setting the platform gained since (absent from the row) is at what that run
+    did (``ADDED_AT_FORMER_BEHAVIOUR``, else the default); so a study spanning sessions keeps its rows
+    across new features."""
     saved, current = flatten(saved), flatten(current)
-    defaults = flatten(to_dict(FinetuneConfig()))
-    return all(saved[key] == value if key in saved else key in defaults and defaults[key] == value
+    former = {**flatten(to_dict(FinetuneConfig())), **ADDED_AT_FORMER_BEHAVIOUR}
+    return all(saved[key] == value if key in saved else key in former and former[key] == value
                for key, value in current.items())
 
 

@@ -77,6 +77,18 @@ def check_label_pairs(pairs, label_names: tuple[str, ...]) -> LabelPairs:
     return out
 
 
+LEFT_RIGHT_AXIS = 0      # cached cases are RAS: spatial axis 0 runs from the patient's left to right
+
+
+def mirrored_labels(pairs: LabelPairs, size: int) -> list[int]:
+    """Label value -> its value in the left-right mirror image (each pair swapped, every other label
+    kept), for values 0..size-1: what a flip relabels, or the channel order a mirror's output maps back by."""
+    order = list(range(size))
+    for left, right in pairs:
+        order[left], order[right] = right, left
+    return order
+
+
 # BTCV's numbering, as in the reference Swin UNETR dataset_0.json.
 BTCV_LABELS = (
     "background", "spleen", "right_kidney", "left_kidney", "gallbladder", "esophagus", "liver",

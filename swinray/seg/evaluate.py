@@ -30,6 +30,7 @@ from swinray.errors import ConfigError, DatasetError
 from swinray.models.segmenter import load_segmenter
 from swinray.progress import Progress
 from swinray.resolve import evaluation_dir
+from swinray.seg.inference import Mirrors
 from swinray.seg.metrics import dice_per_case, hd95_per_case, outcomes
 from swinray.seg.model_input import segment_case
 from swinray.storage import fetch, local_file, local_path, write_text
@@ -90,10 +91,13 @@ def case_failure(case: Case, error: Exception) -> str:
 
 
 def score_cases(model, meta: dict, cases: list[Case], sw_batch_size: int, sw_overlap: float, device, log,
-                desc: str = "evaluate", limits: VolumeLimits = VolumeLimits()) -> tuple[list[dict], list[dict], dict]:
-    """(per-case rows, rejected cases, summary): each case segmented in its own voxel grid and scored
-    against its source label map, Dice and HD95 in mm per class (``swinray.seg.metrics``)."""
+                desc: str = "evaluate", limits: VolumeLimits = VolumeLimits(),
+                tta_flips: bool = True) -> tuple[list[dict], list[dict], dict]:
+    """(per-case rows, rejected cases, summary): each case segmented in its own voxel grid (averaged
+    over the model's test-time flips when ``tta_flips``) and scored against its source label map,
+    Dice and HD95 in mm per class (``swinray.seg.metrics``)."""
     task = task_from_dict(meta["task"])
+    mirrors = Mirrors.of_model(meta, tta_flips)
     names = task.label_names[1:]
     columns = [re.sub(r"\W+", "_", name).strip("_") for name in names]    # "right kidney" -> right_kidney
     rows, rejected = [], []
@@ -102,7 +106,7 @@ def score_cases(model, meta: dict, cases: list[Case], sw_batch_size: int, sw_ove
     for case in cases:
         try:
             pred, label, affine, windows = segment_case(model, case, task, meta["roi_size"], sw_batch_size,
-                                                        sw_overlap, device, limits)
+                                                        sw_overlap, device, limits, mirrors)
             p, t = torch.from_numpy(pred)[None, None], torch.from_numpy(label.astype(np.uint8))[None, None]
             dice = dice_per_case(p, t, task.num_classes)[0].tolist()
             voxel_mm = tuple(np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))     # in the array's own axis order
@@ -117,7 +121,7 @@ def score_cases(model, meta: dict, cases: list[Case], sw_batch_size: int, sw_ove
             took = time.perf_counter() - began
             log(f"first case: {windows} windows in {took:.0f} s; expect about {took * len(cases) / 60:.1f} min "
                 f"for {len(cases)} case(s). Faster: a GPU, less window overlap (sw_overlap=0), a larger "
-                "sw_batch_size on a GPU; see docs/data.md#evaluation-speed")
+                "sw_batch_size on a GPU, one pass (tta_flips=false); see docs/data.md#evaluation-speed")
         rows.append({"case_id": case.case_id, **{f"dice_{c}": d for c, d in zip(columns, dice)},
                      **{f"hd95_mm_{c}": h for c, h in zip(columns, hd95)}, "mean_dice": _mean(dice),
                      **{f"{k}_{c}": int(f) for k, v in flags.items() for c, f in zip(columns, v)}})
@@ -129,7 +133,8 @@ def score_cases(model, meta: dict, cases: list[Case], sw_batch_size: int, sw_ove
     dice_per_class = per_class("dice", _mean)
     # HD95 exists only where both sides hold the class: its mean says how many cases it covers, and a
     # missed class or a false positive is counted per class instead of silently dropped.
-    summary = {"num_cases": len(rows), "dice_per_class": dice_per_class, "mean_dice": _mean(dice_per_class.values()),
+    summary = {"num_cases": len(rows), "test_time_flips": list(mirrors.axes), "dice_per_class": dice_per_class,
+               "mean_dice": _mean(dice_per_class.values()),
                "hd95_mm_per_class": per_class("hd95_mm", _mean),
                "hd95_cases_per_class": per_class("hd95_mm", lambda v: sum(1 for h in v if h is not None
                                                                           and math.isfinite(h))),
@@ -154,14 +159,14 @@ def write_per_case(rows: list[dict], path: Path) -> Path:
 
 
 def score_test_cases(model_file: str | Path, rows: list[dict], sw_batch_size: int, sw_overlap: float, out_csv: Path,
-                     log, limits: VolumeLimits = VolumeLimits()) -> dict:
+                     log, limits: VolumeLimits = VolumeLimits(), tta_flips: bool = True) -> dict:
     """A run's chosen model scored once on its held-out test cases (manifest rows), with the code and
     metrics of ``evaluate``; nothing it returns chooses anything. Runs here, on a GPU if torch sees one."""
     device = pick_device("auto")
     model, meta = open_model(str(model_file), device)
     cases = [Case(r["case_id"], tuple(r["image"]), r["label"], r["split"]) for r in rows]
     scored, rejected, summary = score_cases(model, meta, cases, sw_batch_size, sw_overlap, device, log, desc="test",
-                                            limits=limits)
+                                            limits=limits, tta_flips=tta_flips)
     return {**summary, "num_rejected": len(rejected), "rejected": rejected,
             "per_case_csv": str(write_per_case(scored, out_csv))}
 
@@ -186,12 +191,12 @@ def run_evaluate(cfg: EvaluateConfig, log=print) -> dict:
     log(f"evaluating {cfg.checkpoint} (task {task.name}, trained to validation Dice "
         f"{meta['metrics'].get('val_dice', float('nan')):.4f}) on {len(cases)} {cfg.split} case(s) of "
         f"{dataset.root} -> {out}; sliding windows of {tuple(meta['roi_size'])}, overlap {cfg.sw_overlap}, "
-        f"{cfg.sw_batch_size} per forward pass, on {device.type}")
+        f"{cfg.sw_batch_size} per forward pass, {Mirrors.of_model(meta, cfg.tta_flips).describe()}, on {device.type}")
     admission = admit(cases, task.spacing_mm, cfg.limits)   # none far above the median case
     for _, reason in admission.refused:
         log(f"rejected: {reason}")
     rows, rejected, summary = score_cases(model, meta, admission.admitted, cfg.sw_batch_size, cfg.sw_overlap,
-                                          device, log, limits=cfg.limits)
+                                          device, log, limits=cfg.limits, tta_flips=cfg.tta_flips)
     with writing_to(out, "out_dir"):
         csv_path = write_per_case(rows, out / "per_case.csv")
     rejected = ([{"case_id": None, "reason": r} for r in dataset.rejected]

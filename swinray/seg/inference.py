@@ -5,8 +5,16 @@ then resampled onto the source voxel grid through the two affines with MONAI's `
 (the class probabilities trilinearly, then argmax), so a label map lines up voxel for voxel with
 the image it came from, oblique or anisotropic. Outside the preprocessing crop every class has
 probability 0 and argmax gives background.
+
+Test-time flips (``Mirrors``) average the probabilities of the image and of its mirror images along
+the axes training flipped, each mapped back, as nnU-Net's mirroring: the model has learnt every one
+of those views. A left-right mirror's probabilities also swap each (left, right) pair back, since
+training labelled a mirrored right organ left.
 """
 from __future__ import annotations
+
+from itertools import combinations
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -14,11 +22,53 @@ from monai.data import MetaTensor
 from monai.inferers import sliding_window_inference
 from monai.transforms import SpatialResample
 
+from swinray.data.tasks import LEFT_RIGHT_AXIS, mirrored_labels
+
+
+class Mirrors(NamedTuple):
+    """The spatial axes to mirror at test time (every combination of them: 2^n passes) and the class
+    order a left-right mirror's output is read back in; no axes = one pass."""
+    axes: tuple[int, ...] = ()
+    left_right_classes: tuple[int, ...] = ()      # class c of the original = class [c] of the mirror
+
+    @classmethod
+    def of_model(cls, meta: dict, enabled: bool = True) -> Mirrors:
+        """The flips a model file trained with (older files, without ``flip_axes``: left-right, the
+        training default of every version), with its task's label pairs; none when not ``enabled``."""
+        if not enabled:
+            return cls()
+        axes = tuple(int(a) for a in meta.get("flip_axes", (LEFT_RIGHT_AXIS,)))
+        task = meta["task"]
+        classes = mirrored_labels(tuple(tuple(p) for p in task.get("label_pairs") or ()), len(task["label_names"]))
+        return cls(axes, tuple(classes))
+
+    def describe(self) -> str:
+        if not self.axes:
+            return "one pass (no test-time flips)"
+        swapped = " (left-right pairs swapped back)" if self.left_right_classes != tuple(
+            range(len(self.left_right_classes))) else ""
+        return f"{2 ** len(self.axes)} passes: flipped along axes {list(self.axes)}{swapped}"
+
 
 @torch.no_grad()
 def predict_probabilities(model: torch.nn.Module, image: torch.Tensor, roi_size, sw_batch_size: int,
-                          overlap: float, use_amp: bool = False) -> torch.Tensor:
-    """(1, C, *S) image -> (1, K, *S) softmax probabilities, windows of ``roi_size`` (S may be smaller)."""
+                          overlap: float, use_amp: bool = False, mirrors: Mirrors = Mirrors()) -> torch.Tensor:
+    """(1, C, *S) image -> (1, K, *S) softmax probabilities, windows of ``roi_size`` (S may be smaller),
+    averaged over ``mirrors``."""
+    total, passes = None, 0
+    for n in range(len(mirrors.axes) + 1):
+        for axes in combinations(mirrors.axes, n):
+            dims = [2 + a for a in axes]
+            probs = _one_pass(model, image.flip(dims) if dims else image, roi_size, sw_batch_size, overlap, use_amp)
+            if dims:
+                probs = probs.flip(dims)
+            if LEFT_RIGHT_AXIS in axes and mirrors.left_right_classes:
+                probs = probs[:, list(mirrors.left_right_classes)]
+            total, passes = probs if total is None else total.add_(probs), passes + 1
+    return total / passes
+
+
+def _one_pass(model, image, roi_size, sw_batch_size: int, overlap: float, use_amp: bool) -> torch.Tensor:
     with torch.autocast(image.device.type, dtype=torch.bfloat16, enabled=use_amp):
         logits = sliding_window_inference(image, tuple(roi_size), sw_batch_size, model, overlap=overlap,
                                           mode="gaussian")

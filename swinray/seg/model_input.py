@@ -13,7 +13,7 @@ from swinray.data.case_pipeline import load_case
 from swinray.data.cases import Case
 from swinray.data.tasks import TaskSpec
 from swinray.data.transforms import as_meta_tensor, preprocess_transforms
-from swinray.seg.inference import labels_on_source_grid, predict_probabilities
+from swinray.seg.inference import Mirrors, labels_on_source_grid, predict_probabilities
 
 
 @functools.lru_cache(maxsize=4)
@@ -37,13 +37,14 @@ def count_windows(shape, roi_size, overlap: float) -> int:
 
 
 def segment_case(model: torch.nn.Module, case: Case, task: TaskSpec, roi_size, sw_batch_size: int,
-                 overlap: float, device: torch.device, limits: VolumeLimits = VolumeLimits()) -> Segmented:
+                 overlap: float, device: torch.device, limits: VolumeLimits = VolumeLimits(),
+                 mirrors: Mirrors = Mirrors()) -> Segmented:
     """The image is verified (within ``limits``) and preprocessed exactly as the training cache was
-    (``CaseError`` names the file when it is unusable); the prediction is resampled back onto the
-    source voxel grid."""
+    (``CaseError`` names the file when it is unusable); the prediction, averaged over ``mirrors``, is
+    resampled back onto the source voxel grid."""
     image, label, affine, _ = load_case(case, task, limits)
     prepared = _image_transforms(task)({"image": as_meta_tensor(image, affine)})["image"]
     probs = predict_probabilities(model, prepared.as_tensor().float()[None].to(device), roi_size, sw_batch_size,
-                                  overlap, use_amp=device.type == "cuda")
+                                  overlap, use_amp=device.type == "cuda", mirrors=mirrors)
     return Segmented(labels_on_source_grid(probs[0], prepared.affine, affine, image.shape[1:]), label, affine,
-                     count_windows(prepared.shape[1:], roi_size, overlap))
+                     count_windows(prepared.shape[1:], roi_size, overlap) * 2 ** len(mirrors.axes))

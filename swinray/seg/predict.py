@@ -27,6 +27,7 @@ from swinray.data.tasks import task_from_dict
 from swinray.errors import DatasetError, StorageError
 from swinray.progress import Progress
 from swinray.seg.evaluate import case_failure, open_model, pick_device
+from swinray.seg.inference import Mirrors
 from swinray.seg.model_input import segment_case
 from swinray.storage import write_text
 from swinray.writable import writing_to
@@ -98,7 +99,8 @@ def run_predict(cfg: PredictConfig, log=print) -> dict:
     device = pick_device(cfg.device)
     model, meta = open_model(cfg.checkpoint, device)
     task = task_from_dict(meta["task"])
-    log(f"segmenting {len(files)} file(s) with {cfg.checkpoint} (task {task.name}) -> {out_dir}")
+    mirrors = Mirrors.of_model(meta, cfg.tta_flips)
+    log(f"segmenting {len(files)} file(s) with {cfg.checkpoint} (task {task.name}), {mirrors.describe()} -> {out_dir}")
     written, rejected, table = [], [], []
     cases = [Case(case_id_of(str(path)), (real_path(path),), None, "test") for path in files]
     refused = dict(admit(cases, task.spacing_mm, cfg.limits).refused)
@@ -108,7 +110,7 @@ def run_predict(cfg: PredictConfig, log=print) -> dict:
             if case in refused:             # far above the median input: refused from its header
                 raise CaseError(refused[case])
             labels = segment_case(model, case, task, meta["roi_size"], cfg.sw_batch_size, cfg.sw_overlap,
-                                  device, cfg.limits).labels
+                                  device, cfg.limits, mirrors).labels
             out_path = out_dir / path.name
             write_label_map(labels, path, out_path)
             written.append(str(out_path))

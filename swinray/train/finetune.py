@@ -90,16 +90,18 @@ def test_score(plan: FinetunePlan, model_file: Path, out_csv: Path, log) -> dict
     """The chosen model's Dice on the held-out test cases, once, after every choice is made (the
     summary's ``test_dice`` beside the selection's ``val_dice``)."""
     if not plan.test:
-        return {"test_dice": None, "test_dice_per_class": None, "num_test_cases": 0, "num_test_rejected": 0}
+        return {"test_dice": None, "test_dice_per_class": None, "num_test_cases": 0, "num_test_rejected": 0,
+                "test_time_flips": None}
     log(f"scoring the chosen model once on the {len(plan.test)} held-out test case(s)")
     scores = score_test_cases(model_file, plan.test, plan.cfg.seg.sw_batch_size, plan.cfg.seg.sw_overlap, out_csv,
-                              log, plan.cfg.data.limits)
+                              log, plan.cfg.data.limits, plan.cfg.seg.tta_flips)
     if scores["num_rejected"]:
         log(f"warning: {scores['num_rejected']} of {len(plan.test)} test case(s) could not be scored: "
             + "; ".join(r["reason"] for r in scores["rejected"][:3]))
     return {"test_dice": scores["mean_dice"], "test_dice_per_class": scores["dice_per_class"],
             "test_hd95_mm_per_class": scores["hd95_mm_per_class"], "num_test_cases": scores["num_cases"],
-            "num_test_rejected": scores["num_rejected"], "test_per_case": shown(scores["per_case_csv"])}
+            "num_test_rejected": scores["num_rejected"], "test_time_flips": scores["test_time_flips"],
+            "test_per_case": shown(scores["per_case_csv"])}
 
 
 def finetune(resolved: Resolved, log=print) -> dict:

@@ -166,7 +166,7 @@ def train_fn_per_worker(config: dict) -> None:
             best_metrics = {"val_dice": progress.best_dice, "step": progress.best_step,
                             "val_dice_per_class": progress.best_per_class}
             files = {MODEL_FILE: lambda path: save_segmenter(best, path, kwargs, cfg.model.roi_size, task,
-                                                             best_metrics)}
+                                                             best_metrics, cfg.seg.flip_axes)}
         tracker.checkpointed()
         summary = {k: metrics[k] for k in ("loss", "val_dice", "elapsed_s") if k in metrics}  # the rest: Aim, jsonl
         report({**summary, "step": step, "samples": step * cfg.optim.batch_size * world,  # all workers

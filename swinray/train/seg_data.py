@@ -32,7 +32,7 @@ from monai.transforms import (
 
 from swinray.config import SegConfig, SplitConfig
 from swinray.data.cache import read_case
-from swinray.data.tasks import LabelPairs
+from swinray.data.tasks import LEFT_RIGHT_AXIS, LabelPairs, mirrored_labels
 from swinray.train.replay import AUGMENT, batch_indices, step_seed
 
 
@@ -98,9 +98,6 @@ class LoadCachedCased(MapTransform):
                 "label": torch.from_numpy(np.ascontiguousarray(label[None]))}
 
 
-LEFT_RIGHT_AXIS = 0      # cached cases are RAS: spatial axis 0 runs from the patient's left to right
-
-
 class RandLeftRightFlipd(RandomizableTransform, MapTransform):
     """``RandFlipd`` along left-right that also swaps the labels of each (left, right) pair.
 
@@ -113,9 +110,7 @@ class RandLeftRightFlipd(RandomizableTransform, MapTransform):
         MapTransform.__init__(self, keys)
         self.flip = Flipd(keys, spatial_axis=LEFT_RIGHT_AXIS)
         self.label_key = label_key
-        self.swap = torch.arange(max(v for pair in pairs for v in pair) + 1)
-        for left, right in pairs:
-            self.swap[left], self.swap[right] = right, left
+        self.swap = torch.tensor(mirrored_labels(pairs, max(v for pair in pairs for v in pair) + 1))
 
     def __call__(self, data: dict) -> dict:
         self.randomize(None)

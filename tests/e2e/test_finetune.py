@@ -132,6 +132,7 @@ def test_evaluate_scores_every_labelled_case_with_dice_and_hd95(phantom_run):
     split = json.loads(open(summary["split"]).read())
     assert result["split"] == "test" and result["num_cases"] == 1 and len(result["dice_per_class"]) == 13
     assert result["mean_dice"] == pytest.approx(summary["test_dice"])      # the run's own test score, again
+    assert result["test_time_flips"] == summary["test_time_flips"] == [0]  # as it trained: left-right
     with open(result["per_case_csv"]) as f:
         table = list(csv.DictReader(f))
     assert [row["case_id"] for row in table] == split["test"]              # never a case it trained on

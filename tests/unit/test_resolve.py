@@ -90,9 +90,10 @@ def test_a_run_saved_before_a_setting_existed_resumes_while_the_setting_does_wha
     saved = save(resolved)
     (saved.parent / "metrics.jsonl").write_text('{"step": 1}\n')
     older = json.loads(saved.read_text())
-    del older["seg"]["pretrained_lr_scale"], older["seg"]["cpu_bf16"]           # as an older version saved it
+    del older["seg"]["pretrained_lr_scale"], older["seg"]["cpu_bf16"], older["seg"]["tta_flips"]  # an older version's
     saved.write_text(json.dumps(older))
-    save(resolved)                                          # at 1.0 and float32: what that run did
+    assert resolved.cfg.seg.tta_flips                       # that run scored in one pass: how the end-of-run
+    save(resolved)                                          # test is scored may change; 1.0 and float32 as it did
     scaled = resolve_finetune(apply_overrides(resolved.requested, {"seg.pretrained": str(tmp_path / "e.pt"),
                                                                    "seg.pretrained_lr_scale": 0.5}), print)
     with pytest.raises(ConfigError, match=r"seg\.pretrained_lr_scale: 1\.0 -> 0\.5"):
