@@ -197,6 +197,8 @@ class SegConfig:
         require(0 <= self.freeze_encoder_stages <= 5, "freeze_encoder_stages", self.freeze_encoder_stages,
                  "must be 0 (none) to 5 (the patch embedding and all four Swin stages)")
         require(0.0 <= self.sw_overlap < 1.0, "sw_overlap", self.sw_overlap, "must be in [0, 1)")
+        require(all(a in (0, 1, 2) for a in self.flip_axes) and len(set(self.flip_axes)) == len(self.flip_axes),
+                "flip_axes", self.flip_axes, "spatial axes 0, 1 or 2, each once")
         positive_finite(pretrained_lr_scale=self.pretrained_lr_scale)
         require(not self.crop_class_ratios or (len(self.crop_class_ratios) >= 2 and all(
             math.isfinite(r) and r >= 0 for r in self.crop_class_ratios) and sum(self.crop_class_ratios) > 0),

@@ -120,7 +120,7 @@ class Resolved:
 # another machine, or from before there was no Aim server (aim://), goes on into the repo named now.
 RESUMABLE_CHANGES = {"run": ("num_steps", "max_minutes", "tta_flips", "ray_address", "dashboard", "max_failures",
                              "num_checkpoints_kept", "cache_dir", "phantom_dir", "aim_repo"),
-                     "sweep": ("ray_address", "dashboard", "cache_dir", "phantom_dir", "aim_repo")}
+                     "sweep": ("tta_flips", "ray_address", "dashboard", "cache_dir", "phantom_dir", "aim_repo")}
 RESUMABLE = ("checkpoint_*", "metrics.jsonl", "tune")   # what a started run or sweep leaves to resume from
 # Settings added after runs were saved without them, at the value that is what those runs did: a saved
 # run lacking one resumes while it is at that value (other missing settings count as changes).

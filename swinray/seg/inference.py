@@ -38,7 +38,7 @@ class Mirrors(NamedTuple):
         if not enabled:
             return cls()
         axes = tuple(int(a) for a in meta.get("flip_axes", (LEFT_RIGHT_AXIS,)))
-        task = meta["task"]
+        task = meta["task"]     # files without label_pairs predate pair swapping in training: none to swap
         classes = mirrored_labels(tuple(tuple(p) for p in task.get("label_pairs") or ()), len(task["label_names"]))
         return cls(axes, tuple(classes))
 
@@ -54,25 +54,28 @@ class Mirrors(NamedTuple):
 def predict_probabilities(model: torch.nn.Module, image: torch.Tensor, roi_size, sw_batch_size: int,
                           overlap: float, use_amp: bool = False, mirrors: Mirrors = Mirrors()) -> torch.Tensor:
     """(1, C, *S) image -> (1, K, *S) softmax probabilities, windows of ``roi_size`` (S may be smaller),
-    averaged over ``mirrors``."""
-    total, passes = None, 0
-    for n in range(len(mirrors.axes) + 1):
+    averaged over ``mirrors``. Memory: the sum and one pass's probabilities, added a class at a time."""
+    total = _one_pass(model, image, roi_size, sw_batch_size, overlap, use_amp)
+    passes = 1
+    for n in range(1, len(mirrors.axes) + 1):
         for axes in combinations(mirrors.axes, n):
             dims = [2 + a for a in axes]
-            probs = _one_pass(model, image.flip(dims) if dims else image, roi_size, sw_batch_size, overlap, use_amp)
-            if dims:
-                probs = probs.flip(dims)
-            if LEFT_RIGHT_AXIS in axes and mirrors.left_right_classes:
-                probs = probs[:, list(mirrors.left_right_classes)]
-            total, passes = probs if total is None else total.add_(probs), passes + 1
-    return total / passes
+            probs = _one_pass(model, image.flip(dims), roi_size, sw_batch_size, overlap, use_amp)
+            swapped = LEFT_RIGHT_AXIS in axes and bool(mirrors.left_right_classes)
+            for c in range(total.shape[1]):
+                k = mirrors.left_right_classes[c] if swapped else c
+                total[:, c:c + 1] += probs[:, k:k + 1].flip(dims)
+            del probs
+            passes += 1
+    return total.div_(passes)
 
 
 def _one_pass(model, image, roi_size, sw_batch_size: int, overlap: float, use_amp: bool) -> torch.Tensor:
     with torch.autocast(image.device.type, dtype=torch.bfloat16, enabled=use_amp):
         logits = sliding_window_inference(image, tuple(roi_size), sw_batch_size, model, overlap=overlap,
                                           mode="gaussian")
-    return torch.softmax(logits.float(), dim=1)
+    logits = logits.float()         # softmax in place: one volume of K channels, not two
+    return logits.sub_(logits.amax(1, keepdim=True)).exp_().div_(logits.sum(1, keepdim=True))
 
 
 def labels_on_source_grid(probabilities: torch.Tensor, affine, source_affine, source_shape) -> np.ndarray:

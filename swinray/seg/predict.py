@@ -125,6 +125,7 @@ def run_predict(cfg: PredictConfig, log=print) -> dict:
     progress.close()
     with writing_to(out_dir, OUTPUT_KEY):
         csv_path = write_table(table, out_dir / CSV_FILE)
-    return {"command": "predict", "checkpoint": cfg.checkpoint, "num_written": len(written),
+    return {"command": "predict", "checkpoint": cfg.checkpoint, "test_time_flips": list(mirrors.axes),
+            "num_written": len(written),
             "num_rejected": len(rejected), "written": written, "rejected": rejected, "output": str(out_dir),
             "predictions_csv": str(csv_path), "ok": bool(written)}

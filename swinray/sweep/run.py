@@ -159,7 +159,8 @@ def sweep_task(cfg: SweepConfig, resolved: Resolved, sweep_name: str, log=print)
         if model and exists(model):
             out["best_model"] = shown(copy_to_local(model, folder / "best_model.pt"))
             test = test_score(plan, folder / "best_model.pt", folder / "test_per_case.csv", log)  # after the choice
-            out.update(best_test_dice=test["test_dice"], num_test_cases=test["num_test_cases"])
+            out.update(best_test_dice=test["test_dice"], num_test_cases=test["num_test_cases"],
+                       test_time_flips=test["test_time_flips"])
         log(f"sweep {sweep_name}: best trial {best['trial_id']} Dice {best['best_val_dice']:.4f}; "
             f"fine-tune with it: python -m platform.finetune --config {out['best_config']}")
     log(f"sweep {sweep_name}:\n{summary['markdown']}")

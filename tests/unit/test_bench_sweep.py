@@ -14,6 +14,7 @@ def test_an_arm_budget_counts_the_samples_of_all_workers_and_the_seed_sets_sampl
     assert arm.trial_samples == 10 * 1 * 2
     assert arm.seed == base.run.seed == 4 and arm.name == "bench-tpe-asha-seed4"
     assert base.split.seed == 0                                          # one split for every seed
+    assert base.seg.tta_flips is False                # best trials' test scores in one pass, as the table's
 
 
 def test_an_arm_keeps_its_presets_ct_window_on_the_benchs_data_and_counts_samples_not_minutes():

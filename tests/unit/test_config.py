@@ -135,6 +135,8 @@ def test_storage_is_a_path_or_an_object_store_uri_and_nothing_else(cls, key):
     ("run.name", "runs/a", r"run\.name='runs/a': must be a plain name"),
     ("run.name", "", r"run\.name='': must be a plain name"),
     ("run.name", "..", r"run\.name='\.\.': must be a plain name"),
+    ("seg.flip_axes", [-1], r"seg\.flip_axes=\(-1,\): spatial axes 0, 1 or 2, each once"),
+    ("seg.flip_axes", [0, 0], r"seg\.flip_axes=\(0, 0\): spatial axes 0, 1 or 2, each once"),
 ])
 def test_impossible_values_are_refused_when_the_config_is_read_naming_the_field(key, value, message):
     with pytest.raises(C.ConfigError, match=message):

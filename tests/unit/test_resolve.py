@@ -103,6 +103,17 @@ def test_a_run_saved_before_a_setting_existed_resumes_while_the_setting_does_wha
         save(resolved)
 
 
+def test_a_sweep_saved_before_test_time_flips_resumes(dataset, tmp_path):
+    sweep = resolve_sweep(apply_overrides(preset(SweepConfig, "debug"), {"finetune.data.source": str(dataset),
+                                                                         "storage": str(tmp_path / "sweeps")}), print)
+    saved = save(sweep)
+    (saved.parent / "tune").mkdir()
+    older = json.loads(saved.read_text())
+    del older["finetune"]["seg"]["tta_flips"]
+    saved.write_text(json.dumps(older))
+    save(sweep)                                             # only the best trial's test score uses it
+
+
 def test_a_rerun_under_the_same_name_may_go_on_longer_but_not_with_other_settings(dataset, tmp_path):
     resolved = resolve_finetune(finetune_config(dataset, tmp_path), print)
     saved = save(resolved)
