@@ -63,6 +63,20 @@ def metrics_steps(run_dir: Path) -> list[int]:
     return [json.loads(line)["step"] for line in path.read_text().splitlines()] if path.exists() else []
 
 
+def trial_started_at(trials: Path, point: dict) -> Path | None:
+    """The trial folder whose config is that start point, by its settings: a folder's ctime moves
+    whenever a file is added to it, so it does not tell the order trials started in."""
+    for folder in trials.glob("*"):
+        try:
+            config = json.loads((folder / "config.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if all(config.get(section, {}).get(key) == value
+               for section, key, value in ((*k.split(".", 1), v) for k, v in point.items())):
+            return folder
+    return None
+
+
 @pytest.fixture(scope="module")
 def s3(s3_endpoint):
     """Credentials and the endpoint in this process's environment (the commands inherit it), and the bucket."""
@@ -89,10 +103,10 @@ def sweep(tmp_path_factory, s3):
         deadline = time.monotonic() + 600
         interrupted_trial = None
         while time.monotonic() < deadline and first.poll() is None:   # Ctrl-C once trial 4 has a checkpoint
-            started = sorted((p for p in trials.glob("*") if p.is_dir()), key=lambda p: p.stat().st_ctime)
-            if len(started) == 4 and metrics_steps(started[3]) and \
-                    s3_keys(BUCKET, f"{PREFIX}trials/{started[3].name}/checkpoint_"):   # one trial at a time
-                interrupted_trial = started[3].name
+            fourth = trial_started_at(trials, start[3])
+            if fourth and metrics_steps(fourth) and \
+                    s3_keys(BUCKET, f"{PREFIX}trials/{fourth.name}/checkpoint_"):   # one trial at a time
+                interrupted_trial = fourth.name
                 first.send_signal(signal.SIGINT)                    # Ctrl-C to the sweep command
                 break
             time.sleep(0.5)
