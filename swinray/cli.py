@@ -209,9 +209,9 @@ def _stdout_to_stderr():
 def _disconnect_ray() -> None:
     """Leave Ray before the summary: workers' logs reach the driver asynchronously, and one
     arriving after the JSON (seen under ``ray job submit``) would no longer end the output."""
-    ray = sys.modules.get("ray")        # a verb that never used Ray does not import it here
-    if ray is not None and ray.is_initialized():
-        ray.shutdown()
+    if "ray" in sys.modules:            # a verb that never used Ray does not import it here
+        from swinray.runtime import shutdown_ray
+        shutdown_ray()
 
 
 def _run_config_path(cfg) -> Path:

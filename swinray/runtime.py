@@ -9,9 +9,12 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import gc
 import logging
 import os
 import sys
+import threading
+import time
 from pathlib import Path
 
 import ray
@@ -102,10 +105,29 @@ def init_ray(run: RunConfig) -> dict:
     }
 
 
+# Ray Data's driver-side threads (Ray 2.60): each may still call into Ray's core worker
+_RAY_DATA_THREADS = ("StreamingExecutor-", "ray-data-metadata-prefetch", "iter_threaded", "map_tp_")
+
+
+def shutdown_ray(wait_for_processes: bool = False, grace_s: float = 10.0) -> None:
+    """``ray.shutdown()``, once Ray Data's background threads have ended (up to ``grace_s``) and dropped
+    object refs are collected: Ray 2.60 destroys the core worker while other threads may still call it,
+    and such a call ends the process at once with exit code 1, printing nothing. ``wait_for_processes``:
+    return once a local instance's processes have exited, before this process starts another (whose
+    agents would otherwise meet the old ones; a failed agent takes its raylet, and the driver, with it)."""
+    if not ray.is_initialized():
+        return
+    gc.collect()
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and any(t.name.startswith(_RAY_DATA_THREADS) for t in threading.enumerate()):
+        time.sleep(0.05)
+    ray.shutdown(wait_for_processes=wait_for_processes)
+
+
 def shutdown_local_ray() -> bool:
     """Stop the Ray instance init_ray started here (never a joined cluster); whether it did."""
     if ray.is_initialized() and _LOCAL_INSTANCE["started"]:
-        ray.shutdown()
+        shutdown_ray(wait_for_processes=True)   # callers go on, and may start another instance
         _LOCAL_INSTANCE["started"] = False
         return True
     return False

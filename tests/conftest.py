@@ -176,7 +176,8 @@ def local_ray(ray_tmpdir):
     ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=ray_tmpdir,
              log_to_driver=False)
     yield ray
-    ray.shutdown()
+    from swinray.runtime import shutdown_ray
+    shutdown_ray(wait_for_processes=True)   # the next module's instance starts on a quiet machine
 
 
 def patched_header(path: Path, field: str, value) -> Path:

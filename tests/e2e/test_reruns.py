@@ -13,6 +13,7 @@ from swinray.data.phantom import write_phantom_dataset
 from swinray.data.preprocess import preprocess_dataset, run_preprocess
 from swinray.errors import StorageError
 from swinray.presets import preset
+from swinray.runtime import shutdown_ray
 from swinray.train.pretrain import run_pretrain
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -36,9 +37,9 @@ def private_ray(ray_tmpdir, monkeypatch):
         try:
             yield
         finally:
-            ray.shutdown()
+            shutdown_ray(wait_for_processes=True)
     yield start
-    ray.shutdown()
+    shutdown_ray(wait_for_processes=True)
 
 
 def disk_that_fills(cache: str, full: str, after: int):

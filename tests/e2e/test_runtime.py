@@ -7,13 +7,15 @@ joined cluster short of them is asked to autoscale.
 import os
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 import ray
 from ray.cluster_utils import Cluster
 
 from swinray.config import ConfigError, RunConfig
-from swinray.runtime import init_ray, shutdown_local_ray, use_gpu
+from swinray.runtime import init_ray, shutdown_local_ray, shutdown_ray, use_gpu
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -66,3 +68,29 @@ def test_cuda_on_a_joined_cluster_without_gpus_asks_its_autoscaler_and_goes_on(c
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+def test_ray_shuts_down_once_ray_datas_driver_threads_have_ended_and_never_waits_forever():
+    """A thread calling into Ray after ``ray.shutdown()`` destroyed its core worker ends the process
+    (exit code 1, no message): Ray Data's driver threads get to finish first, for a bounded time."""
+    os.environ.pop("RAY_ADDRESS", None)
+    seen = {}
+
+    def finishing():
+        time.sleep(1)
+        seen["ray_up"] = ray.is_initialized()
+    init_ray(RunConfig(dashboard=False))
+    threading.Thread(target=finishing, name="StreamingExecutor-test", daemon=True).start()
+    shutdown_ray()
+    assert seen == {"ray_up": True} and not ray.is_initialized()
+
+    stuck = threading.Event()
+    thread = threading.Thread(target=stuck.wait, name="iter_threaded", daemon=True)
+    init_ray(RunConfig(dashboard=False))
+    thread.start()
+    try:
+        shutdown_ray(grace_s=0.5)
+        assert not ray.is_initialized() and thread.is_alive()
+    finally:
+        stuck.set()
+        ray.shutdown()
