@@ -166,8 +166,10 @@ def main(verb: str, argv: list[str] | None = None) -> int:
         with stop, _stdout_to_stderr():
             try:
                 summary = _run_parsed(verb, args, reached)
-            finally:
-                _disconnect_ray()
+            except BaseException:
+                _disconnect_ray(grace_s=1.0)    # failed or stopped: Ray Data's threads may never end by themselves
+                raise
+            _disconnect_ray()
         code = 0 if summary.get("ok", True) else 1
     except UserError as e:
         log(f"error: {e}")
@@ -206,12 +208,12 @@ def _stdout_to_stderr():
         os.close(saved)
 
 
-def _disconnect_ray() -> None:
+def _disconnect_ray(grace_s: float = 10.0) -> None:
     """Leave Ray before the summary: workers' logs reach the driver asynchronously, and one
     arriving after the JSON (seen under ``ray job submit``) would no longer end the output."""
     if "ray" in sys.modules:            # a verb that never used Ray does not import it here
         from swinray.runtime import shutdown_ray
-        shutdown_ray()
+        shutdown_ray(grace_s=grace_s)
 
 
 def _run_config_path(cfg) -> Path:

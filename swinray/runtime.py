@@ -113,8 +113,8 @@ def shutdown_ray(wait_for_processes: bool = False, grace_s: float = 10.0) -> Non
     """``ray.shutdown()``, once Ray Data's background threads have ended (up to ``grace_s``) and dropped
     object refs are collected: Ray 2.60 destroys the core worker while other threads may still call it,
     and such a call ends the process at once with exit code 1, printing nothing. ``wait_for_processes``:
-    return once a local instance's processes have exited, before this process starts another (whose
-    agents would otherwise meet the old ones; a failed agent takes its raylet, and the driver, with it)."""
+    return once the raylet, GCS and dashboard of a local instance have exited, before this process starts
+    another (an agent that fails takes its raylet, and the driver, with it)."""
     if not ray.is_initialized():
         return
     gc.collect()
@@ -122,13 +122,13 @@ def shutdown_ray(wait_for_processes: bool = False, grace_s: float = 10.0) -> Non
     while time.monotonic() < deadline and any(t.name.startswith(_RAY_DATA_THREADS) for t in threading.enumerate()):
         time.sleep(0.05)
     ray.shutdown(wait_for_processes=wait_for_processes)
+    _LOCAL_INSTANCE["started"] = False
 
 
 def shutdown_local_ray() -> bool:
     """Stop the Ray instance init_ray started here (never a joined cluster); whether it did."""
     if ray.is_initialized() and _LOCAL_INSTANCE["started"]:
         shutdown_ray(wait_for_processes=True)   # callers go on, and may start another instance
-        _LOCAL_INSTANCE["started"] = False
         return True
     return False
 
