@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 import ray
@@ -74,10 +73,10 @@ def test_ray_shuts_down_once_ray_datas_driver_threads_have_ended_or_its_grace_is
     """A thread calling into Ray after ``ray.shutdown()`` destroyed its core worker ends the process
     (exit code 1, no message): Ray Data's driver threads get to finish first, for a bounded time."""
     os.environ.pop("RAY_ADDRESS", None)
-    seen = {}
+    seen, test_over = {}, threading.Event()
 
     def finishing(after_s: float):
-        time.sleep(after_s)
+        test_over.wait(after_s)
         seen[after_s] = ray.is_initialized()
     init_ray(RunConfig(dashboard=False))
     try:
@@ -86,4 +85,5 @@ def test_ray_shuts_down_once_ray_datas_driver_threads_have_ended_or_its_grace_is
         shutdown_ray(grace_s=3.0)
         assert seen == {0.3: True} and not ray.is_initialized()     # waited for the one, not for the other
     finally:
+        test_over.set()
         ray.shutdown()
