@@ -1,7 +1,8 @@
 """The fine-tuned segmentation model as one self-contained file: weights plus what is needed to use it.
 
 ``{"format": "swinray-segmenter-v1", "state_dict": {...}, "model": {...build_swin_unetr kwargs},
-"roi_size": [...], "task": {...TaskSpec fields}, "metrics": {...}}``. Evaluation and prediction
+"roi_size": [...], "task": {...TaskSpec fields}, "metrics": {...}, "flip_axes": [...],
+"largest_component_classes": [...]}``. Evaluation and prediction
 rebuild the network and the preprocessing from the file alone, so a checkpoint can be scored on a
 dataset it never saw. Read with ``torch.load(..., weights_only=True)``: only tensors and plain
 containers, never pickled objects.
@@ -24,15 +25,18 @@ FORMAT = "swinray-segmenter-v1"
 
 
 def save_segmenter(model: nn.Module, path: str | Path, model_kwargs: dict[str, Any], roi_size,
-                   task: dict[str, Any], metrics: dict[str, Any] | None = None, flip_axes=(0,)) -> Path:
-    """Write ``model`` (a SwinUNETR built with ``model_kwargs``) with its task, ROI and the axes its
-    training flipped (what test-time flips may mirror)."""
+                   task: dict[str, Any], metrics: dict[str, Any] | None = None, flip_axes=(0,),
+                   largest_component_classes=()) -> Path:
+    """Write ``model`` (a SwinUNETR built with ``model_kwargs``) with its task, ROI, the axes its
+    training flipped (what test-time flips may mirror) and the classes its validation chose to
+    post-process (``swinray.seg.postprocess``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
     torch.save({"format": FORMAT, "state_dict": state, "model": dict(model_kwargs),
                 "roi_size": [int(s) for s in roi_size], "task": task, "metrics": metrics or {},
-                "flip_axes": [int(a) for a in flip_axes]}, path)
+                "flip_axes": [int(a) for a in flip_axes],
+                "largest_component_classes": [int(c) for c in largest_component_classes]}, path)
     return path
 
 

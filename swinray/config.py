@@ -168,6 +168,9 @@ class SegConfig:
     sw_overlap: float = 0.25
     tta_flips: bool = True              # the end-of-run test score averages mirror images along flip_axes, as
                                         # evaluate does; validation (which chooses) stays one pass, half the time
+    largest_component: bool = True      # validation chooses which classes keep only their largest connected
+                                        # component (where that raises their Dice; nnU-Net's rule); the model
+                                        # file records them, the test score and evaluate apply them
     pos_neg_ratio: float = 1.0          # crops centred on foreground : background
     crop_class_ratios: tuple[float, ...] = ()  # () = pos_neg_ratio; else crops centred on each class with
                                         # these weights, background first, one per class (MONAI's

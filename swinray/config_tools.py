@@ -22,6 +22,8 @@ class EvaluateConfig:
     sw_overlap: float = 0.25
     tta_flips: bool = True              # average the image's mirror images along the axes the model trained
                                         # flipped (2x the time for left-right); false = one pass
+    largest_component: bool = True      # apply the post-processing the model's validation chose (the classes
+                                        # that keep only their largest connected component); false = raw
     device: Literal["auto", "cpu", "cuda"] = "auto"
     limits: VolumeLimits = field(default_factory=VolumeLimits)  # per-volume memory bounds
 
@@ -39,6 +41,7 @@ class PredictConfig:
     sw_batch_size: int = 4
     sw_overlap: float = 0.25
     tta_flips: bool = True              # as evaluate's: what evaluate scores is what predict writes
+    largest_component: bool = True      # as evaluate's
     device: Literal["auto", "cpu", "cuda"] = "auto"
     limits: VolumeLimits = field(default_factory=VolumeLimits)  # per-volume memory bounds
 

@@ -116,15 +116,19 @@ class Resolved:
 # it may only go on for longer or run elsewhere. Keys (their last part) a rerun may change:
 # A restored sweep keeps its own trial count and budgets (Tune's saved state), so it may only move.
 # tta_flips: only the end-of-run test score uses it, never training or the choice of checkpoint.
+# largest_component: training only measures it beside the Dice that chooses; the model file records
+# the classes it chose at its best step.
 # aim_repo: only the driver's writer uses it (a folder on the driver's machine), so a run resumed from
 # another machine, or from before there was no Aim server (aim://), goes on into the repo named now.
-RESUMABLE_CHANGES = {"run": ("num_steps", "max_minutes", "tta_flips", "ray_address", "dashboard", "max_failures",
-                             "num_checkpoints_kept", "cache_dir", "phantom_dir", "aim_repo"),
-                     "sweep": ("tta_flips", "ray_address", "dashboard", "cache_dir", "phantom_dir", "aim_repo")}
+RESUMABLE_CHANGES = {"run": ("num_steps", "max_minutes", "tta_flips", "largest_component", "ray_address", "dashboard",
+                             "max_failures", "num_checkpoints_kept", "cache_dir", "phantom_dir", "aim_repo"),
+                     "sweep": ("tta_flips", "largest_component", "ray_address", "dashboard", "cache_dir", "phantom_dir",
+                               "aim_repo")}
 RESUMABLE = ("checkpoint_*", "metrics.jsonl", "tune")   # what a started run or sweep leaves to resume from
 # Settings added after runs were saved without them, at the value that is what those runs did: a saved
 # run lacking one resumes while it is at that value (other missing settings count as changes).
-ADDED_AT_FORMER_BEHAVIOUR = {"seg.pretrained_lr_scale": 1.0, "seg.cpu_bf16": False, "seg.tta_flips": False}
+ADDED_AT_FORMER_BEHAVIOUR = {"seg.pretrained_lr_scale": 1.0, "seg.cpu_bf16": False, "seg.tta_flips": False,
+                             "seg.largest_component": False}
 
 
 def save(resolved: Resolved, folder: str | Path | None = None) -> Path:

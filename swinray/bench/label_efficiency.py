@@ -42,7 +42,7 @@ ROW_FILE = "label_efficiency_row.json"
 
 # What the bench sets for every run: an SSL arm that changed them would not be paired with scratch
 BENCH_KEYS = ("run.", "split.", "data.", "seg.pretrained=", "seg.patience_validations=", "optim.num_steps=",
-              "seg.tta_flips=")
+              "seg.tta_flips=", "seg.largest_component=")
 
 
 def ssl_settings(cfg: BenchConfig) -> dict:
@@ -93,10 +93,11 @@ def run_config(cfg: BenchConfig, arm: str, encoder: str, fraction: float, seed: 
     base = replace(base, run=replace(base.run, name=f"{arm}-f{fraction:g}-s{seed}",
                                                     storage=str(Path(cfg.out_dir) / "label_efficiency"),
                                                     ray_address=cfg.run.ray_address))
-    # Test scores in one pass: the study compares training, every row alike (those scored before
-    # test-time flips existed too), at half the scoring time
+    # Test scores in one pass and without post-processing: the study compares training, every row
+    # alike (those scored before test-time flips and post-processing existed too), at half the scoring time
     overrides = {"seg.pretrained": encoder, "split.label_fraction": fraction, "split.seed": seed, "run.seed": seed,
-                 "seg.patience_validations": cfg.patience_validations, "seg.tta_flips": False}
+                 "seg.patience_validations": cfg.patience_validations, "seg.tta_flips": False,
+                 "seg.largest_component": False}
     if cfg.budget_steps:
         overrides["optim.num_steps"] = cfg.budget_steps
     if encoder:

@@ -33,6 +33,7 @@ from swinray.resolve import evaluation_dir
 from swinray.seg.inference import Mirrors
 from swinray.seg.metrics import dice_per_case, hd95_per_case, outcomes
 from swinray.seg.model_input import segment_case
+from swinray.seg.postprocess import chosen_classes, describe
 from swinray.storage import fetch, local_file, local_path, write_text
 from swinray.writable import writing_to
 
@@ -92,23 +93,28 @@ def case_failure(case: Case, error: Exception) -> str:
 
 def score_cases(model, meta: dict, cases: list[Case], sw_batch_size: int, sw_overlap: float, device, log,
                 desc: str = "evaluate", limits: VolumeLimits = VolumeLimits(),
-                tta_flips: bool = True) -> tuple[list[dict], list[dict], dict]:
+                tta_flips: bool = True, largest_component: bool = True) -> tuple[list[dict], list[dict], dict]:
     """(per-case rows, rejected cases, summary): each case segmented in its own voxel grid (averaged
-    over the model's test-time flips when ``tta_flips``) and scored against its source label map,
-    Dice and HD95 in mm per class (``swinray.seg.metrics``)."""
+    over the model's test-time flips when ``tta_flips``, post-processed as its validation chose when
+    ``largest_component``) and scored against its source label map, Dice and HD95 in mm per class
+    (``swinray.seg.metrics``); the summary also has the Dice before post-processing."""
     task = task_from_dict(meta["task"])
     mirrors = Mirrors.of_model(meta, tta_flips)
+    post = chosen_classes(meta, largest_component)
     names = task.label_names[1:]
     columns = [re.sub(r"\W+", "_", name).strip("_") for name in names]    # "right kidney" -> right_kidney
-    rows, rejected = [], []
+    rows, rejected, unprocessed = [], [], []
     progress = Progress(len(cases), "case", desc)
     began = time.perf_counter()
     for case in cases:
         try:
-            pred, label, affine, windows = segment_case(model, case, task, meta["roi_size"], sw_batch_size,
-                                                        sw_overlap, device, limits, mirrors)
-            p, t = torch.from_numpy(pred)[None, None], torch.from_numpy(label.astype(np.uint8))[None, None]
+            done = segment_case(model, case, task, meta["roi_size"], sw_batch_size, sw_overlap, device, limits,
+                                mirrors, post)
+            affine, windows = done.affine, done.windows
+            p, t = torch.from_numpy(done.labels)[None, None], torch.from_numpy(done.truth.astype(np.uint8))[None, None]
             dice = dice_per_case(p, t, task.num_classes)[0].tolist()
+            raw = dice if done.unprocessed is None or not post else dice_per_case(
+                torch.from_numpy(done.unprocessed)[None, None], t, task.num_classes)[0].tolist()
             voxel_mm = tuple(np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))     # in the array's own axis order
             hd95 = hd95_per_case(p, t, task.num_classes, voxel_mm)[0].tolist()
             flags = {k: v[0].tolist() for k, v in outcomes(p, t, task.num_classes).items()}
@@ -122,6 +128,7 @@ def score_cases(model, meta: dict, cases: list[Case], sw_batch_size: int, sw_ove
             log(f"first case: {windows} windows in {took:.0f} s; expect about {took * len(cases) / 60:.1f} min "
                 f"for {len(cases)} case(s). Faster: a GPU, less window overlap (sw_overlap=0), a larger "
                 "sw_batch_size on a GPU, one pass (tta_flips=false); see docs/data.md#evaluation-speed")
+        unprocessed.append(raw)
         rows.append({"case_id": case.case_id, **{f"dice_{c}": d for c, d in zip(columns, dice)},
                      **{f"hd95_mm_{c}": h for c, h in zip(columns, hd95)}, "mean_dice": _mean(dice),
                      **{f"{k}_{c}": int(f) for k, v in flags.items() for c, f in zip(columns, v)}})
@@ -133,13 +140,19 @@ def score_cases(model, meta: dict, cases: list[Case], sw_batch_size: int, sw_ove
     dice_per_class = per_class("dice", _mean)
     # HD95 exists only where both sides hold the class: its mean says how many cases it covers, and a
     # missed class or a false positive is counted per class instead of silently dropped.
+    before = {n: _mean(d[i] for d in unprocessed) for i, n in enumerate(names)}
     summary = {"num_cases": len(rows), "test_time_flips": list(mirrors.axes), "dice_per_class": dice_per_class,
                "mean_dice": _mean(dice_per_class.values()),
+               "largest_component": [task.label_names[c] for c in post],
+               "before_postprocessing": {"mean_dice": _mean(before.values()), "dice_per_class": before},
                "hd95_mm_per_class": per_class("hd95_mm", _mean),
                "hd95_cases_per_class": per_class("hd95_mm", lambda v: sum(1 for h in v if h is not None
                                                                           and math.isfinite(h))),
                "missed_cases_per_class": per_class("missed", sum),
                "false_positive_cases_per_class": per_class("false_positive", sum)}
+    if post:
+        log(f"{desc}: before post-processing, mean foreground Dice {summary['before_postprocessing']['mean_dice']}: "
+            f"{before}")
     log(f"{desc}: mean foreground Dice {summary['mean_dice']} over {len(rows)} case(s): {dice_per_class}; "
         f"HD95 mm: {summary['hd95_mm_per_class']} over {summary['hd95_cases_per_class']} case(s); missed: "
         f"{summary['missed_cases_per_class']}; false positives on absent classes: "
@@ -159,14 +172,15 @@ def write_per_case(rows: list[dict], path: Path) -> Path:
 
 
 def score_test_cases(model_file: str | Path, rows: list[dict], sw_batch_size: int, sw_overlap: float, out_csv: Path,
-                     log, limits: VolumeLimits = VolumeLimits(), tta_flips: bool = True) -> dict:
+                     log, limits: VolumeLimits = VolumeLimits(), tta_flips: bool = True,
+                     largest_component: bool = True) -> dict:
     """A run's chosen model scored once on its held-out test cases (manifest rows), with the code and
     metrics of ``evaluate``; nothing it returns chooses anything. Runs here, on a GPU if torch sees one."""
     device = pick_device("auto")
     model, meta = open_model(str(model_file), device)
     cases = [Case(r["case_id"], tuple(r["image"]), r["label"], r["split"]) for r in rows]
     scored, rejected, summary = score_cases(model, meta, cases, sw_batch_size, sw_overlap, device, log, desc="test",
-                                            limits=limits, tta_flips=tta_flips)
+                                            limits=limits, tta_flips=tta_flips, largest_component=largest_component)
     return {**summary, "num_rejected": len(rejected), "rejected": rejected,
             "per_case_csv": str(write_per_case(scored, out_csv))}
 
@@ -191,12 +205,14 @@ def run_evaluate(cfg: EvaluateConfig, log=print) -> dict:
     log(f"evaluating {cfg.checkpoint} (task {task.name}, trained to validation Dice "
         f"{meta['metrics'].get('val_dice', float('nan')):.4f}) on {len(cases)} {cfg.split} case(s) of "
         f"{dataset.root} -> {out}; sliding windows of {tuple(meta['roi_size'])}, overlap {cfg.sw_overlap}, "
-        f"{cfg.sw_batch_size} per forward pass, {Mirrors.of_model(meta, cfg.tta_flips).describe()}, on {device.type}")
+        f"{cfg.sw_batch_size} per forward pass, {Mirrors.of_model(meta, cfg.tta_flips).describe()}, "
+        f"{describe(chosen_classes(meta, cfg.largest_component), task.label_names)}, on {device.type}")
     admission = admit(cases, task.spacing_mm, cfg.limits)   # none far above the median case
     for _, reason in admission.refused:
         log(f"rejected: {reason}")
     rows, rejected, summary = score_cases(model, meta, admission.admitted, cfg.sw_batch_size, cfg.sw_overlap,
-                                          device, log, limits=cfg.limits, tta_flips=cfg.tta_flips)
+                                          device, log, limits=cfg.limits, tta_flips=cfg.tta_flips,
+                                          largest_component=cfg.largest_component)
     with writing_to(out, "out_dir"):
         csv_path = write_per_case(rows, out / "per_case.csv")
     rejected = ([{"case_id": None, "reason": r} for r in dataset.rejected]

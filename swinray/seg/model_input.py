@@ -14,6 +14,7 @@ from swinray.data.cases import Case
 from swinray.data.tasks import TaskSpec
 from swinray.data.transforms import as_meta_tensor, preprocess_transforms
 from swinray.seg.inference import Mirrors, labels_on_source_grid, predict_probabilities
+from swinray.seg.postprocess import keep_largest_components
 
 
 @functools.lru_cache(maxsize=4)
@@ -22,10 +23,11 @@ def _image_transforms(task: TaskSpec):
 
 
 class Segmented(NamedTuple):
-    labels: np.ndarray                  # the label map on the source grid, uint8
+    labels: np.ndarray                  # the label map on the source grid, uint8, post-processed
     truth: np.ndarray | None            # the verified source label, if the case has one
     affine: np.ndarray                  # the source affine
     windows: int                        # sliding windows the model ran on
+    unprocessed: np.ndarray | None = None   # before post-processing (``labels`` itself when there was none)
 
 
 def count_windows(shape, roi_size, overlap: float) -> int:
@@ -38,13 +40,15 @@ def count_windows(shape, roi_size, overlap: float) -> int:
 
 def segment_case(model: torch.nn.Module, case: Case, task: TaskSpec, roi_size, sw_batch_size: int,
                  overlap: float, device: torch.device, limits: VolumeLimits = VolumeLimits(),
-                 mirrors: Mirrors = Mirrors()) -> Segmented:
+                 mirrors: Mirrors = Mirrors(), largest_component: tuple[int, ...] = ()) -> Segmented:
     """The image is verified (within ``limits``) and preprocessed exactly as the training cache was
     (``CaseError`` names the file when it is unusable); the prediction, averaged over ``mirrors``, is
-    resampled back onto the source voxel grid."""
+    resampled back onto the source voxel grid, where the ``largest_component`` classes keep only
+    their largest connected component."""
     image, label, affine, _ = load_case(case, task, limits)
     prepared = _image_transforms(task)({"image": as_meta_tensor(image, affine)})["image"]
     probs = predict_probabilities(model, prepared.as_tensor().float()[None].to(device), roi_size, sw_batch_size,
                                   overlap, use_amp=device.type == "cuda", mirrors=mirrors)
-    return Segmented(labels_on_source_grid(probs[0], prepared.affine, affine, image.shape[1:]), label, affine,
-                     count_windows(prepared.shape[1:], roi_size, overlap) * 2 ** len(mirrors.axes))
+    labels = labels_on_source_grid(probs[0], prepared.affine, affine, image.shape[1:])
+    return Segmented(keep_largest_components(labels[None], largest_component)[0], label, affine,
+                     count_windows(prepared.shape[1:], roi_size, overlap) * 2 ** len(mirrors.axes), labels)

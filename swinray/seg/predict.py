@@ -29,6 +29,7 @@ from swinray.progress import Progress
 from swinray.seg.evaluate import case_failure, open_model, pick_device
 from swinray.seg.inference import Mirrors
 from swinray.seg.model_input import segment_case
+from swinray.seg.postprocess import chosen_classes, describe
 from swinray.storage import write_text
 from swinray.writable import writing_to
 
@@ -100,7 +101,9 @@ def run_predict(cfg: PredictConfig, log=print) -> dict:
     model, meta = open_model(cfg.checkpoint, device)
     task = task_from_dict(meta["task"])
     mirrors = Mirrors.of_model(meta, cfg.tta_flips)
-    log(f"segmenting {len(files)} file(s) with {cfg.checkpoint} (task {task.name}), {mirrors.describe()} -> {out_dir}")
+    post = chosen_classes(meta, cfg.largest_component)
+    log(f"segmenting {len(files)} file(s) with {cfg.checkpoint} (task {task.name}), {mirrors.describe()}, "
+        f"{describe(post, task.label_names)} -> {out_dir}")
     written, rejected, table = [], [], []
     cases = [Case(case_id_of(str(path)), (real_path(path),), None, "test") for path in files]
     refused = dict(admit(cases, task.spacing_mm, cfg.limits).refused)
@@ -110,7 +113,7 @@ def run_predict(cfg: PredictConfig, log=print) -> dict:
             if case in refused:             # far above the median input: refused from its header
                 raise CaseError(refused[case])
             labels = segment_case(model, case, task, meta["roi_size"], cfg.sw_batch_size, cfg.sw_overlap,
-                                  device, cfg.limits, mirrors).labels
+                                  device, cfg.limits, mirrors, post).labels
             out_path = out_dir / path.name
             write_label_map(labels, path, out_path)
             written.append(str(out_path))
@@ -126,6 +129,7 @@ def run_predict(cfg: PredictConfig, log=print) -> dict:
     with writing_to(out_dir, OUTPUT_KEY):
         csv_path = write_table(table, out_dir / CSV_FILE)
     return {"command": "predict", "checkpoint": cfg.checkpoint, "test_time_flips": list(mirrors.axes),
+            "largest_component": [task.label_names[c] for c in post],
             "num_written": len(written),
             "num_rejected": len(rejected), "written": written, "rejected": rejected, "output": str(out_dir),
             "predictions_csv": str(csv_path), "ok": bool(written)}

@@ -20,6 +20,7 @@ from swinray.models.weights import LoadReport, load_encoder
 from swinray.resolve import RUN_STORAGE_KEY, Resolved, resolve_finetune, save
 from swinray.runtime import init_ray, use_gpu
 from swinray.seg.evaluate import score_test_cases
+from swinray.seg.postprocess import describe
 from swinray.storage import copy_to_local, local_file, local_path, shown, write_json
 from swinray.train.finetune_loop import model_kwargs, train_fn_per_worker
 from swinray.train.seg_data import split_cases
@@ -91,16 +92,18 @@ def test_score(plan: FinetunePlan, model_file: Path, out_csv: Path, log) -> dict
     summary's ``test_dice`` beside the selection's ``val_dice``)."""
     if not plan.test:
         return {"test_dice": None, "test_dice_per_class": None, "num_test_cases": 0, "num_test_rejected": 0,
-                "test_time_flips": None}
+                "test_time_flips": None, "test_largest_component": None, "test_dice_before_postprocessing": None}
     log(f"scoring the chosen model once on the {len(plan.test)} held-out test case(s)")
     scores = score_test_cases(model_file, plan.test, plan.cfg.seg.sw_batch_size, plan.cfg.seg.sw_overlap, out_csv,
-                              log, plan.cfg.data.limits, plan.cfg.seg.tta_flips)
+                              log, plan.cfg.data.limits, plan.cfg.seg.tta_flips, plan.cfg.seg.largest_component)
     if scores["num_rejected"]:
         log(f"warning: {scores['num_rejected']} of {len(plan.test)} test case(s) could not be scored: "
             + "; ".join(r["reason"] for r in scores["rejected"][:3]))
     return {"test_dice": scores["mean_dice"], "test_dice_per_class": scores["dice_per_class"],
             "test_hd95_mm_per_class": scores["hd95_mm_per_class"], "num_test_cases": scores["num_cases"],
             "num_test_rejected": scores["num_rejected"], "test_time_flips": scores["test_time_flips"],
+            "test_largest_component": scores["largest_component"],
+            "test_dice_before_postprocessing": scores["before_postprocessing"]["mean_dice"],
             "test_per_case": shown(scores["per_case_csv"])}
 
 
@@ -120,10 +123,15 @@ def finetune(resolved: Resolved, log=print) -> dict:
     with result.checkpoint.as_directory() as directory, writing_to(run_dir, RUN_STORAGE_KEY):
         copy_to_local(str(Path(directory) / MODEL_FILE), model_path)
     metrics = result.metrics or {}
-    saved = torch.load(model_path, map_location="cpu", weights_only=True)["metrics"]
+    model_file = torch.load(model_path, map_location="cpu", weights_only=True)
+    saved, post = model_file["metrics"], model_file.get("largest_component_classes", [])
     per_class = dict(zip(plan.task["label_names"][1:], saved.get("val_dice_per_class") or []))
     log(f"best validation Dice {saved['val_dice']:.4f} at step {saved['step']} ({per_class}); "
         f"model -> {shown(model_path)}")
+    if saved.get("val_dice_per_class_largest_component"):
+        kept = dict(zip(plan.task["label_names"][1:], saved["val_dice_per_class_largest_component"]))
+        log(f"validation Dice with each class's largest connected component only: {kept}; post-processing "
+            f"chosen: {describe(post, plan.task['label_names'])}")
     if metrics.get("diverged_step"):
         log(f"error: training diverged at step {metrics['diverged_step']} (NaN or infinite gradients); the best "
             f"model before it is kept. Lower optim.lr or raise optim.warmup_steps")
@@ -132,7 +140,8 @@ def finetune(resolved: Resolved, log=print) -> dict:
     return {"command": "finetune", "task": cfg.data.task, "run_dir": shown(run_dir), "steps": metrics.get("step"),
             "stopped_by": metrics.get("stopped_by") or None, "train_bf16": metrics.get("train_bf16"),
             "best_val_dice": saved["val_dice"], "best_step": saved["step"], "val_dice_per_class": per_class,
-            "val_dice": saved["val_dice"], **test,
+            "val_dice": saved["val_dice"],
+            "largest_component": [plan.task["label_names"][c] for c in post], **test,
             "num_training_cases": len(plan.train), "num_validation_cases": len(plan.val),
             "roi_size": list(cfg.model.roi_size), "model": shown(model_path),
             "pretrained_report": plan.pretrained.summary() if plan.pretrained else None,

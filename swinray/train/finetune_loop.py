@@ -5,6 +5,8 @@ training cases, and every ``seg.val_every_steps`` validates its share of the val
 sliding-window inference on the whole volumes. Dice sums are all-reduced, so every rank sees the
 whole validation set's Dice; rank 0 keeps the best model by mean foreground Dice and reports
 checkpoints (whole training state plus the best model file) that a restart or a rerun resumes from.
+Each validation also scores the prediction with each class reduced to its largest connected
+component; the model file records the classes that gained at its best step (``seg.largest_component``).
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from swinray.resolve import RunPaths
 from swinray.seg.inference import predict_probabilities
 from swinray.seg.metrics import DiceMean, dice_per_case
 from swinray.seg.overlay import legend, overlay_pair
+from swinray.seg.postprocess import classes_improved, keep_largest_components
 from swinray.storage import local_file, write_text
 from swinray.tracking import NullTracker, Tracker
 from swinray.train.precision import finetune_autocast, float32_bottleneck
@@ -59,26 +62,33 @@ class Progress:
     best_dice: float = -1.0
     best_step: int = 0
     best_per_class: list = field(default_factory=list)
+    best_per_class_largest_component: list = field(default_factory=list)    # the same step, post-processed
     diverged_step: int = 0
 
 
 def _validate(model, paths: list[str], cfg: FinetuneConfig, device, use_amp: bool,
-              overlays: int) -> tuple[DiceMean, list]:
-    """This rank's validation cases -> Dice sums (all-reduced) and a few (image, truth, pred) slices."""
+              overlays: int) -> tuple[DiceMean, DiceMean | None, list]:
+    """This rank's validation cases -> Dice sums (all-reduced), the same with each class reduced to
+    its largest component (None without ``seg.largest_component``), and a few (image, truth, pred) slices."""
     model.eval()
     num_classes = cfg.model.out_channels
     dice, pictures = DiceMean(num_classes - 1), []
+    kept = DiceMean(num_classes - 1) if cfg.seg.largest_component else None
     for path in paths:
         image, label = load_validation_case(path)
         probs = predict_probabilities(model, image.to(device), cfg.model.roi_size, cfg.seg.sw_batch_size,
                                       cfg.seg.sw_overlap, use_amp)
         pred = probs.argmax(1, keepdim=True).cpu()
         dice.add(dice_per_case(pred, label, num_classes))
+        if kept is not None:        # classes independently: each one's Dice is as if only it were post-processed
+            kept.add(dice_per_case(keep_largest_components(pred[0], range(1, num_classes))[None], label, num_classes))
         if len(pictures) < overlays:
             pictures.append((image[0, 0].numpy(), label[0, 0].numpy(), pred[0, 0].numpy()))
     model.train()
-    dice.all_reduce(device)
-    return dice, pictures
+    for sums in (dice, kept):
+        if sums is not None:
+            sums.all_reduce(device)
+    return dice, kept, pictures
 
 
 def _record_for_cleanup(run_dir: Path) -> None:
@@ -164,9 +174,12 @@ def train_fn_per_worker(config: dict) -> None:
             best = build_swin_unetr(**kwargs)
             best.load_state_dict(best_state if best_state is not None else net.state_dict())
             best_metrics = {"val_dice": progress.best_dice, "step": progress.best_step,
-                            "val_dice_per_class": progress.best_per_class}
+                            "val_dice_per_class": progress.best_per_class,
+                            "val_dice_per_class_largest_component": progress.best_per_class_largest_component}
+            post = classes_improved(progress.best_per_class, progress.best_per_class_largest_component) \
+                if cfg.seg.largest_component else []
             files = {MODEL_FILE: lambda path: save_segmenter(best, path, kwargs, cfg.model.roi_size, task,
-                                                             best_metrics, cfg.seg.flip_axes)}
+                                                             best_metrics, cfg.seg.flip_axes, post)}
         tracker.checkpointed()
         summary = {k: metrics[k] for k in ("loss", "val_dice", "elapsed_s") if k in metrics}  # the rest: Aim, jsonl
         report({**summary, "step": step, "samples": step * cfg.optim.batch_size * world,  # all workers
@@ -205,13 +218,16 @@ def train_fn_per_worker(config: dict) -> None:
                 print(f"[swinray] {cfg.run.name}: the gradients became {float(grad_norm)} at step {step} "
                       f"(loss {metrics['loss']}, optim.lr={cfg.optim.lr}); the run stops as diverged", flush=True)
         elif stop or step % cfg.seg.val_every_steps == 0:
-            dice, pictures = _validate(net, val_paths, cfg, device, infer_amp,
-                                       cfg.seg.num_overlay_cases if rank == 0 else 0)
+            dice, kept, pictures = _validate(net, val_paths, cfg, device, infer_amp,
+                                             cfg.seg.num_overlay_cases if rank == 0 else 0)
             metrics.update(val_dice=dice.mean(), elapsed_s=elapsed_before + time.perf_counter() - started,
                            **{f"val_dice_{name}": d for name, d in zip(task["label_names"][1:], dice.per_class())})
+            if kept is not None:
+                metrics["val_dice_largest_component"] = kept.mean()
             if dice.mean() > progress.best_dice:      # all-reduced: every rank agrees
                 progress.best_dice, progress.best_step = dice.mean(), step
                 progress.best_per_class = dice.per_class()
+                progress.best_per_class_largest_component = kept.per_class() if kept is not None else []
                 if rank == 0:
                     best_state = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
             if not stop and _out_of_patience(progress, step, cfg.seg):

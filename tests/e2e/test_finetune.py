@@ -28,6 +28,7 @@ from swinray.config import BenchConfig, DataConfig, FinetuneConfig, apply_overri
 from swinray.models.registry import build_ssl_head
 from swinray.models.weights import save_encoder
 from swinray.presets import preset
+from swinray.seg.postprocess import classes_improved
 from swinray.train.finetune import run_finetune
 from swinray.train.precision import cpu_has_native_bf16
 
@@ -109,6 +110,12 @@ def test_phantom_fine_tuning_resumes_keeps_the_best_model_and_reports_the_weight
     assert 0.0 <= summary["test_dice"] <= 1.0 and len(summary["test_dice_per_class"]) == 13   # scored once, at the end
     saved = torch.load(summary["model"], weights_only=True)
     assert saved["format"] == "swinray-segmenter-v1" and saved["model"]["out_channels"] == 14
+    # post-processing: both Dice values at each validation; the file keeps the classes that gained at its step
+    assert all("val_dice_largest_component" in r for r in rows if "val_dice" in r)
+    raw, kept = saved["metrics"]["val_dice_per_class"], saved["metrics"]["val_dice_per_class_largest_component"]
+    assert len(kept) == 13 and saved["largest_component_classes"] == classes_improved(raw, kept)
+    assert summary["largest_component"] == [saved["task"]["label_names"][c] for c in saved["largest_component_classes"]]
+    assert summary["test_largest_component"] == summary["largest_component"]
     overlays = aim_images(tmp / "runs", "val_overlay_0")[cfg.run.name]      # the resumed run kept its Aim run
     assert sorted(overlays) == [3, 6]                       # at each validation
     # The saved and tracked config is the one that ran: the task's ROI, channels and name, no sentinels
@@ -133,6 +140,7 @@ def test_evaluate_scores_every_labelled_case_with_dice_and_hd95(phantom_run):
     assert result["split"] == "test" and result["num_cases"] == 1 and len(result["dice_per_class"]) == 13
     assert result["mean_dice"] == pytest.approx(summary["test_dice"])      # the run's own test score, again
     assert result["test_time_flips"] == summary["test_time_flips"] == [0]  # as it trained: left-right
+    assert result["largest_component"] == summary["largest_component"]    # as its validation chose
     with open(result["per_case_csv"]) as f:
         table = list(csv.DictReader(f))
     assert [row["case_id"] for row in table] == split["test"]              # never a case it trained on

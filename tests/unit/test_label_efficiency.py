@@ -64,7 +64,8 @@ def test_ssl_arm_settings_change_only_the_ssl_arms_and_name_them(tmp_path, encod
     ("seg.pretrained=/other/encoder.pt", "seg.pretrained is the bench's to set"),
     ("data.window_hu=-1000,1000", "data.window_hu is the bench's to set"),
     ("optim.num_steps=5000", "optim.num_steps is the bench's to set"),             # equal budgets
-    ("seg.tta_flips=true", "seg.tta_flips is the bench's to set")])                 # scored alike
+    ("seg.tta_flips=true", "seg.tta_flips is the bench's to set"),                  # scored alike
+    ("seg.largest_component=true", "seg.largest_component is the bench's to set")])
 def test_a_bad_ssl_arm_setting_fails_before_any_run_naming_it(tmp_path, encoder, setting, problem):
     with pytest.raises(ConfigError, match=problem):
         cfg = apply_overrides(preset(BenchConfig, "debug"), {"out_dir": str(tmp_path / "bench"), "ssl_set": [setting],
@@ -210,15 +211,16 @@ def test_a_row_saved_before_a_setting_existed_is_reused_while_that_setting_is_at
     assert not same_run(key, {**key, "encoder_sha256": "other"})
 
 
-def test_every_run_is_scored_in_one_pass_so_rows_from_before_test_time_flips_are_reused(tmp_path):
+def test_every_run_is_scored_in_one_pass_and_raw_so_rows_from_before_flips_and_post_processing_are_reused(tmp_path):
     cfg = apply_overrides(preset(BenchConfig, "debug"), {"out_dir": str(tmp_path)})
     run_cfg = run_config(cfg, "scratch", "", 0.1, 0)
-    assert run_cfg.seg.tta_flips is False                    # the preset's default is True
+    assert run_cfg.seg.tta_flips is False and run_cfg.seg.largest_component is False   # the defaults are True
     key = _reuse_key(run_cfg)
     older = json.loads(json.dumps(key))
-    del older["seg"]["tta_flips"]                            # a row scored before the setting existed: one pass
+    del older["seg"]["tta_flips"], older["seg"]["largest_component"]   # a row scored before they existed
     assert same_run(older, key)
-    assert not same_run(older, _reuse_key(apply_overrides(run_cfg, {"seg.tta_flips": True})))
+    for setting in ("seg.tta_flips", "seg.largest_component"):
+        assert not same_run(older, _reuse_key(apply_overrides(run_cfg, {setting: True})))
 
 
 def test_a_new_encoder_in_the_same_file_makes_new_rows(tmp_path):

@@ -90,10 +90,12 @@ def test_a_run_saved_before_a_setting_existed_resumes_while_the_setting_does_wha
     saved = save(resolved)
     (saved.parent / "metrics.jsonl").write_text('{"step": 1}\n')
     older = json.loads(saved.read_text())
-    del older["seg"]["pretrained_lr_scale"], older["seg"]["cpu_bf16"], older["seg"]["tta_flips"]  # an older version's
+    for added in ("pretrained_lr_scale", "cpu_bf16", "tta_flips", "largest_component"):    # an older version's
+        del older["seg"][added]
     saved.write_text(json.dumps(older))
-    assert resolved.cfg.seg.tta_flips                       # that run scored in one pass: how the end-of-run
-    save(resolved)                                          # test is scored may change; 1.0 and float32 as it did
+    assert resolved.cfg.seg.tta_flips and resolved.cfg.seg.largest_component   # that run scored in one pass, raw:
+    save(resolved)                                          # how the end-of-run test is scored may change; 1.0
+                                                            # and float32 as it did
     scaled = resolve_finetune(apply_overrides(resolved.requested, {"seg.pretrained": str(tmp_path / "e.pt"),
                                                                    "seg.pretrained_lr_scale": 0.5}), print)
     with pytest.raises(ConfigError, match=r"seg\.pretrained_lr_scale: 1\.0 -> 0\.5"):
@@ -103,15 +105,15 @@ def test_a_run_saved_before_a_setting_existed_resumes_while_the_setting_does_wha
         save(resolved)
 
 
-def test_a_sweep_saved_before_test_time_flips_resumes(dataset, tmp_path):
+def test_a_sweep_saved_before_test_time_flips_and_post_processing_resumes(dataset, tmp_path):
     sweep = resolve_sweep(apply_overrides(preset(SweepConfig, "debug"), {"finetune.data.source": str(dataset),
                                                                          "storage": str(tmp_path / "sweeps")}), print)
     saved = save(sweep)
     (saved.parent / "tune").mkdir()
     older = json.loads(saved.read_text())
-    del older["finetune"]["seg"]["tta_flips"]
+    del older["finetune"]["seg"]["tta_flips"], older["finetune"]["seg"]["largest_component"]
     saved.write_text(json.dumps(older))
-    save(sweep)                                             # only the best trial's test score uses it
+    save(sweep)                                             # only the best trial's test score uses them
 
 
 def test_a_rerun_under_the_same_name_may_go_on_longer_but_not_with_other_settings(dataset, tmp_path):

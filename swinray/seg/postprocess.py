@@ -1,0 +1,46 @@
+"""Post-processing chosen on validation: an organ keeps only its largest connected component.
+
+nnU-Net's rule: a class is post-processed only if that raised its validation Dice, so a structure
+that is often in pieces, or a task where islands are real, stays as predicted. Training measures
+both Dice values at every validation; the model file records the classes chosen at its best
+step, and ``evaluate`` and ``predict`` apply them (``largest_component=false``: the raw prediction).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from monai.transforms import KeepLargestConnectedComponent
+
+
+def keep_largest_components(labels: torch.Tensor | np.ndarray, classes: Sequence[int]):
+    """A (1, *S) label map in which each of ``classes`` keeps its largest component (26-connected in
+    3D); its other voxels become background. Other classes, the input's type and the input itself
+    (MONAI's transform writes into its input) are unchanged."""
+    if not classes:
+        return labels
+    copy = labels.copy() if isinstance(labels, np.ndarray) else labels.clone()
+    kept = KeepLargestConnectedComponent(applied_labels=[int(c) for c in classes], is_onehot=False,
+                                         independent=True)(copy)
+    return np.asarray(kept, dtype=labels.dtype) if isinstance(labels, np.ndarray) else torch.as_tensor(kept)
+
+
+def classes_improved(raw_dice: Sequence[float], kept_dice: Sequence[float]) -> list[int]:
+    """Label values (1 = the first foreground class) whose validation Dice rose when only their
+    largest component was kept; a tie or a class validation never saw is left as predicted."""
+    return [c for c, (raw, kept) in enumerate(zip(raw_dice, kept_dice), start=1)
+            if math.isfinite(raw) and math.isfinite(kept) and kept > raw]
+
+
+def chosen_classes(meta: dict, enabled: bool = True) -> tuple[int, ...]:
+    """The classes a model file's validation chose to post-process (none in files from before the
+    choice existed), or none when not ``enabled``."""
+    return tuple(int(c) for c in meta.get("largest_component_classes", ())) if enabled else ()
+
+
+def describe(classes: Sequence[int], label_names: Sequence[str]) -> str:
+    if not classes:
+        return "no post-processing"
+    return "largest connected component kept for " + ", ".join(label_names[c] for c in classes)
