@@ -54,6 +54,10 @@ def load_segmenter(path: str | Path, map_location: str | torch.device = "cpu") -
         found = data.get("format") if isinstance(data, dict) else type(data).__name__
         raise ValueError(f"{path}: format {found!r} is not a fine-tuned model ({FORMAT!r}); an SSL "
                          f"encoder goes to finetune --pretrained, not to evaluate or predict")
+    classes, num_classes = data.get("largest_component_classes", []), len(data["task"]["label_names"])
+    if any(not 1 <= int(c) < num_classes for c in classes):
+        raise ValueError(f"{path}: largest_component_classes {list(classes)} are not foreground classes of its "
+                         f"task ({num_classes} classes with background): the file is damaged")
     model = build_swin_unetr(**data["model"])
     model.load_state_dict(data["state_dict"], strict=True)
     model.eval()

@@ -113,7 +113,7 @@ def score_cases(model, meta: dict, cases: list[Case], sw_batch_size: int, sw_ove
             affine, windows = done.affine, done.windows
             p, t = torch.from_numpy(done.labels)[None, None], torch.from_numpy(done.truth.astype(np.uint8))[None, None]
             dice = dice_per_case(p, t, task.num_classes)[0].tolist()
-            raw = dice if done.unprocessed is None or not post else dice_per_case(
+            raw = dice if done.unprocessed is None or not post else dice_per_case(     # None: a stand-in's result
                 torch.from_numpy(done.unprocessed)[None, None], t, task.num_classes)[0].tolist()
             voxel_mm = tuple(np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))     # in the array's own axis order
             hd95 = hd95_per_case(p, t, task.num_classes, voxel_mm)[0].tolist()
@@ -130,6 +130,7 @@ def score_cases(model, meta: dict, cases: list[Case], sw_batch_size: int, sw_ove
                 "sw_batch_size on a GPU, one pass (tta_flips=false); see docs/data.md#evaluation-speed")
         unprocessed.append(raw)
         rows.append({"case_id": case.case_id, **{f"dice_{c}": d for c, d in zip(columns, dice)},
+                     **({f"dice_before_postprocessing_{c}": d for c, d in zip(columns, raw)} if post else {}),
                      **{f"hd95_mm_{c}": h for c, h in zip(columns, hd95)}, "mean_dice": _mean(dice),
                      **{f"{k}_{c}": int(f) for k, v in flags.items() for c, f in zip(columns, v)}})
         progress.update()
@@ -161,8 +162,8 @@ def score_cases(model, meta: dict, cases: list[Case], sw_batch_size: int, sw_ove
 
 
 def write_per_case(rows: list[dict], path: Path) -> Path:
-    """The per-case rows as CSV (columns: case_id, dice_<class>, hd95_mm_<class>, false_positive_<class>,
-    missed_<class>, mean_dice)."""
+    """The per-case rows as CSV (columns: case_id, dice_<class>, dice_before_postprocessing_<class> when the
+    model post-processes, hd95_mm_<class>, false_positive_<class>, missed_<class>, mean_dice)."""
     table = io.StringIO()
     fields = list(rows[0]) if rows else ["case_id", "mean_dice"]
     writer = csv.DictWriter(table, fieldnames=fields, lineterminator="\n")

@@ -92,7 +92,8 @@ def test_score(plan: FinetunePlan, model_file: Path, out_csv: Path, log) -> dict
     summary's ``test_dice`` beside the selection's ``val_dice``)."""
     if not plan.test:
         return {"test_dice": None, "test_dice_per_class": None, "num_test_cases": 0, "num_test_rejected": 0,
-                "test_time_flips": None, "test_largest_component": None, "test_dice_before_postprocessing": None}
+                "test_time_flips": None, "test_largest_component": None, "test_dice_before_postprocessing": None,
+                "test_dice_per_class_before_postprocessing": None}
     log(f"scoring the chosen model once on the {len(plan.test)} held-out test case(s)")
     scores = score_test_cases(model_file, plan.test, plan.cfg.seg.sw_batch_size, plan.cfg.seg.sw_overlap, out_csv,
                               log, plan.cfg.data.limits, plan.cfg.seg.tta_flips, plan.cfg.seg.largest_component)
@@ -104,6 +105,7 @@ def test_score(plan: FinetunePlan, model_file: Path, out_csv: Path, log) -> dict
             "num_test_rejected": scores["num_rejected"], "test_time_flips": scores["test_time_flips"],
             "test_largest_component": scores["largest_component"],
             "test_dice_before_postprocessing": scores["before_postprocessing"]["mean_dice"],
+            "test_dice_per_class_before_postprocessing": scores["before_postprocessing"]["dice_per_class"],
             "test_per_case": shown(scores["per_case_csv"])}
 
 
@@ -128,10 +130,13 @@ def finetune(resolved: Resolved, log=print) -> dict:
     per_class = dict(zip(plan.task["label_names"][1:], saved.get("val_dice_per_class") or []))
     log(f"best validation Dice {saved['val_dice']:.4f} at step {saved['step']} ({per_class}); "
         f"model -> {shown(model_path)}")
-    if saved.get("val_dice_per_class_largest_component"):
-        kept = dict(zip(plan.task["label_names"][1:], saved["val_dice_per_class_largest_component"]))
+    kept = dict(zip(plan.task["label_names"][1:], saved.get("val_dice_per_class_largest_component") or []))
+    if kept:
         log(f"validation Dice with each class's largest connected component only: {kept}; post-processing "
             f"chosen: {describe(post, plan.task['label_names'])}")
+    elif cfg.seg.largest_component:
+        log(f"post-processing not measured at step {saved['step']}, the best (seg.largest_component was off "
+            "then): none applied")
     if metrics.get("diverged_step"):
         log(f"error: training diverged at step {metrics['diverged_step']} (NaN or infinite gradients); the best "
             f"model before it is kept. Lower optim.lr or raise optim.warmup_steps")
@@ -141,7 +146,8 @@ def finetune(resolved: Resolved, log=print) -> dict:
             "stopped_by": metrics.get("stopped_by") or None, "train_bf16": metrics.get("train_bf16"),
             "best_val_dice": saved["val_dice"], "best_step": saved["step"], "val_dice_per_class": per_class,
             "val_dice": saved["val_dice"],
-            "largest_component": [plan.task["label_names"][c] for c in post], **test,
+            "largest_component": [plan.task["label_names"][c] for c in post],
+            "val_dice_per_class_largest_component": kept or None, **test,
             "num_training_cases": len(plan.train), "num_validation_cases": len(plan.val),
             "roi_size": list(cfg.model.roi_size), "model": shown(model_path),
             "pretrained_report": plan.pretrained.summary() if plan.pretrained else None,
