@@ -116,8 +116,8 @@ class Resolved:
 # it may only go on for longer or run elsewhere. Keys (their last part) a rerun may change:
 # A restored sweep keeps its own trial count and budgets (Tune's saved state), so it may only move.
 # tta_flips: only the end-of-run test score uses it, never training or the choice of checkpoint.
-# largest_component: training only measures it beside the Dice that chooses; the model file records
-# the classes it chose at its best step.
+# largest_component: training only measures it beside the Dice that chooses (its labelling counts
+# within seg.max_minutes); the model file records the classes it chose at its best step.
 # aim_repo: only the driver's writer uses it (a folder on the driver's machine), so a run resumed from
 # another machine, or from before there was no Aim server (aim://), goes on into the repo named now.
 RESUMABLE_CHANGES = {"run": ("num_steps", "max_minutes", "tta_flips", "largest_component", "ray_address", "dashboard",

@@ -33,7 +33,8 @@ DICE_TARGET, SAMPLES_TARGET = 0.99, 0.5
 def arm_config(cfg: BenchConfig, search: str, scheduler: str, seed: int) -> SweepConfig:
     base = finetune_base(cfg)
     base = replace(base, run=replace(base.run, ray_address=cfg.run.ray_address, seed=seed),
-                   seg=replace(base.seg, tta_flips=False))     # best trials' test scores in one pass, as before
+                   seg=replace(base.seg, tta_flips=False, largest_component=False))  # best trials' test scores
+                                                                    # in one pass and raw, as before
     samples = (cfg.budget_steps or base.optim.num_steps) * base.optim.batch_size * base.run.num_workers
     return SweepConfig(finetune=base, trials=cfg.sweep_trials, trial_samples=samples, search=search,
                        scheduler=scheduler, seed=seed, name=f"bench-{search}-{scheduler}-seed{seed}",

@@ -103,7 +103,7 @@ def score_cases(model, meta: dict, cases: list[Case], sw_batch_size: int, sw_ove
     post = chosen_classes(meta, largest_component)
     names = task.label_names[1:]
     columns = [re.sub(r"\W+", "_", name).strip("_") for name in names]    # "right kidney" -> right_kidney
-    rows, rejected, unprocessed = [], [], []
+    rows, rejected, dice_before = [], [], []
     progress = Progress(len(cases), "case", desc)
     began = time.perf_counter()
     for case in cases:
@@ -113,8 +113,8 @@ def score_cases(model, meta: dict, cases: list[Case], sw_batch_size: int, sw_ove
             affine, windows = done.affine, done.windows
             p, t = torch.from_numpy(done.labels)[None, None], torch.from_numpy(done.truth.astype(np.uint8))[None, None]
             dice = dice_per_case(p, t, task.num_classes)[0].tolist()
-            raw = dice if done.unprocessed is None or not post else dice_per_case(     # None: a stand-in's result
-                torch.from_numpy(done.unprocessed)[None, None], t, task.num_classes)[0].tolist()
+            raw = dice_per_case(torch.from_numpy(done.unprocessed)[None, None], t, task.num_classes)[0].tolist() \
+                if post else dice
             voxel_mm = tuple(np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))     # in the array's own axis order
             hd95 = hd95_per_case(p, t, task.num_classes, voxel_mm)[0].tolist()
             flags = {k: v[0].tolist() for k, v in outcomes(p, t, task.num_classes).items()}
@@ -128,7 +128,7 @@ def score_cases(model, meta: dict, cases: list[Case], sw_batch_size: int, sw_ove
             log(f"first case: {windows} windows in {took:.0f} s; expect about {took * len(cases) / 60:.1f} min "
                 f"for {len(cases)} case(s). Faster: a GPU, less window overlap (sw_overlap=0), a larger "
                 "sw_batch_size on a GPU, one pass (tta_flips=false); see docs/data.md#evaluation-speed")
-        unprocessed.append(raw)
+        dice_before.append(raw)
         rows.append({"case_id": case.case_id, **{f"dice_{c}": d for c, d in zip(columns, dice)},
                      **({f"dice_before_postprocessing_{c}": d for c, d in zip(columns, raw)} if post else {}),
                      **{f"hd95_mm_{c}": h for c, h in zip(columns, hd95)}, "mean_dice": _mean(dice),
@@ -141,7 +141,7 @@ def score_cases(model, meta: dict, cases: list[Case], sw_batch_size: int, sw_ove
     dice_per_class = per_class("dice", _mean)
     # HD95 exists only where both sides hold the class: its mean says how many cases it covers, and a
     # missed class or a false positive is counted per class instead of silently dropped.
-    before = {n: _mean(d[i] for d in unprocessed) for i, n in enumerate(names)}
+    before = {n: _mean(d[i] for d in dice_before) for i, n in enumerate(names)}
     summary = {"num_cases": len(rows), "test_time_flips": list(mirrors.axes), "dice_per_class": dice_per_class,
                "mean_dice": _mean(dice_per_class.values()),
                "largest_component": [task.label_names[c] for c in post],
@@ -207,7 +207,7 @@ def run_evaluate(cfg: EvaluateConfig, log=print) -> dict:
         f"{meta['metrics'].get('val_dice', float('nan')):.4f}) on {len(cases)} {cfg.split} case(s) of "
         f"{dataset.root} -> {out}; sliding windows of {tuple(meta['roi_size'])}, overlap {cfg.sw_overlap}, "
         f"{cfg.sw_batch_size} per forward pass, {Mirrors.of_model(meta, cfg.tta_flips).describe()}, "
-        f"{describe(chosen_classes(meta, cfg.largest_component), task.label_names)}, on {device.type}")
+        f"{describe(chosen_classes(meta, cfg.largest_component), task.label_names, meta)}, on {device.type}")
     admission = admit(cases, task.spacing_mm, cfg.limits)   # none far above the median case
     for _, reason in admission.refused:
         log(f"rejected: {reason}")

@@ -27,7 +27,7 @@ class Segmented(NamedTuple):
     truth: np.ndarray | None            # the verified source label, if the case has one
     affine: np.ndarray                  # the source affine
     windows: int                        # sliding windows the model ran on
-    unprocessed: np.ndarray | None = None   # before post-processing (``labels`` itself when there was none)
+    unprocessed: np.ndarray             # before post-processing (``labels`` itself when there was none)
 
 
 def count_windows(shape, roi_size, overlap: float) -> int:

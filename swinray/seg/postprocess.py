@@ -47,7 +47,9 @@ def chosen_classes(meta: dict, enabled: bool = True) -> tuple[int, ...]:
     return tuple(int(c) for c in meta.get("largest_component_classes", ())) if enabled else ()
 
 
-def describe(classes: Sequence[int], label_names: Sequence[str]) -> str:
+def describe(classes: Sequence[int], label_names: Sequence[str], meta: dict | None = None) -> str:
+    """For the progress lines; with the model file's ``meta``, why there is none if it recorded none."""
     if not classes:
-        return "no post-processing"
+        return "no post-processing" + (" (none recorded in this model file)"
+                                       if meta is not None and "largest_component_classes" not in meta else "")
     return "largest connected component kept for " + ", ".join(label_names[c] for c in classes)

@@ -103,7 +103,7 @@ def run_predict(cfg: PredictConfig, log=print) -> dict:
     mirrors = Mirrors.of_model(meta, cfg.tta_flips)
     post = chosen_classes(meta, cfg.largest_component)
     log(f"segmenting {len(files)} file(s) with {cfg.checkpoint} (task {task.name}), {mirrors.describe()}, "
-        f"{describe(post, task.label_names)} -> {out_dir}")
+        f"{describe(post, task.label_names, meta)} -> {out_dir}")
     written, rejected, table = [], [], []
     cases = [Case(case_id_of(str(path)), (real_path(path),), None, "test") for path in files]
     refused = dict(admit(cases, task.spacing_mm, cfg.limits).refused)

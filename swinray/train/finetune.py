@@ -125,8 +125,8 @@ def finetune(resolved: Resolved, log=print) -> dict:
     with result.checkpoint.as_directory() as directory, writing_to(run_dir, RUN_STORAGE_KEY):
         copy_to_local(str(Path(directory) / MODEL_FILE), model_path)
     metrics = result.metrics or {}
-    model_file = torch.load(model_path, map_location="cpu", weights_only=True)
-    saved, post = model_file["metrics"], model_file.get("largest_component_classes", [])
+    saved_model = torch.load(model_path, map_location="cpu", weights_only=True)
+    saved, post = saved_model["metrics"], saved_model.get("largest_component_classes", [])
     per_class = dict(zip(plan.task["label_names"][1:], saved.get("val_dice_per_class") or []))
     log(f"best validation Dice {saved['val_dice']:.4f} at step {saved['step']} ({per_class}); "
         f"model -> {shown(model_path)}")
@@ -136,7 +136,7 @@ def finetune(resolved: Resolved, log=print) -> dict:
             f"chosen: {describe(post, plan.task['label_names'])}")
     elif cfg.seg.largest_component:
         log(f"post-processing not measured at step {saved['step']}, the best (seg.largest_component was off "
-            "then): none applied")
+            "then, or the run is older than the setting): none applied")
     if metrics.get("diverged_step"):
         log(f"error: training diverged at step {metrics['diverged_step']} (NaN or infinite gradients); the best "
             f"model before it is kept. Lower optim.lr or raise optim.warmup_steps")

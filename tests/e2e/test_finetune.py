@@ -117,6 +117,8 @@ def test_phantom_fine_tuning_resumes_keeps_the_best_model_and_reports_the_weight
     assert list(summary["val_dice_per_class_largest_component"].values()) == kept
     assert summary["largest_component"] == [saved["task"]["label_names"][c] for c in saved["largest_component_classes"]]
     assert summary["test_largest_component"] == summary["largest_component"]
+    assert list(summary["test_dice_per_class_before_postprocessing"]) == list(summary["test_dice_per_class"])
+    assert 0.0 <= summary["test_dice_before_postprocessing"] <= 1.0
     overlays = aim_images(tmp / "runs", "val_overlay_0")[cfg.run.name]      # the resumed run kept its Aim run
     assert sorted(overlays) == [3, 6]                       # at each validation
     # The saved and tracked config is the one that ran: the task's ROI, channels and name, no sentinels

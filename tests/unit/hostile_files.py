@@ -79,5 +79,5 @@ def fake_model(monkeypatch, module, fail_on: str):
         image = nib.load(case.image[0])
         truth = np.asanyarray(nib.load(case.label).dataobj) if case.label else None
         labels = truth if truth is not None else np.zeros(image.shape, np.uint8)
-        return Segmented(labels, truth, image.affine, 1)
+        return Segmented(labels, truth, image.affine, 1, labels)
     monkeypatch.setattr(module, "segment_case", segment)
