@@ -222,8 +222,9 @@ def train_fn_per_worker(config: dict) -> None:
                                              cfg.seg.num_overlay_cases if rank == 0 else 0)
             metrics.update(val_dice=dice.mean(), elapsed_s=elapsed_before + time.perf_counter() - started,
                            **{f"val_dice_{name}": d for name, d in zip(task["label_names"][1:], dice.per_class())})
-            if kept is not None:    # each class as if only it were post-processed
-                metrics.update({f"val_dice_largest_component_{name}": d
+            if kept is not None:    # each class as if only it were post-processed; not val_dice_*, which
+                                    # names the classes for the report
+                metrics.update({f"val_largest_component_dice_{name}": d
                                 for name, d in zip(task["label_names"][1:], kept.per_class())})
             if dice.mean() > progress.best_dice:      # all-reduced: every rank agrees
                 progress.best_dice, progress.best_step = dice.mean(), step

@@ -111,7 +111,7 @@ def test_phantom_fine_tuning_resumes_keeps_the_best_model_and_reports_the_weight
     saved = torch.load(summary["model"], weights_only=True)
     assert saved["format"] == "swinray-segmenter-v1" and saved["model"]["out_channels"] == 14
     # post-processing: both Dice values at each validation; the file keeps the classes that gained at its step
-    assert all("val_dice_largest_component_liver" in r for r in rows if "val_dice" in r)
+    assert all("val_largest_component_dice_liver" in r for r in rows if "val_dice" in r)
     raw, kept = saved["metrics"]["val_dice_per_class"], saved["metrics"]["val_dice_per_class_largest_component"]
     assert len(kept) == 13 and saved["largest_component_classes"] == classes_improved(raw, kept)
     assert list(summary["val_dice_per_class_largest_component"].values()) == kept
