@@ -48,12 +48,13 @@ PRESET_CPU_HIPPOCAMPUS = FinetuneConfig(
 )
 
 # Five head-and-neck organs at risk on CT (OpenKBP_HN_OAR) on 2 CPU cores: the small Swin UNETR of
-# cpu-hippocampus on 64^3 crops, which at the data's ~4 x 4 x 2.5 mm hold the parotids, mandible and
-# brainstem together (256 x 256 x 160 mm), and a soft-tissue window (W400/L40): chosen on validation
-# over the inferred -117..1573 HU, with which the brainstem was never found. Training steps in bf16
-# where the CPU computes it natively (1.7x faster): about 1.2 s per step with validation, 2 workers
-# on 2 idle cores, so 2800 steps and 7 validations take 55 minutes, 58 with the test score;
-# max_minutes keeps the hour on a slower CPU or one without native bf16 (which stops near step 1700).
+# cpu-hippocampus on 64^3 crops, which at the data's median voxel (3.906 x 3.906 x 2.5 mm, inferred)
+# hold the parotids, mandible and brainstem together (250 x 250 x 160 mm), and a soft-tissue window
+# (W400/L40): chosen on validation over the inferred -117..1573 HU, with which the brainstem was never
+# found. Training steps in bf16 where the CPU computes it natively (1.7x faster): 2 workers on 2 idle
+# cores take about 1.2 s per step with validation on an AMD EPYC (2800 steps and 7 validations in
+# 55 minutes, 58 with the test score) and 1.33 s on an Intel Xeon, where max_minutes stops them
+# near step 2500; it keeps the hour too on a CPU without native bf16 (near step 1700).
 PRESET_CPU_HEADNECK_OAR = FinetuneConfig(
     data=DataConfig(window_hu=(-160.0, 240.0)),
     model=ModelConfig(feature_size=12, roi_size=(64, 64, 64), window_size=4),
@@ -63,8 +64,10 @@ PRESET_CPU_HEADNECK_OAR = FinetuneConfig(
 )
 
 # SSL pretraining on head-and-neck CT for cpu-headneck-oar, on 2 CPU cores: the same small model and
-# 64^3 crops, at the voxel size OpenKBP_HN_OAR's inferred task uses and cpu-headneck-oar's window, so
-# the encoder learns in the space it is fine-tuned in. Crops are centred on the body.
+# 64^3 crops, in cpu-headneck-oar's window and nearly its voxel size, so the encoder learns in the space
+# it is fine-tuned in. 4.054 mm is the median of the 8 cases task inference once read (now the median
+# of all 115, 3.906): the encoder measured in docs/benchmarks.md was pretrained at it, 3.8% coarser.
+# Crops are centred on the body.
 PRESET_CPU_HEADNECK_CT = PretrainConfig(
     data=DataConfig(spacing_mm=(4.054, 4.054, 2.5), window_hu=PRESET_CPU_HEADNECK_OAR.data.window_hu),
     model=ModelConfig(feature_size=12, roi_size=(64, 64, 64), window_size=4),

@@ -129,6 +129,9 @@ RESUMABLE = ("checkpoint_*", "metrics.jsonl", "tune")   # what a started run or 
 # run lacking one resumes while it is at that value (other missing settings count as changes).
 ADDED_AT_FORMER_BEHAVIOUR = {"seg.pretrained_lr_scale": 1.0, "seg.cpu_bf16": False, "seg.tta_flips": False,
                              "seg.largest_component": False}
+# Settings saved unset ("the task's") before config.json recorded what the task resolved them to: such a
+# saved run resumes whatever its task resolves to now.
+RESOLVED_SINCE = {"data.spacing_mm": [0.0, 0.0, 0.0], "data.window_hu": [0.0, 0.0]}
 
 
 def save(resolved: Resolved, folder: str | Path | None = None) -> Path:
@@ -159,8 +162,12 @@ def check_same_run(saved_path: Path, cfg) -> None:
     def as_saved(key: str):
         return saved.get(key, ADDED_AT_FORMER_BEHAVIOUR.get(key.removeprefix("finetune."), "(not set)"))
 
+    def unrecorded(key: str) -> bool:
+        unset = RESOLVED_SINCE.get(key.removeprefix("finetune."))
+        return unset is not None and as_saved(key) == unset
+
     changed = {k: (as_saved(k), v) for k, v in _flat(to_dict(cfg)).items()
-               if as_saved(k) != v and k.rsplit(".", 1)[-1] not in allowed}
+               if as_saved(k) != v and k.rsplit(".", 1)[-1] not in allowed and not unrecorded(k)}
     if changed:
         listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(changed.items())[:6])
         raise ConfigError(f"{saved_path.parent} already holds a run of this name with another config "
@@ -186,14 +193,18 @@ def resolve_data(data: DataConfig, storage: str, log=print):
     """(data with its folders placed and its task named, the dataset, its cache folder).
 
     Unset folders go under ``run.storage``: on a cluster that is the shared storage every node
-    mounts, so every node reads the cases any node wrote. The built-in phantom is written if missing."""
+    mounts, so every node reads the cases any node wrote. The built-in phantom is written if missing.
+    The voxel size and HU window become the task's: config.json records the grid a run trained on,
+    so a rerun that would resample differently (the data or its inferred task changed) is refused."""
     from swinray.data.cache import cache_dir_for
     from swinray.data.source import load_source
     data = place_folders(data, storage)
     dataset = load_source(data, log)
     dataset = replace(dataset, task=task_with_overrides(dataset.task, data))
     cache = cache_dir_for(dataset, data.cache_dir)
-    return replace(data, task=dataset.task.name), dataset, cache
+    task = dataset.task
+    window = tuple(task.window_hu) if task.intensity == "ct_window" and task.window_hu else data.window_hu
+    return replace(data, task=task.name, spacing_mm=tuple(task.spacing_mm), window_hu=window), dataset, cache
 
 
 def task_with_overrides(task, data: DataConfig):

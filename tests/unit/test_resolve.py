@@ -39,6 +39,8 @@ def test_the_task_roi_channels_and_places_are_settled_from_the_data_and_the_stor
     assert cfg.data.task == "HeadCT" == resolved.dataset.task.name        # inferred: the folder's name
     assert cfg.model.roi_size == resolved.dataset.task.roi_size and all(cfg.model.roi_size)
     assert (cfg.model.in_channels, cfg.model.out_channels) == (1, 14)      # one CT channel; BTCV's 13 organs + 0
+    assert (cfg.data.spacing_mm, cfg.data.window_hu) == (resolved.dataset.task.spacing_mm,    # the grid it trains on
+                                                         resolved.dataset.task.window_hu) and all(cfg.data.spacing_mm)
     runs = (tmp_path / "runs").resolve()
     assert cfg.data.cache_dir == str(runs / "cache") and cfg.data.phantom_dir == str(runs / "phantom")
     assert cfg.run.aim_repo == str(runs) and cfg.run.experiment == cfg.run.name
@@ -103,6 +105,18 @@ def test_a_run_saved_before_a_setting_existed_resumes_while_the_setting_does_wha
     saved.write_text(json.dumps({**older, "split": {k: v for k, v in older["split"].items() if k != "test_fraction"}}))
     with pytest.raises(ConfigError, match=r"split\.test_fraction: '\(not set\)'"):   # others still count
         save(resolved)
+
+
+def test_a_run_whose_data_now_resolves_to_another_grid_is_refused_and_one_saved_unresolved_resumes(dataset, tmp_path):
+    resolved = resolve_finetune(finetune_config(dataset, tmp_path), print)
+    saved = save(resolved)
+    (saved.parent / "metrics.jsonl").write_text('{"step": 1}\n')
+    ran = json.loads(saved.read_text())
+    saved.write_text(json.dumps({**ran, "data": {**ran["data"], "spacing_mm": [4.054, 4.054, 2.5]}}))
+    with pytest.raises(ConfigError, match=r"data\.spacing_mm: \[4\.054, 4\.054, 2\.5\] -> "):
+        save(resolved)                                     # e.g. the inferred task changed under a started run
+    saved.write_text(json.dumps({**ran, "data": {**ran["data"], "spacing_mm": [0.0] * 3, "window_hu": [0.0] * 2}}))
+    save(resolved)                                         # an older version's "the task's": it cannot be checked
 
 
 def test_a_sweep_saved_before_test_time_flips_and_post_processing_resumes(dataset, tmp_path):
