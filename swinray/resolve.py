@@ -1,8 +1,9 @@
 """Resolve once: the config as requested becomes the config that runs, before any work.
 
-A command's settings left to the data or the storage (``data.task="auto"``, ``model.roi_size=(0, 0,
-0)``, ``model.in_channels=0``, an empty ``data.cache_dir``, ``run.aim_repo`` or ``run.experiment``, a
-relative ``seg.pretrained``) are settled here and only here, the way nnU-Net writes its plans once.
+A command's settings left to the data or the storage (``data.task="auto"``, ``data.spacing_mm`` and
+``data.window_hu`` (the task's), ``model.roi_size=(0, 0, 0)``, ``model.in_channels=0``, an empty
+``data.cache_dir``, ``run.aim_repo`` or ``run.experiment``, a relative ``seg.pretrained``) are settled
+here and only here, the way nnU-Net writes its plans once.
 The resolved config is what is saved as ``config.json`` (the request beside it as
 ``config.requested.json``), logged to Aim as hparams, and sent to workers with one small
 ``RunPaths``; resolving it again changes nothing.
@@ -130,7 +131,7 @@ RESUMABLE = ("checkpoint_*", "metrics.jsonl", "tune")   # what a started run or 
 ADDED_AT_FORMER_BEHAVIOUR = {"seg.pretrained_lr_scale": 1.0, "seg.cpu_bf16": False, "seg.tta_flips": False,
                              "seg.largest_component": False}
 # Settings saved unset ("the task's") before config.json recorded what the task resolved them to: such a
-# saved run resumes whatever its task resolves to now.
+# run is compared with the task its latest checkpoint's model.pt trained on (fine-tuning), if there is one.
 RESOLVED_SINCE = {"data.spacing_mm": [0.0, 0.0, 0.0], "data.window_hu": [0.0, 0.0]}
 
 
@@ -151,7 +152,8 @@ def check_same_run(saved_path: Path, cfg) -> None:
     """Refuse to resume the run saved at ``saved_path`` with a config that differs in anything but
     ``RESUMABLE_CHANGES``: compared as saved, so a setting the saved file lacks (an older version's
     run, e.g. from before test splits) counts as a change, unless ``ADDED_AT_FORMER_BEHAVIOUR`` says
-    what it was. A config saved on another node (a mirror that lacks it) is not compared."""
+    what it was; a grid saved unset, with the task its checkpoint trained on (``RESOLVED_SINCE``).
+    A config saved on another node (a mirror that lacks it) is not compared."""
     if not saved_path.exists():
         return
     try:
@@ -162,17 +164,37 @@ def check_same_run(saved_path: Path, cfg) -> None:
     def as_saved(key: str):
         return saved.get(key, ADDED_AT_FORMER_BEHAVIOUR.get(key.removeprefix("finetune."), "(not set)"))
 
-    def unrecorded(key: str) -> bool:
-        unset = RESOLVED_SINCE.get(key.removeprefix("finetune."))
-        return unset is not None and as_saved(key) == unset
-
+    prefix = "finetune." if isinstance(cfg, SweepConfig) else ""
+    unrecorded = {prefix + k for k, unset in RESOLVED_SINCE.items() if saved.get(prefix + k) == unset}
+    if unrecorded:
+        trained_on = {prefix + k: v for k, v in _grid_trained_on(saved_path.parent).items()}
+        saved.update({k: trained_on[k] for k in unrecorded if k in trained_on})
+        unrecorded -= set(trained_on)
     changed = {k: (as_saved(k), v) for k, v in _flat(to_dict(cfg)).items()
-               if as_saved(k) != v and k.rsplit(".", 1)[-1] not in allowed and not unrecorded(k)}
+               if as_saved(k) != v and k.rsplit(".", 1)[-1] not in allowed and k not in unrecorded}
     if changed:
         listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(changed.items())[:6])
+        grid = [k for k in changed if k.removeprefix("finetune.") in RESOLVED_SINCE]
+        pin = " ".join(f"--set {k}={','.join(f'{x:g}' for x in changed[k][0])}" for k in grid)
         raise ConfigError(f"{saved_path.parent} already holds a run of this name with another config "
                           f"({listed}); a rerun resumes that run, so choose another name (--name, or "
-                          f"--set run.name=...) or rerun it as it was (--config {saved_path})")
+                          f"--set run.name=...) or rerun it as it was (--config {saved_path}"
+                          + (f", and {pin}: its data now resolves to another grid)" if grid else ")"))
+
+
+def _grid_trained_on(folder: Path) -> dict:
+    """The voxel size and HU window in the task of the latest checkpoint's model.pt under ``folder``
+    (fine-tuning; {} without one here to read), as config.json records them."""
+    import torch
+
+    from swinray.train.state import MODEL_FILE
+    models = sorted(folder.glob(f"checkpoint_*/{MODEL_FILE}"))
+    try:
+        task = torch.load(models[-1], map_location="cpu", weights_only=True)["task"]
+        return {"data.spacing_mm": [float(s) for s in task["spacing_mm"]],
+                "data.window_hu": [float(v) for v in task["window_hu"]] if task.get("window_hu") else [0.0, 0.0]}
+    except Exception:   # none, or unreadable: nothing to compare with
+        return {}
 
 
 def _flat(data: dict, prefix: str = "") -> dict:

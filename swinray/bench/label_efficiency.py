@@ -32,7 +32,7 @@ from swinray.bench import finetune_base
 from swinray.config import BenchConfig, ConfigError, FinetuneConfig, apply_overrides, parse_assignments, to_dict
 from swinray.errors import StorageError
 from swinray.report.runs import flatten
-from swinray.resolve import ADDED_AT_FORMER_BEHAVIOUR, locate_pretrained
+from swinray.resolve import ADDED_AT_FORMER_BEHAVIOUR, locate_pretrained, resolve_finetune
 from swinray.storage import local_file, write_json
 from swinray.train.finetune import run_finetune
 
@@ -105,12 +105,20 @@ def run_config(cfg: BenchConfig, arm: str, encoder: str, fraction: float, seed: 
     return apply_overrides(base, overrides)
 
 
-def _reuse_key(run_cfg: FinetuneConfig) -> dict:
-    """What makes a finished row reusable: the run config as requested, wherever Ray runs, and the
-    encoder's content (pretraining again into the same file makes new rows)."""
+def resolved_grid(run_cfg: FinetuneConfig, log) -> dict:
+    """The voxel size and HU window the study's runs resample to (they share their data)."""
+    data = resolve_finetune(run_cfg, log).cfg.data
+    return {"spacing_mm": list(data.spacing_mm), "window_hu": list(data.window_hu)}
+
+
+def _reuse_key(run_cfg: FinetuneConfig, grid: dict) -> dict:
+    """What makes a finished row reusable: the run config as requested, wherever Ray runs, the grid
+    its data resolves to (a requested "the task's" is whatever the task resolves to now; a row saved
+    without it is not reused) and the encoder's content (pretraining again into the same file makes new rows)."""
     encoder = run_cfg.seg.pretrained
     digest = hashlib.sha256(local_file(encoder).read_bytes()).hexdigest() if encoder else ""
-    return {**to_dict(replace(run_cfg, run=replace(run_cfg.run, ray_address=""))), "encoder_sha256": digest}
+    return {**to_dict(replace(run_cfg, run=replace(run_cfg.run, ray_address=""))), "grid": grid,
+            "encoder_sha256": digest}
 
 
 def same_run(saved: dict, current: dict) -> bool:
@@ -143,12 +151,12 @@ def _train_seconds(metrics_log: str) -> float | None:
     return rows[-1].get("elapsed_s") if rows else None
 
 
-def one_run(run_cfg: FinetuneConfig, row: dict, log) -> dict:
-    """A finished run's row (reused when its config is unchanged), else the run itself."""
+def one_run(run_cfg: FinetuneConfig, row: dict, log, grid: dict) -> dict:
+    """A finished run's row (reused when its config and ``grid`` are unchanged), else the run itself."""
     row_file = Path(run_cfg.run.storage) / run_cfg.run.name / ROW_FILE
     if row_file.is_file():
         saved = json.loads(row_file.read_text())
-        if same_run(saved.get("config") or {}, _reuse_key(run_cfg)):
+        if same_run(saved.get("config") or {}, _reuse_key(run_cfg, grid)):
             log(f"label efficiency: {row['run']} finished before: test Dice {saved['row']['test_dice']:.4f} (reused)")
             return saved["row"]
     try:
@@ -171,7 +179,7 @@ def one_run(run_cfg: FinetuneConfig, row: dict, log) -> dict:
     if row["test_dice"] is None or summary.get("num_test_rejected"):
         return {**row, "test_dice": None, "error": f"{summary.get('num_test_rejected')} test case(s) could not be "
                 "scored" if summary.get("num_test_rejected") else "no test split to score (split.test_fraction is 0)"}
-    write_json(row_file, {"config": _reuse_key(run_cfg), "row": row})
+    write_json(row_file, {"config": _reuse_key(run_cfg, grid), "row": row})
     log(f"label efficiency: {row['run']}: test Dice {row['test_dice']:.4f} (validation {row['val_dice']:.4f}, "
         f"best at step {row['best_step']} of {row['steps']})")
     return row
@@ -297,6 +305,7 @@ def bench_label_efficiency(cfg: BenchConfig, log=print) -> dict:
             run_config(cfg, arm, encoder, fractions[0], seeds[0])
         except ConfigError as e:
             raise ConfigError(f"ssl_set={list(cfg.ssl_set)}: {e}" if encoder and cfg.ssl_set else str(e)) from None
+    grid = resolved_grid(run_config(cfg, *arm_list[0], fractions[0], seeds[0]), log)
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -308,7 +317,7 @@ def bench_label_efficiency(cfg: BenchConfig, log=print) -> dict:
                     f"steps, patience {run_cfg.seg.patience_validations} validations) -> {run_cfg.run.name}")
                 row = {"arm": arm, "pretrained": encoder or None, "fraction": fraction, "seed": seed,
                        "run": run_cfg.run.name}
-                rows.append(one_run(run_cfg, row, log))
+                rows.append(one_run(run_cfg, row, log, grid))
     names = [a for a, _ in arm_list]
     task = next((r["task"] for r in rows if r.get("task")), cfg.data.task)
     cells = summarise(rows, names)

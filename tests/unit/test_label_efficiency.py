@@ -21,6 +21,7 @@ from swinray.bench.label_efficiency import (
 from swinray.config import BenchConfig, ConfigError, FinetuneConfig, apply_overrides
 from swinray.presets import preset
 
+GRID = {"spacing_mm": [3.906, 3.906, 2.5], "window_hu": [-160.0, 240.0]}    # what a run's data resolved to
 
 def test_scratch_comes_first_and_an_encoder_is_named_after_its_pretraining_run(tmp_path):
     (tmp_path / "ssl-ct").mkdir()
@@ -177,11 +178,16 @@ def test_a_finished_row_is_reused_only_while_its_run_config_is_unchanged(tmp_pat
     row_file = tmp_path / "label_efficiency" / run_cfg.run.name / ROW_FILE
     row_file.parent.mkdir(parents=True)
     finished = {"arm": "scratch", "fraction": 0.1, "seed": 0, "run": run_cfg.run.name, "test_dice": 0.5}
-    row_file.write_text(json.dumps({"config": _reuse_key(run_cfg), "row": finished}))
-    assert one_run(run_cfg, {"run": run_cfg.run.name}, lambda *_: None) == finished      # nothing ran
+    row_file.write_text(json.dumps({"config": _reuse_key(run_cfg, GRID), "row": finished}))
+    assert one_run(run_cfg, {"run": run_cfg.run.name}, lambda *_: None, GRID) == finished      # nothing ran
     longer = apply_overrides(run_cfg, {"optim.num_steps": run_cfg.optim.num_steps + 1})
-    again = one_run(longer, {"run": run_cfg.run.name}, lambda *_: None)                 # runs, and fails here
+    again = one_run(longer, {"run": run_cfg.run.name}, lambda *_: None, GRID)                 # runs, and fails here
     assert again["test_dice"] is None and "no-such-dataset" in again["error"]
+    coarser = {**GRID, "spacing_mm": [4.054, 4.054, 2.5]}       # the same request, now resolved to another grid
+    assert "no-such-dataset" in one_run(run_cfg, {"run": run_cfg.run.name}, lambda *_: None, coarser)["error"]
+    row_file.write_text(json.dumps({"config": {k: v for k, v in _reuse_key(run_cfg, GRID).items() if k != "grid"},
+                                    "row": finished}))          # saved before rows recorded their grid
+    assert "no-such-dataset" in one_run(run_cfg, {"run": run_cfg.run.name}, lambda *_: None, GRID)["error"]
 
 
 def test_a_run_storage_that_cannot_be_written_stops_the_bench_not_one_row(tmp_path):
@@ -195,18 +201,19 @@ def test_a_run_storage_that_cannot_be_written_stops_the_bench_not_one_row(tmp_pa
                                                          "data.source": str(tmp_path / "phantom")})
     run_cfg = run_config(cfg, "scratch", "", 0.1, 0)
     with pytest.raises(StorageError) as fault:
-        one_run(run_cfg, {"run": run_cfg.run.name}, lambda *_: None)
+        one_run(run_cfg, {"run": run_cfg.run.name}, lambda *_: None, GRID)
     assert str(fault.value).startswith(f"cannot write to {tmp_path / 'a_file' / 'bench'}/") and \
         "not a directory" in str(fault.value)
 
 
 def test_a_row_saved_before_a_setting_existed_is_reused_while_that_setting_is_at_its_default(tmp_path):
     cfg = apply_overrides(preset(BenchConfig, "debug"), {"out_dir": str(tmp_path)})
-    key = _reuse_key(run_config(cfg, "scratch", "", 0.1, 0))
+    key = _reuse_key(run_config(cfg, "scratch", "", 0.1, 0), GRID)
     older = json.loads(json.dumps(key))
     del older["seg"]["crop_class_ratios"], older["data"]["limits"]        # settings added after the row
     assert same_run(older, key)
-    patient = _reuse_key(apply_overrides(run_config(cfg, "scratch", "", 0.1, 0), {"seg.crop_class_ratios": (1.0, 2.0)}))
+    patient = _reuse_key(apply_overrides(run_config(cfg, "scratch", "", 0.1, 0),
+                                         {"seg.crop_class_ratios": (1.0, 2.0)}), GRID)
     assert not same_run(older, patient)                      # a new setting away from its default changes the run
     assert not same_run(key, {**key, "encoder_sha256": "other"})
 
@@ -215,12 +222,12 @@ def test_every_run_is_scored_in_one_pass_and_raw_so_rows_from_before_flips_and_p
     cfg = apply_overrides(preset(BenchConfig, "debug"), {"out_dir": str(tmp_path)})
     run_cfg = run_config(cfg, "scratch", "", 0.1, 0)
     assert run_cfg.seg.tta_flips is False and run_cfg.seg.largest_component is False   # the defaults are True
-    key = _reuse_key(run_cfg)
+    key = _reuse_key(run_cfg, GRID)
     older = json.loads(json.dumps(key))
     del older["seg"]["tta_flips"], older["seg"]["largest_component"]   # a row scored before they existed
     assert same_run(older, key)
     for setting in ("seg.tta_flips", "seg.largest_component"):
-        assert not same_run(older, _reuse_key(apply_overrides(run_cfg, {setting: True})))
+        assert not same_run(older, _reuse_key(apply_overrides(run_cfg, {setting: True}), GRID))
 
 
 def test_a_new_encoder_in_the_same_file_makes_new_rows(tmp_path):
@@ -228,9 +235,9 @@ def test_a_new_encoder_in_the_same_file_makes_new_rows(tmp_path):
     encoder.write_bytes(b"first")
     cfg = run_config(apply_overrides(preset(BenchConfig, "debug"), {"out_dir": str(tmp_path)}), "ssl", str(encoder),
                      0.1, 0)
-    before = _reuse_key(cfg)
+    before = _reuse_key(cfg, GRID)
     encoder.write_bytes(b"second")
-    assert _reuse_key(cfg) != before
+    assert _reuse_key(cfg, GRID) != before
 
 
 def test_test_images_the_encoder_was_pretrained_on_are_counted(tmp_path):

@@ -107,16 +107,28 @@ def test_a_run_saved_before_a_setting_existed_resumes_while_the_setting_does_wha
         save(resolved)
 
 
-def test_a_run_whose_data_now_resolves_to_another_grid_is_refused_and_one_saved_unresolved_resumes(dataset, tmp_path):
+def test_a_run_whose_data_now_resolves_to_another_grid_is_refused_even_if_saved_before_grids_were(dataset, tmp_path):
+    import torch
     resolved = resolve_finetune(finetune_config(dataset, tmp_path), print)
     saved = save(resolved)
     (saved.parent / "metrics.jsonl").write_text('{"step": 1}\n')
     ran = json.loads(saved.read_text())
     saved.write_text(json.dumps({**ran, "data": {**ran["data"], "spacing_mm": [4.054, 4.054, 2.5]}}))
-    with pytest.raises(ConfigError, match=r"data\.spacing_mm: \[4\.054, 4\.054, 2\.5\] -> "):
+    with pytest.raises(ConfigError, match=r"data\.spacing_mm: \[4\.054, 4\.054, 2\.5\] -> .*"
+                                          r"and --set data\.spacing_mm=4\.054,4\.054,2\.5: its data now resolves"):
         save(resolved)                                     # e.g. the inferred task changed under a started run
-    saved.write_text(json.dumps({**ran, "data": {**ran["data"], "spacing_mm": [0.0] * 3, "window_hu": [0.0] * 2}}))
-    save(resolved)                                         # an older version's "the task's": it cannot be checked
+    # an older version saved "the task's": its latest checkpoint's model.pt says what it trained on
+    unresolved = json.dumps({**ran, "data": {**ran["data"], "spacing_mm": [0.0] * 3, "window_hu": [0.0] * 2}})
+    saved.write_text(unresolved)
+    save(resolved)                                         # no checkpoint: nothing to compare with
+    checkpoint = saved.parent / "checkpoint_2026-12-01_00-00-00.000000"
+    checkpoint.mkdir()
+    torch.save({"task": {**to_dict(resolved.dataset.task), "spacing_mm": [4.054, 4.054, 2.5]}}, checkpoint / "model.pt")
+    saved.write_text(unresolved)
+    with pytest.raises(ConfigError, match=r"data\.spacing_mm: \[4\.054, 4\.054, 2\.5\] -> "):
+        save(resolved)
+    torch.save({"task": to_dict(resolved.dataset.task)}, checkpoint / "model.pt")
+    save(resolved)                                         # trained on the grid it resolves to now
 
 
 def test_a_sweep_saved_before_test_time_flips_and_post_processing_resumes(dataset, tmp_path):
