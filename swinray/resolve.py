@@ -133,22 +133,23 @@ ADDED_AT_FORMER_BEHAVIOUR = {"seg.pretrained_lr_scale": 1.0, "seg.cpu_bf16": Fal
 # Settings saved unset ("the task's") before config.json recorded what the task resolved them to: such a
 # run is compared with the task its latest checkpoint's model.pt trained on (fine-tuning), if there is one.
 RESOLVED_SINCE = {"data.spacing_mm": [0.0, 0.0, 0.0], "data.window_hu": [0.0, 0.0]}
+FROM_THE_DATA = ("data.spacing_mm", "data.window_hu", "model.roi_size")   # what "the task's" resolves to
 
 
-def save(resolved: Resolved, folder: str | Path | None = None) -> Path:
+def save(resolved: Resolved, folder: str | Path | None = None, log=print) -> Path:
     """``config.json`` (resolved) and ``config.requested.json`` into the run's folder; the first's path.
     A training run or sweep of the same name saved with another config is refused, never overwritten.
     The first write of a run: a folder that cannot be written stops it here, named (StorageError)."""
     folder = Path(folder or resolved.paths.run_dir)
     if isinstance(resolved.cfg, (PretrainConfig, FinetuneConfig, SweepConfig)) and \
             any(next(folder.glob(pattern), None) for pattern in RESUMABLE):
-        check_same_run(folder / CONFIG_FILE, resolved.cfg)
+        check_same_run(folder / CONFIG_FILE, resolved.cfg, log)
     with writing_to(folder, "storage" if isinstance(resolved.cfg, SweepConfig) else RUN_STORAGE_KEY):
         save_config(resolved.requested, folder / REQUESTED_FILE)
         return save_config(resolved.cfg, folder / CONFIG_FILE)
 
 
-def check_same_run(saved_path: Path, cfg) -> None:
+def check_same_run(saved_path: Path, cfg, log=print) -> None:
     """Refuse to resume the run saved at ``saved_path`` with a config that differs in anything but
     ``RESUMABLE_CHANGES``: compared as saved, so a setting the saved file lacks (an older version's
     run, e.g. from before test splits) counts as a change, unless ``ADDED_AT_FORMER_BEHAVIOUR`` says
@@ -170,16 +171,21 @@ def check_same_run(saved_path: Path, cfg) -> None:
         trained_on = {prefix + k: v for k, v in _grid_trained_on(saved_path.parent).items()}
         saved.update({k: trained_on[k] for k in unrecorded if k in trained_on})
         unrecorded -= set(trained_on)
+        if unrecorded:
+            log(f"warning: {saved_path.parent} was saved before config.json recorded the grid its task "
+                f"resolved to ({', '.join(sorted(unrecorded))}), and no checkpoint model.pt here says it: "
+                "it resumes on the grid its data resolves to now")
     changed = {k: (as_saved(k), v) for k, v in _flat(to_dict(cfg)).items()
                if as_saved(k) != v and k.rsplit(".", 1)[-1] not in allowed and k not in unrecorded}
     if changed:
         listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(changed.items())[:6])
-        grid = [k for k in changed if k.removeprefix("finetune.") in RESOLVED_SINCE]
-        pin = " ".join(f"--set {k}={','.join(f'{x:g}' for x in changed[k][0])}" for k in grid)
+        pins = [f"--set {k}={','.join(str(x) for x in was)}" for k, (was, _) in changed.items()
+                if k.removeprefix("finetune.") in FROM_THE_DATA and isinstance(was, list)
+                and all(isinstance(x, (int, float)) for x in was)]
         raise ConfigError(f"{saved_path.parent} already holds a run of this name with another config "
                           f"({listed}); a rerun resumes that run, so choose another name (--name, or "
                           f"--set run.name=...) or rerun it as it was (--config {saved_path}"
-                          + (f", and {pin}: its data now resolves to another grid)" if grid else ")"))
+                          + (f", with {' '.join(pins)}: its data now resolves to others)" if pins else ")"))
 
 
 def _grid_trained_on(folder: Path) -> dict:

@@ -1,7 +1,7 @@
 """Task inference: the settings of a dataset the registry does not know, from its dataset file and data.
 
 Target spacing = the median voxel size of every case (from NIfTI headers alone, as nnU-Net's
-fingerprint takes it, and one that a case has); ROI from a few cases' median extent (for CT, their
+fingerprint takes it, each axis a size some case has); ROI from a few cases' median extent (for CT, their
 body's); the CT window from the HU inside their labels; unlabelled CT (a pretraining corpus) gets
 the paper's pretraining settings. Every volume is read within ``VolumeLimits``; one that cannot be
 is named and skipped, and the next readable one is used. Only cases admitted against the median
@@ -73,7 +73,7 @@ def _typical_cases(cases: list[Case], limits: VolumeLimits, log) -> list[Case]:
 
 
 def _median_spacing(cases: list[Case], sampled: dict[str, np.ndarray], limits: VolumeLimits, log) -> np.ndarray:
-    """The median voxel size over every case, taken as one of the sizes the cases have (for an even
+    """The median voxel size over every case, each axis taken as a size some case has (for an even
     count, the finer of the middle two): from each NIfTI header alone, or, for a DICOM folder (read
     whole), when it was sampled. The median of the 8 sampled cases of OpenKBP_HN_OAR averaged 3.92
     and 4.188 into 4.054 mm, which no case has, so every case was resampled; over all 115 it is

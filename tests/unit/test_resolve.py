@@ -113,14 +113,17 @@ def test_a_run_whose_data_now_resolves_to_another_grid_is_refused_even_if_saved_
     saved = save(resolved)
     (saved.parent / "metrics.jsonl").write_text('{"step": 1}\n')
     ran = json.loads(saved.read_text())
-    saved.write_text(json.dumps({**ran, "data": {**ran["data"], "spacing_mm": [4.054, 4.054, 2.5]}}))
-    with pytest.raises(ConfigError, match=r"data\.spacing_mm: \[4\.054, 4\.054, 2\.5\] -> .*"
-                                          r"and --set data\.spacing_mm=4\.054,4\.054,2\.5: its data now resolves"):
+    saved.write_text(json.dumps({**ran, "data": {**ran["data"], "spacing_mm": [4.054, 4.054, 2.5]},
+                                 "model": {**ran["model"], "roi_size": [96, 64, 96]}}))
+    with pytest.raises(ConfigError, match=r"data\.spacing_mm: \[4\.054, 4\.054, 2\.5\] -> .* with --set data\."
+                                          r"spacing_mm=4\.054,4\.054,2\.5 --set model\.roi_size=96,64,96: its data"):
         save(resolved)                                     # e.g. the inferred task changed under a started run
     # an older version saved "the task's": its latest checkpoint's model.pt says what it trained on
     unresolved = json.dumps({**ran, "data": {**ran["data"], "spacing_mm": [0.0] * 3, "window_hu": [0.0] * 2}})
     saved.write_text(unresolved)
-    save(resolved)                                         # no checkpoint: nothing to compare with
+    said = []
+    save(resolved, log=said.append)                        # no checkpoint: nothing to compare with, and it says so
+    assert len(said) == 1 and "data.spacing_mm, data.window_hu" in said[0] and "resumes on the grid" in said[0]
     checkpoint = saved.parent / "checkpoint_2026-12-01_00-00-00.000000"
     checkpoint.mkdir()
     torch.save({"task": {**to_dict(resolved.dataset.task), "spacing_mm": [4.054, 4.054, 2.5]}}, checkpoint / "model.pt")
@@ -128,7 +131,13 @@ def test_a_run_whose_data_now_resolves_to_another_grid_is_refused_even_if_saved_
     with pytest.raises(ConfigError, match=r"data\.spacing_mm: \[4\.054, 4\.054, 2\.5\] -> "):
         save(resolved)
     torch.save({"task": to_dict(resolved.dataset.task)}, checkpoint / "model.pt")
-    save(resolved)                                         # trained on the grid it resolves to now
+    saved.write_text(unresolved)
+    said.clear()
+    save(resolved, log=said.append)                        # trained on the grid it resolves to now
+    assert said == []
+    saved.write_text("{ not json")                         # unreadable: every setting is "(not set)", named
+    with pytest.raises(ConfigError, match=r"data\.spacing_mm: '\(not set\)' -> .*--config [^,]*\)$"):
+        save(resolved)
 
 
 def test_a_sweep_saved_before_test_time_flips_and_post_processing_resumes(dataset, tmp_path):
