@@ -213,15 +213,15 @@ def test_label_efficiency_bench_scores_arms_on_the_test_split_reports_failures_a
 
 
 def test_a_run_with_patience_stops_once_that_many_validations_bring_nothing_better(local_ray, tmp_path):
-    """A learning rate too small to change any prediction: the Dice of step 1 is never bettered, so
-    with patience 2 and a validation every step the run stops at step 3, not at its cap of 12."""
+    """A learning rate too small to change more than a stray voxel: the Dice of step 1 is never
+    bettered, so with patience 2 and a validation every step the run stops at step 3, not at its cap of 12."""
     cfg = debug_config(tmp_path / "runs", **{"optim.num_steps": 12, "optim.lr": 1e-12, "seg.val_every_steps": 1,
                                              "seg.patience_validations": 2, "run.name": "ft-patience",
                                              "seg.num_overlay_cases": 0})
     summary = run_finetune(cfg, quiet)
     dice = [json.loads(line)["val_dice"] for line in open(summary["metrics_log"])]
     assert (summary["steps"], summary["stopped_by"], summary["best_step"]) == (3, "patience", 1), dice
-    assert len(set(dice)) == 1
+    assert max(dice[1:]) <= dice[0] and max(dice) - min(dice) < 1e-6, dice
     again = run_finetune(cfg, quiet)                    # a rerun of a finished run does not train on
     assert (again["steps"], again["stopped_by"]) == (3, "patience")
 
