@@ -132,7 +132,7 @@ ADDED_AT_FORMER_BEHAVIOUR = {"seg.pretrained_lr_scale": 1.0, "seg.cpu_bf16": Fal
                              "seg.largest_component": False}
 # Settings saved unset ("the task's") before config.json recorded what the task resolved them to: such a
 # run is compared with the task its latest checkpoint's model.pt trained on (fine-tuning), if there is one.
-RESOLVED_SINCE = {"data.spacing_mm": [0.0, 0.0, 0.0], "data.window_hu": [0.0, 0.0]}
+RESOLVED_SINCE = {f"data.{key}": to_dict(DataConfig())[key] for key in ("spacing_mm", "window_hu")}
 FROM_THE_DATA = ("data.spacing_mm", "data.window_hu", "model.roi_size")   # what "the task's" resolves to
 
 

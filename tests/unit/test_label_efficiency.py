@@ -23,6 +23,7 @@ from swinray.presets import preset
 
 GRID = {"spacing_mm": [3.906, 3.906, 2.5], "window_hu": [-160.0, 240.0]}    # what a run's data resolved to
 
+
 def test_scratch_comes_first_and_an_encoder_is_named_after_its_pretraining_run(tmp_path):
     (tmp_path / "ssl-ct").mkdir()
     (tmp_path / "ssl-ct" / "encoder.pt").write_bytes(b"x")
