@@ -40,6 +40,11 @@ from swinray.storage import check_storage
 # Sections
 # --------------------------------------------------------------------------------------------
 
+def require_phantom_shape(name: str, shape: tuple[int, int, int]) -> None:
+    require(len(shape) == 3 and all(side >= low for side, low in zip(shape, (48, 48, 16))), name, shape,
+            "must be at least (48, 48, 16): the phantom's organs need that many voxels")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     source: str = ""                    # dataset folder or dataset file; "" = the built-in phantom
@@ -48,6 +53,9 @@ class DataConfig:
                                         # "" = <run.storage>/cache, shared with the runs on a cluster
     max_cases: int = 0                  # 0 = every case; N = the first N (smoke tests)
     num_phantom_cases: int = 8          # cases generated when source is the phantom
+    phantom_shape: tuple[int, int, int] = (128, 128, 64)  # their voxels (the field of view is fixed, so
+                                        # this sets the spacing); a smaller one makes every step but
+                                        # training's crops cheaper (the debug presets')
     phantom_dir: str = ""               # where the phantom is written when it is the source;
                                         # "" = <run.storage>/phantom
     unlabelled: tuple[str, ...] = ()    # pretraining corpus: folders of unlabelled volumes (or .txt files
@@ -69,6 +77,7 @@ class DataConfig:
                  "window_hu", self.window_hu, "a (low, high) HU window with low < high, or (0, 0) for the task's")
         at_least(0, max_cases=self.max_cases)
         at_least(1, num_phantom_cases=self.num_phantom_cases)
+        require_phantom_shape("phantom_shape", self.phantom_shape)
 
 
 @dataclass(frozen=True)
@@ -81,8 +90,7 @@ class PhantomConfig:
     def __post_init__(self) -> None:
         at_least(1, num_cases=self.num_cases)
         at_least(0, seed=self.seed)
-        require(all(side >= low for side, low in zip(self.shape, (48, 48, 16))), "shape", self.shape,
-                 "must be at least (48, 48, 16): the phantom's organs need that many voxels")
+        require_phantom_shape("shape", self.shape)
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,12 @@ from swinray.config import (
 )
 from swinray.errors import ConfigError
 
-_DEBUG_DATA = DataConfig(num_phantom_cases=4, phantom_dir="outputs/phantom-debug",
+# The debug presets' phantom, whichever command writes it (the quickstart's phantom step, or any command
+# given no --data): 64 x 64 x 32 voxels of 4.7-5.9 x 7.5-9.4 mm, one 64^3 window to validate and score
+# instead of the default phantom's 9, and a sixth of its voxels to preprocess.
+_DEBUG_PHANTOM = dict(num_cases=4, shape=(64, 64, 32))
+_DEBUG_DATA = DataConfig(num_phantom_cases=_DEBUG_PHANTOM["num_cases"], phantom_shape=_DEBUG_PHANTOM["shape"],
+                         phantom_dir="outputs/phantom-debug",
                          cache_dir="outputs/cache")      # the default preset's: one cache per data
 _DEBUG_MODEL = ModelConfig(feature_size=12, roi_size=(64, 64, 64), window_size=4)
 _DEBUG_RUN = dict(num_workers=2, checkpoint_every_steps=4, storage="outputs/debug")
@@ -79,7 +84,7 @@ PRESET_CPU_HEADNECK_CT = PretrainConfig(
 PRESETS: dict[type, dict[str, Any]] = {
     PhantomConfig: {
         "default": PhantomConfig(),
-        "debug": PhantomConfig(out_dir="outputs/phantom-debug", num_cases=4, shape=(64, 64, 32)),
+        "debug": PhantomConfig(out_dir=_DEBUG_DATA.phantom_dir, **_DEBUG_PHANTOM),
     },
     PreprocessConfig: {
         "default": PreprocessConfig(),

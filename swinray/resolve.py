@@ -119,12 +119,15 @@ class Resolved:
 # tta_flips: only the end-of-run test score uses it, never training or the choice of checkpoint.
 # largest_component: training only measures it beside the Dice that chooses (its labelling counts
 # within seg.max_minutes); the model file records the classes it chose at its best step.
+# phantom_shape, like phantom_dir: only a phantom not yet written takes it; a run reads the phantom
+# there (and a cache keyed by its files).
 # aim_repo: only the driver's writer uses it (a folder on the driver's machine), so a run resumed from
 # another machine, or from before there was no Aim server (aim://), goes on into the repo named now.
 RESUMABLE_CHANGES = {"run": ("num_steps", "max_minutes", "tta_flips", "largest_component", "ray_address", "dashboard",
-                             "max_failures", "num_checkpoints_kept", "cache_dir", "phantom_dir", "aim_repo"),
+                             "max_failures", "num_checkpoints_kept", "cache_dir", "phantom_dir", "phantom_shape",
+                             "aim_repo"),
                      "sweep": ("tta_flips", "largest_component", "ray_address", "dashboard", "cache_dir", "phantom_dir",
-                               "aim_repo")}
+                               "phantom_shape", "aim_repo")}
 RESUMABLE = ("checkpoint_*", "metrics.jsonl", "tune")   # what a started run or sweep leaves to resume from
 # Settings added after runs were saved without them, at the value that is what those runs did: a saved
 # run lacking one resumes while it is at that value (other missing settings count as changes).

@@ -27,7 +27,7 @@ def resolve_source(data: DataConfig, log=print) -> Path:
         from swinray.data.phantom import write_phantom_dataset
         log(f"no --data given: writing the built-in CT phantom ({data.num_phantom_cases} cases) to {shown(phantom)}")
         with writing_to(check_writable(phantom, PHANTOM_KEY), PHANTOM_KEY), publishing(phantom):
-            write_phantom_dataset(phantom, data.num_phantom_cases)
+            write_phantom_dataset(phantom, data.num_phantom_cases, shape=data.phantom_shape)
     return phantom
 
 

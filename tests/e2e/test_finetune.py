@@ -41,8 +41,8 @@ def quiet(*_):
 
 def debug_config(tmp_path, data: DataConfig | None = None, **overrides) -> FinetuneConfig:
     cfg = preset(FinetuneConfig, "debug")
-    cfg = replace(cfg, data=data or DataConfig(phantom_dir=str(tmp_path.parent / "phantom"), num_phantom_cases=4,
-                                               cache_dir=str(tmp_path.parent / "cache")))
+    cfg = replace(cfg, data=data or replace(cfg.data, phantom_dir=str(tmp_path.parent / "phantom"),
+                                            cache_dir=str(tmp_path.parent / "cache")))
     return apply_overrides(cfg, {"run.storage": str(tmp_path), **overrides})
 
 

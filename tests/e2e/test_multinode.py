@@ -14,7 +14,7 @@ from ray._private import ray_constants
 from ray.cluster_utils import Cluster
 
 from conftest import registered_checkpoint_steps
-from swinray.config import DataConfig, PretrainConfig, apply_overrides
+from swinray.config import PretrainConfig, apply_overrides
 from swinray.presets import preset
 from swinray.train.pretrain import run_pretrain
 
@@ -53,7 +53,7 @@ def test_a_node_lost_mid_run_is_replaced_and_training_resumes_from_the_shared_ch
         "run.storage": str(tmp_path / "shared"), "run.name": "multinode", "run.num_workers": 2,
         "run.ray_address": cluster.address, "optim.num_steps": NUM_STEPS,
         "run.checkpoint_every_steps": CHECKPOINT_EVERY})
-    cfg = replace(cfg, data=DataConfig(num_phantom_cases=4))    # phantom and cache: under run.storage
+    cfg = replace(cfg, data=replace(cfg.data, phantom_dir="", cache_dir=""))   # phantom and cache: under run.storage
     run_dir = tmp_path / "shared" / "multinode"
     outcome = {}
 

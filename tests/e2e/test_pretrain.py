@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 
 from conftest import aim_hparams, aim_images, registered_checkpoint_steps, run_killing_a_worker, run_module
-from swinray.config import DataConfig, PretrainConfig, apply_overrides
+from swinray.config import PretrainConfig, apply_overrides
 from swinray.presets import preset
 from swinray.pretext.pictures import CAPTION
 from swinray.train.pretrain import run_pretrain
@@ -23,8 +23,8 @@ def quiet(*_):
 
 def debug_config(tmp_path, **overrides) -> PretrainConfig:
     cfg = preset(PretrainConfig, "debug")
-    cfg = replace(cfg, data=DataConfig(phantom_dir=str(tmp_path.parent / "phantom"), num_phantom_cases=4,
-                                       cache_dir=str(tmp_path.parent / "cache")))
+    cfg = replace(cfg, data=replace(cfg.data, phantom_dir=str(tmp_path.parent / "phantom"),
+                                    cache_dir=str(tmp_path.parent / "cache")))
     return apply_overrides(cfg, {"run.storage": str(tmp_path), **overrides})
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from swinray.config import ConfigError, DataConfig, FinetuneConfig, PhantomConfig, PretrainConfig
 from swinray.data.phantom import (
     AIR_HU,
     FAT_HU,
@@ -15,7 +16,9 @@ from swinray.data.phantom import (
     generate_case,
     write_phantom_dataset,
 )
+from swinray.data.source import resolve_source
 from swinray.data.tasks import BTCV_LABELS
+from swinray.presets import preset
 
 ORGANS = set(range(1, 14))
 IN_PLANE = np.ones((3, 3, 1), bool)  # erode within slices: slices are 4 mm, organs can be thin
@@ -145,3 +148,23 @@ def test_shape_argument_is_respected_and_small_grids_keep_every_organ():
 def test_bad_arguments_are_rejected_with_the_field_named(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
         write_phantom_dataset(tmp_path, **{"num_cases": 1, **kwargs})
+
+
+def test_a_command_given_no_data_writes_the_phantom_at_data_phantom_shape(tmp_path):
+    data = DataConfig(phantom_dir=str(tmp_path / "phantom"), num_phantom_cases=1, phantom_shape=(64, 64, 32))
+    root = resolve_source(data, log=lambda *_: None)
+    (case,) = json.loads((root / "dataset.json").read_text())["training"]
+    assert nib.load(root / case["image"]).shape == (64, 64, 32)
+
+
+def test_the_debug_presets_read_the_phantom_that_the_quickstarts_phantom_step_writes():
+    phantom = preset(PhantomConfig, "debug")
+    for config in (FinetuneConfig, PretrainConfig):
+        data = preset(config, "debug").data
+        assert (data.phantom_dir, data.num_phantom_cases, data.phantom_shape) == \
+            (phantom.out_dir, phantom.num_cases, phantom.shape), config.__name__
+
+
+def test_a_phantom_shape_too_small_for_its_organs_is_a_config_error_naming_the_field():
+    with pytest.raises(ConfigError, match="phantom_shape"):
+        DataConfig(phantom_shape=(32, 64, 32))

@@ -208,3 +208,13 @@ def test_data_spacing_and_window_replace_the_tasks_and_so_make_another_cache():
         task_with_overrides(get_task("Task04_Hippocampus"), DataConfig(window_hu=(-100.0, 100.0)))
     with pytest.raises(ConfigError, match="window_hu="):
         DataConfig(window_hu=(100.0, -100.0))
+
+
+def test_a_run_saved_before_phantom_shape_existed_resumes_whatever_shape_is_asked(dataset, tmp_path):
+    """Only a phantom not yet written takes the shape: a started run reads the one it has."""
+    resolved = resolve_finetune(finetune_config(dataset, tmp_path), print)
+    saved = save(resolved)
+    (saved.parent / "metrics.jsonl").write_text('{"step": 1}\n')
+    ran = json.loads(saved.read_text())
+    saved.write_text(json.dumps({**ran, "data": {k: v for k, v in ran["data"].items() if k != "phantom_shape"}}))
+    save(resolve_finetune(apply_overrides(resolved.requested, {"data.phantom_shape": [64, 64, 32]}), print))
