@@ -53,9 +53,9 @@ class DataConfig:
                                         # "" = <run.storage>/cache, shared with the runs on a cluster
     max_cases: int = 0                  # 0 = every case; N = the first N (smoke tests)
     num_phantom_cases: int = 8          # cases generated when source is the phantom
-    phantom_shape: tuple[int, int, int] = (128, 128, 64)  # their voxels (the field of view is fixed, so
-                                        # this sets the spacing); a smaller one makes every step but
-                                        # training's crops cheaper (the debug presets')
+    phantom_shape: tuple[int, int, int] = (128, 128, 64)  # their voxels, when written (each case draws
+                                        # its field of view, so this sets the spacing); a smaller one makes
+                                        # every step but training's crops cheaper (the debug presets')
     phantom_dir: str = ""               # where the phantom is written when it is the source;
                                         # "" = <run.storage>/phantom
     unlabelled: tuple[str, ...] = ()    # pretraining corpus: folders of unlabelled volumes (or .txt files

@@ -32,7 +32,8 @@ from swinray.errors import ConfigError
 
 # The debug presets' phantom, whichever command writes it (the quickstart's phantom step, or any command
 # given no --data): 64 x 64 x 32 voxels of 4.7-5.9 x 7.5-9.4 mm, one 64^3 window to validate and score
-# instead of the default phantom's 9, and a sixth of its voxels to preprocess.
+# instead of 4-12 for the default phantom's cases (cropped to the body), and an eighth of its voxels
+# to preprocess.
 _DEBUG_PHANTOM = dict(num_cases=4, shape=(64, 64, 32))
 _DEBUG_DATA = DataConfig(num_phantom_cases=_DEBUG_PHANTOM["num_cases"], phantom_shape=_DEBUG_PHANTOM["shape"],
                          phantom_dir="outputs/phantom-debug",

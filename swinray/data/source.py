@@ -28,7 +28,23 @@ def resolve_source(data: DataConfig, log=print) -> Path:
         log(f"no --data given: writing the built-in CT phantom ({data.num_phantom_cases} cases) to {shown(phantom)}")
         with writing_to(check_writable(phantom, PHANTOM_KEY), PHANTOM_KEY), publishing(phantom):
             write_phantom_dataset(phantom, data.num_phantom_cases, shape=data.phantom_shape)
+    else:
+        _say_if_another_shape(phantom, data.phantom_shape, log)
     return phantom
+
+
+def _say_if_another_shape(phantom: Path, asked: tuple[int, int, int], log) -> None:
+    """A phantom already written keeps its shape: say so when ``data.phantom_shape`` asks for another."""
+    import nibabel as nib
+    images = sorted((phantom / "imagesTr").glob("*.nii.gz"))
+    try:
+        shape = tuple(nib.load(images[0]).shape[:3]) if images else tuple(asked)
+    except Exception:     # noqa: BLE001 - not readable: loading the dataset names the file and the problem
+        return
+    if shape != tuple(asked):
+        log(f"the phantom in {shown(phantom)} has {shape[0]} x {shape[1]} x {shape[2]} voxels per case: "
+            f"data.phantom_shape={','.join(map(str, asked))} applies only to a phantom not yet written "
+            "(delete that folder to write it anew)")
 
 
 def load_source(data: DataConfig, log=print):

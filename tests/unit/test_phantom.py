@@ -155,6 +155,10 @@ def test_a_command_given_no_data_writes_the_phantom_at_data_phantom_shape(tmp_pa
     root = resolve_source(data, log=lambda *_: None)
     (case,) = json.loads((root / "dataset.json").read_text())["training"]
     assert nib.load(root / case["image"]).shape == (64, 64, 32)
+    said = []
+    resolve_source(data, log=said.append)                       # the phantom it wrote: nothing to say
+    resolve_source(DataConfig(phantom_dir=data.phantom_dir), log=said.append)   # the default shape asked
+    assert len(said) == 1 and "has 64 x 64 x 32 voxels per case: data.phantom_shape=128,128,64 applies only" in said[0]
 
 
 def test_the_debug_presets_read_the_phantom_that_the_quickstarts_phantom_step_writes():
