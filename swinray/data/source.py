@@ -36,9 +36,11 @@ def resolve_source(data: DataConfig, log=print) -> Path:
 def _say_if_another_shape(phantom: Path, asked: tuple[int, int, int], log) -> None:
     """A phantom already written keeps its shape: say so when ``data.phantom_shape`` asks for another."""
     import nibabel as nib
-    images = sorted((phantom / "imagesTr").glob("*.nii.gz"))
+    first = next(iter(sorted((phantom / "imagesTr").glob("*.nii.gz"))), None)
+    if first is None:
+        return
     try:
-        shape = tuple(nib.load(images[0]).shape[:3]) if images else tuple(asked)
+        shape = tuple(nib.load(first).shape[:3])
     except Exception:     # noqa: BLE001 - not readable: loading the dataset names the file and the problem
         return
     if shape != tuple(asked):
