@@ -121,15 +121,20 @@ def _reuse_key(run_cfg: FinetuneConfig, grid: dict) -> dict:
             "encoder_sha256": digest}
 
 
+# Where the encoder file sits (made absolute by ``arms``): its content is the key (``encoder_sha256``),
+# so a study carries on from another checkout or a copied encoder
+LOCATION_ONLY = {"seg.pretrained"}
+
+
 def same_run(saved: dict, current: dict) -> bool:
     """Whether a finished row's recorded key describes the run asked for now: every setting it recorded
-    is unchanged, and a setting the platform gained since (absent from the row) is at what that run
-    did (``ADDED_AT_FORMER_BEHAVIOUR``, else the default); so a study spanning sessions keeps its rows
-    across new features."""
+    is unchanged but the encoder's path (``LOCATION_ONLY``), and a setting the platform gained since
+    (absent from the row) is at what that run did (``ADDED_AT_FORMER_BEHAVIOUR``, else the default);
+    so a study spanning sessions keeps its rows across new features and checkouts."""
     saved, current = flatten(saved), flatten(current)
     former = {**flatten(to_dict(FinetuneConfig())), **ADDED_AT_FORMER_BEHAVIOUR}
     return all(saved[key] == value if key in saved else key in former and former[key] == value
-               for key, value in current.items())
+               for key, value in current.items() if key not in LOCATION_ONLY)
 
 
 def held_out_images_in_pretraining(encoder: str, split_file: Path) -> list[str]:

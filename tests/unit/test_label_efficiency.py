@@ -248,3 +248,15 @@ def test_test_images_the_encoder_was_pretrained_on_are_counted(tmp_path):
     (tmp_path / "split.json").write_text('{"training": ["pt_2"], "validation": [], "test": ["pt_1", "pt_11"]}')
     assert held_out_images_in_pretraining(str(tmp_path / "ssl" / "encoder.pt"), tmp_path / "split.json") == ["pt_1"]
     assert held_out_images_in_pretraining("", tmp_path / "split.json") == []
+
+
+def test_an_ssl_row_is_reused_from_another_checkout_of_the_same_encoder_and_not_for_another_encoder(tmp_path):
+    for folder, content in (("here", b"weights"), ("elsewhere", b"weights"), ("other", b"other weights")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "encoder.pt").write_bytes(content)
+    cfg = apply_overrides(preset(BenchConfig, "debug"), {"out_dir": str(tmp_path / "bench")})
+    key = {folder: _reuse_key(run_config(cfg, "ssl", str(tmp_path / folder / "encoder.pt"), 0.1, 0), GRID)
+           for folder in ("here", "elsewhere", "other")}
+    assert key["here"]["seg"]["pretrained"] != key["elsewhere"]["seg"]["pretrained"]
+    assert same_run(key["here"], key["elsewhere"])            # the same weights, copied or checked out elsewhere
+    assert not same_run(key["here"], key["other"])            # other weights: the run is another
