@@ -70,6 +70,13 @@ def write_dicom_series(folder, hu, spacing, origin_ras, series_uid=None, skip=()
     return folder
 
 
+def run_gloo_ranks(fn: Callable, args: tuple, world: int = 2) -> None:
+    """``fn(rank, *args)`` in ``world`` processes that may form a gloo group. Forked, not spawned:
+    a spawned child imports torch, MONAI and the test module again, 10-40 s a child on 2 cores."""
+    import torch.multiprocessing as mp
+    mp.start_processes(fn, args=args, nprocs=world, join=True, start_method="fork")
+
+
 def registered_checkpoint_steps(run_dir) -> list[int]:
     """The steps of the checkpoints Ray Train's controller has registered for a run (a checkpoint a
     worker wrote but the controller had not yet taken in is lost if the worker dies)."""

@@ -2,8 +2,8 @@
 even by one element or by a swap that keeps the sum."""
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
+from conftest import run_gloo_ranks
 from swinray.train.trainer import ranks_agree
 
 WORLD = 2
@@ -32,7 +32,7 @@ def _rank_main(rank: int, init_file: str, out_dir: str) -> None:
 
 
 def test_identical_replicas_agree_and_any_difference_is_caught(tmp_path):
-    mp.spawn(_rank_main, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=WORLD, join=True)
+    run_gloo_ranks(_rank_main, (str(tmp_path / "store"), str(tmp_path)), WORLD)
     for rank in range(WORLD):
         assert torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) == [True, False, False]
 

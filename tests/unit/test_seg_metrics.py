@@ -6,6 +6,7 @@ import torch
 from monai.metrics import DiceMetric, HausdorffDistanceMetric
 from monai.networks.utils import one_hot
 
+from conftest import run_gloo_ranks
 from swinray.seg.metrics import DiceMean, dice_per_case, hd95_per_case, outcomes
 
 
@@ -107,12 +108,11 @@ def _validate_shard(rank: int, init_file: str, preds: torch.Tensor, truths: torc
 
 @pytest.mark.timeout(120)
 def test_two_gloo_workers_holding_different_cases_sum_to_one_worker_scoring_all(tmp_path):
-    import torch.multiprocessing as mp
     torch.manual_seed(1)
     preds, truths = torch.randint(0, 3, (5, 1, 8, 8, 8)), torch.randint(0, 3, (5, 1, 8, 8, 8))
     truths[3] = truths[3].clamp(max=1)                     # a false positive of class 2 in case 3
     preds[4], truths[4] = preds[4].clamp(max=1), truths[4].clamp(max=1)   # class 2 in neither
-    mp.spawn(_validate_shard, args=(str(tmp_path / "store"), preds, truths, str(tmp_path)), nprocs=2, join=True)
+    run_gloo_ranks(_validate_shard, (str(tmp_path / "store"), preds, truths, str(tmp_path)))
     alone = DiceMean(2)
     alone.add(dice_per_case(preds, truths, 3))
     for rank in range(2):

@@ -6,9 +6,9 @@ import warnings
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from conftest import run_gloo_ranks
 from swinray.pretext.losses import nt_xent, ssl_loss
 
 
@@ -106,7 +106,7 @@ def _rank_main(rank: int, init_file: str, z1: torch.Tensor, z2: torch.Tensor, ou
 @pytest.mark.timeout(120)
 def test_with_two_ranks_each_rank_gets_the_global_batch_loss_and_gradients_reach_its_rows(tmp_path):
     z1, z2 = embeddings(4, batch=ROWS_PER_RANK * WORLD, dim=16)
-    mp.spawn(_rank_main, args=(str(tmp_path / "store"), z1, z2, str(tmp_path)), nprocs=WORLD, join=True)
+    run_gloo_ranks(_rank_main, (str(tmp_path / "store"), z1, z2, str(tmp_path)), WORLD)
 
     g1, g2 = z1.clone().requires_grad_(True), z2.clone().requires_grad_(True)
     single = nt_xent(g1, g2, 0.5)                       # one process, the concatenated global batch
