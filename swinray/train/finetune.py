@@ -22,10 +22,10 @@ from swinray.runtime import init_ray, use_gpu
 from swinray.seg.evaluate import score_test_cases
 from swinray.seg.postprocess import describe
 from swinray.storage import copy_to_local, local_file, local_path, shown, write_json
-from swinray.train.finetune_loop import model_kwargs, train_fn_per_worker
+from swinray.train.finetune_loop import finished_by, model_kwargs, train_fn_per_worker
 from swinray.train.seg_data import split_cases
 from swinray.train.state import MODEL_FILE
-from swinray.train.trainer import fit_followed, loop_config, make_trainer, worker_resources
+from swinray.train.trainer import finished_result, fit_followed, loop_config, make_trainer, worker_resources
 from swinray.writable import writing_to
 
 
@@ -113,14 +113,22 @@ def finetune(resolved: Resolved, log=print) -> dict:
     cfg: FinetuneConfig = resolved.cfg
     plan = plan_finetune(resolved, log)
     run_dir = Path(resolved.paths.run_dir)
-    cluster = init_ray(cfg.run)
-    gpu = use_gpu(cfg.run)
-    resources, threads = worker_resources(cluster["cpus"], cfg.run.num_workers, gpu)
-    log(f"fine-tuning {cfg.run.name} on {cfg.data.task}: {len(plan.train)} training / {len(plan.val)} "
-        f"validation case(s), ROI {cfg.model.roi_size}, {cfg.run.num_workers} worker(s) on {'GPU' if gpu else 'CPU'} "
-        f"({resources}), {cfg.optim.num_steps} steps -> {shown(run_dir)}")
-    trainer = make_trainer(train_fn_per_worker, loop_config(cfg, resolved.paths, threads), cfg.run, gpu, resources)
-    result, aim = fit_followed(trainer, run_dir, cfg.optim.num_steps, f"finetune {cfg.run.name}", cfg.run.aim_repo, log)
+    aim_error = None
+    result = finished_result(cfg.run, lambda metrics: bool(finished_by(metrics, cfg)))
+    if result is not None:
+        log(f"{cfg.run.name} already finished at step {result.metrics['step']} ({finished_by(result.metrics, cfg)}) "
+            f"in {shown(run_dir)}: nothing to train; its best model is scored again")
+    else:
+        cluster = init_ray(cfg.run)
+        gpu = use_gpu(cfg.run)
+        resources, threads = worker_resources(cluster["cpus"], cfg.run.num_workers, gpu)
+        log(f"fine-tuning {cfg.run.name} on {cfg.data.task}: {len(plan.train)} training / {len(plan.val)} "
+            f"validation case(s), ROI {cfg.model.roi_size}, {cfg.run.num_workers} worker(s) on "
+            f"{'GPU' if gpu else 'CPU'} ({resources}), {cfg.optim.num_steps} steps -> {shown(run_dir)}")
+        trainer = make_trainer(train_fn_per_worker, loop_config(cfg, resolved.paths, threads), cfg.run, gpu, resources)
+        result, aim = fit_followed(trainer, run_dir, cfg.optim.num_steps, f"finetune {cfg.run.name}",
+                                   cfg.run.aim_repo, log)
+        aim_error = aim.aim_error
     model_path = run_dir / MODEL_FILE
     with result.checkpoint.as_directory() as directory, writing_to(run_dir, RUN_STORAGE_KEY):
         copy_to_local(str(Path(directory) / MODEL_FILE), model_path)
@@ -153,7 +161,7 @@ def finetune(resolved: Resolved, log=print) -> dict:
             "pretrained_report": plan.pretrained.summary() if plan.pretrained else None,
             "metrics_log": shown(run_dir / "metrics.jsonl"), "split": shown(resolved.paths.split),
             "aim_repo": cfg.run.aim_repo,
-            "aim_error": aim.aim_error, "diverged_step": metrics.get("diverged_step") or None,
+            "aim_error": aim_error, "diverged_step": metrics.get("diverged_step") or None,
             "ok": saved["val_dice"] >= 0 and not metrics.get("diverged_step")}
 
 

@@ -115,6 +115,15 @@ def stop_reason(progress: Progress, step: int, cfg: FinetuneConfig, out_of_time:
     return "max_minutes" if out_of_time else ""
 
 
+def finished_by(metrics: dict, cfg: FinetuneConfig) -> str:
+    """Why a run whose latest checkpoint reported ``metrics`` is over under ``cfg``, as its workers
+    would decide on resuming it, or "" when it has more to do."""
+    progress = Progress(step=metrics.get("step", 0), elapsed_s=metrics.get("elapsed_s", 0.0),
+                        best_step=metrics.get("best_step", 0), diverged_step=metrics.get("diverged_step", 0))
+    deadline = cfg.seg.max_minutes * 60 if cfg.seg.max_minutes > 0 else float("inf")
+    return stop_reason(progress, progress.step, cfg, progress.elapsed_s >= deadline)
+
+
 def _stop_now(deadline_passed: bool, device) -> bool:
     """Every rank stops at the same step: rank 0's clock decides."""
     flag = torch.tensor([float(deadline_passed)], device=device)

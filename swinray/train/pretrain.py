@@ -27,7 +27,7 @@ from swinray.storage import (
 from swinray.train.pretrain_loop import train_fn_per_worker
 from swinray.train.proxy_progress import describe, proxy_progress
 from swinray.train.state import ENCODER_FILE
-from swinray.train.trainer import fit_followed, loop_config, make_trainer, worker_resources
+from swinray.train.trainer import finished_result, fit_followed, loop_config, make_trainer, worker_resources
 from swinray.writable import writing_to
 
 
@@ -56,18 +56,26 @@ def pretrain(resolved: Resolved, log=print) -> dict:
     if len(cases) < cfg.run.num_workers:
         raise DatasetError(f"{cache['manifest']}: {len(cases)} cached case(s) for run.num_workers="
                            f"{cfg.run.num_workers}; every worker needs at least one (add cases or lower --workers)")
-    cluster = init_ray(cfg.run)
-    gpu = use_gpu(cfg.run)
-    resources, threads = worker_resources(cluster["cpus"], cfg.run.num_workers, gpu)
     run_dir = Path(resolved.paths.run_dir)
-    log(f"pretraining {cfg.run.name}: {cfg.run.num_workers} worker(s) on {'GPU' if gpu else 'CPU'} "
-        f"({resources}), {len(cases)} case(s), {cfg.optim.num_steps} steps -> {shown(run_dir)}")
-
-    case_ids = training_cases(Path(resolved.paths.split), [c["case_id"] for c in cases], log)
-    with writing_to(run_dir, RUN_STORAGE_KEY):
-        write_json(resolved.paths.split, {"training": case_ids})      # rank r trains on every world-th from r
-    trainer = make_trainer(train_fn_per_worker, loop_config(cfg, resolved.paths, threads), cfg.run, gpu, resources)
-    result, aim = fit_followed(trainer, run_dir, cfg.optim.num_steps, f"pretrain {cfg.run.name}", cfg.run.aim_repo, log)
+    aim_error = None
+    result = finished_result(cfg.run, lambda metrics: metrics.get("step", 0) >= cfg.optim.num_steps)
+    if result is not None:
+        log(f"{cfg.run.name} already finished at step {result.metrics['step']} in {shown(run_dir)}: nothing to "
+            "train; its encoder is exported again")
+    else:
+        cluster = init_ray(cfg.run)
+        gpu = use_gpu(cfg.run)
+        resources, threads = worker_resources(cluster["cpus"], cfg.run.num_workers, gpu)
+        log(f"pretraining {cfg.run.name}: {cfg.run.num_workers} worker(s) on {'GPU' if gpu else 'CPU'} "
+            f"({resources}), {len(cases)} case(s), {cfg.optim.num_steps} steps -> {shown(run_dir)}")
+        case_ids = training_cases(Path(resolved.paths.split), [c["case_id"] for c in cases], log)
+        with writing_to(run_dir, RUN_STORAGE_KEY):
+            write_json(resolved.paths.split, {"training": case_ids})      # rank r trains on every world-th from r
+        trainer = make_trainer(train_fn_per_worker, loop_config(cfg, resolved.paths, threads), cfg.run, gpu,
+                               resources)
+        result, aim = fit_followed(trainer, run_dir, cfg.optim.num_steps, f"pretrain {cfg.run.name}",
+                                   cfg.run.aim_repo, log)
+        aim_error = aim.aim_error
     encoder_path = run_dir / ENCODER_FILE
     with result.checkpoint.as_directory() as directory, writing_to(run_dir, RUN_STORAGE_KEY):
         copy_to_local(str(Path(directory) / ENCODER_FILE), encoder_path)
@@ -91,7 +99,7 @@ def pretrain(resolved: Resolved, log=print) -> dict:
             "encoder_keys_loaded": len(report.loaded), "encoder_keys_missing": len(report.missing),
             "checkpoint": checkpoint_location(result.checkpoint.path, ray_storage_path(cfg.run.storage)),
             "metrics_log": shown(run_dir / "metrics.jsonl"), "aim_repo": cfg.run.aim_repo,
-            "aim_error": aim.aim_error, "weights_in_sync": in_sync,
+            "aim_error": aim_error, "weights_in_sync": in_sync,
             "ok": not report.missing and in_sync}
 
 

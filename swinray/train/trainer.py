@@ -25,7 +25,7 @@ from swinray.config import RunConfig, from_dict, to_dict
 from swinray.data.cache import case_paths
 from swinray.errors import StorageError
 from swinray.resolve import RUN_STORAGE_KEY, RunPaths
-from swinray.storage import fetch, ray_storage_path, shown
+from swinray.storage import fetch, is_uri, ray_storage_path, shown
 from swinray.writable import storage_fault
 
 DATA_CPU_RESERVE = 0.5  # CPU left free beside the workers: Ray Data tasks, a sweep trial's function actor
@@ -130,6 +130,25 @@ def fit(trainer: TorchTrainer, run_dir: str | Path) -> ray.train.Result:
         if fault is None:
             raise
         raise fault from None
+
+
+def finished_result(run: RunConfig, done: Callable[[dict], bool]) -> ray.train.Result | None:
+    """A run whose latest checkpoint says it is over (``done`` of its metrics), read from its local
+    storage without starting Ray or Train: a rerun of a finished run takes seconds, not Train's
+    start-up. None otherwise (no checkpoint, more to do, object storage, unreadable): Train resumes it."""
+    storage = ray_storage_path(run.storage)
+    if is_uri(storage) or not (Path(storage) / run.name).is_dir():
+        return None
+    train_logger = logging.getLogger("ray.train")
+    level = train_logger.level
+    train_logger.setLevel(logging.WARNING)     # "A run snapshot was found in storage folder ..."
+    try:
+        result = ray.train.Result.from_path(Path(storage) / run.name)
+    except (OSError, RuntimeError, ValueError, KeyError):
+        return None
+    finally:
+        train_logger.setLevel(level)
+    return result if result.checkpoint is not None and done(result.metrics or {}) else None
 
 
 def fit_followed(trainer: TorchTrainer, run_dir: Path, total_steps: int, desc: str, aim_repo: str, log):

@@ -128,8 +128,12 @@ def test_phantom_fine_tuning_resumes_keeps_the_best_model_and_reports_the_weight
     assert saved["data"]["task"] == summary["task"] == "phantom" and saved["run"]["experiment"] == cfg.run.name
     assert aim_hparams(tmp / "runs")[cfg.run.name] == saved
     assert "liver=#" in overlays[6][2]                      # the caption is the legend, by class name
-    again = run_finetune(cfg, quiet)                        # same name: resumes at the end
+    lines = []
+    again = run_finetune(cfg, lines.append)                 # same name: over, so Train does not start
+    assert any("already finished at step 6 (num_steps)" in line for line in lines), lines
+    assert not any(line.startswith("fine-tuning ") for line in lines), lines
     assert again["steps"] == cfg.optim.num_steps and again["best_val_dice"] == summary["best_val_dice"]
+    assert again["test_dice"] == summary["test_dice"] and again["stopped_by"] == "num_steps"
     assert len(open(summary["metrics_log"]).read().splitlines()) == cfg.optim.num_steps
 
 
@@ -222,8 +226,10 @@ def test_a_run_with_patience_stops_once_that_many_validations_bring_nothing_bett
     dice = [json.loads(line)["val_dice"] for line in open(summary["metrics_log"])]
     assert (summary["steps"], summary["stopped_by"], summary["best_step"]) == (3, "patience", 1), dice
     assert max(dice[1:]) <= dice[0] and max(dice) - min(dice) < 1e-6, dice
-    again = run_finetune(cfg, quiet)                    # a rerun of a finished run does not train on
+    lines = []
+    again = run_finetune(cfg, lines.append)             # a rerun of a finished run does not train on
     assert (again["steps"], again["stopped_by"]) == (3, "patience")
+    assert any("already finished at step 3 (patience)" in line for line in lines), lines
 
 
 def test_a_finished_run_asked_for_more_steps_continues_from_its_end(phantom_run):

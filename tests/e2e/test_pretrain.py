@@ -63,8 +63,11 @@ def test_debug_run_learns_checkpoints_exports_and_a_rerun_resumes(uninterrupted)
     pictures = aim_images(tmp_path / "runs", "pretext_views")[cfg.run.name]   # one per checkpoint
     x, y, _ = cfg.model.roi_size
     assert pictures == {4: (3 * x + 4, y, CAPTION), 8: (3 * x + 4, y, CAPTION)}   # input | masked | reconstruction
-    again = run_pretrain(cfg, quiet)                       # same name: resumes at the end
-    assert again["steps"] == cfg.optim.num_steps
+    lines = []
+    again = run_pretrain(cfg, lines.append)                # same name: over, so Train does not start
+    assert again["steps"] == cfg.optim.num_steps and again["encoder"] == summary["encoder"]
+    assert any("already finished at step 8" in line for line in lines), lines
+    assert not any(line.startswith("pretraining ") for line in lines), lines
     assert len(read_metrics(again)) == cfg.optim.num_steps
     # What ran is what was saved and tracked: the data's channels and task, the experiment, not sentinels
     saved = json.loads((run_dir / "config.json").read_text())
