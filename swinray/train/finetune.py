@@ -25,7 +25,14 @@ from swinray.storage import copy_to_local, local_file, local_path, shown, write_
 from swinray.train.finetune_loop import finished_by, model_kwargs, train_fn_per_worker
 from swinray.train.seg_data import split_cases
 from swinray.train.state import MODEL_FILE
-from swinray.train.trainer import finished_result, fit_followed, loop_config, make_trainer, worker_resources
+from swinray.train.trainer import (
+    copy_to_aim,
+    finished_result,
+    fit_followed,
+    loop_config,
+    make_trainer,
+    worker_resources,
+)
 from swinray.writable import writing_to
 
 
@@ -113,11 +120,11 @@ def finetune(resolved: Resolved, log=print) -> dict:
     cfg: FinetuneConfig = resolved.cfg
     plan = plan_finetune(resolved, log)
     run_dir = Path(resolved.paths.run_dir)
-    aim_error = None
     result = finished_result(cfg.run, lambda metrics: bool(finished_by(metrics, cfg)))
     if result is not None:
         log(f"{cfg.run.name} already finished at step {result.metrics['step']} ({finished_by(result.metrics, cfg)}) "
             f"in {shown(run_dir)}: nothing to train; its best model is scored again")
+        aim_error = copy_to_aim(run_dir, cfg.run.aim_repo, log)
     else:
         cluster = init_ray(cfg.run)
         gpu = use_gpu(cfg.run)

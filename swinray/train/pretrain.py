@@ -27,7 +27,14 @@ from swinray.storage import (
 from swinray.train.pretrain_loop import train_fn_per_worker
 from swinray.train.proxy_progress import describe, proxy_progress
 from swinray.train.state import ENCODER_FILE
-from swinray.train.trainer import finished_result, fit_followed, loop_config, make_trainer, worker_resources
+from swinray.train.trainer import (
+    copy_to_aim,
+    finished_result,
+    fit_followed,
+    loop_config,
+    make_trainer,
+    worker_resources,
+)
 from swinray.writable import writing_to
 
 
@@ -57,11 +64,11 @@ def pretrain(resolved: Resolved, log=print) -> dict:
         raise DatasetError(f"{cache['manifest']}: {len(cases)} cached case(s) for run.num_workers="
                            f"{cfg.run.num_workers}; every worker needs at least one (add cases or lower --workers)")
     run_dir = Path(resolved.paths.run_dir)
-    aim_error = None
     result = finished_result(cfg.run, lambda metrics: metrics.get("step", 0) >= cfg.optim.num_steps)
     if result is not None:
         log(f"{cfg.run.name} already finished at step {result.metrics['step']} in {shown(run_dir)}: nothing to "
             "train; its encoder is exported again")
+        aim_error = copy_to_aim(run_dir, cfg.run.aim_repo, log)
     else:
         cluster = init_ray(cfg.run)
         gpu = use_gpu(cfg.run)

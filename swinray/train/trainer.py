@@ -151,6 +151,15 @@ def finished_result(run: RunConfig, done: Callable[[dict], bool]) -> ray.train.R
     return result if result.checkpoint is not None and done(result.metrics or {}) else None
 
 
+def copy_to_aim(run_dir: Path, aim_repo: str, log) -> str | None:
+    """What a finished run's logs hold that Aim lacks (after an Aim failure mid-run, say) copied
+    into Aim, as ``fit_followed`` does at the end of training; the Aim error, if any."""
+    from swinray.aim_mirror import mirror_to_aim
+    with mirror_to_aim(aim_repo, runs=[run_dir], log=log) as aim:
+        pass
+    return aim.aim_error
+
+
 def fit_followed(trainer: TorchTrainer, run_dir: Path, total_steps: int, desc: str, aim_repo: str, log):
     """``fit`` as the drivers run it: a progress bar from rank 0's metrics log, the Aim writer copying
     the run as it trains, and a stop signal ending it as ``Interrupted`` with the steps reached.

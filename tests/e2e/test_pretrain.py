@@ -12,6 +12,7 @@ from conftest import aim_hparams, aim_images, registered_checkpoint_steps, run_k
 from swinray.config import PretrainConfig, apply_overrides
 from swinray.presets import preset
 from swinray.pretext.pictures import CAPTION
+from swinray.report.runs import read_experiment
 from swinray.train.pretrain import run_pretrain
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
@@ -140,3 +141,9 @@ def test_aim_repo_made_unwritable_mid_run_only_warns_and_the_log_is_complete(loc
     assert [r["step"] for r in read_metrics(summary)] == list(range(1, cfg.optim.num_steps + 1))
     from aim import Repo
     assert len(Repo.from_path(str(tmp_path / "runs")).list_all_runs()) == 1   # it was tracking before
+    (tracked,) = read_experiment(str(tmp_path / "runs"), cfg.run.name)
+    assert list(tracked.curves.get("loss", ([], []))[0]) != list(range(1, cfg.optim.num_steps + 1))   # missed
+    again = run_pretrain(cfg, quiet)        # finished: no training, and Aim gets the steps it missed
+    assert again["steps"] == cfg.optim.num_steps and again["aim_error"] is None
+    (tracked,) = read_experiment(str(tmp_path / "runs"), cfg.run.name)
+    assert list(tracked.curves["loss"][0]) == list(range(1, cfg.optim.num_steps + 1))
