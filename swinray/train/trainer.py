@@ -148,7 +148,8 @@ def finished_result(run: RunConfig, done: Callable[[dict], bool]) -> ray.train.R
         return None
     finally:
         train_logger.setLevel(level)
-    return result if result.checkpoint is not None and done(result.metrics or {}) else None
+    over = result.checkpoint is not None and Path(result.checkpoint.path).is_dir() and done(result.metrics or {})
+    return result if over else None
 
 
 def copy_to_aim(run_dir: Path, aim_repo: str, log) -> str | None:
