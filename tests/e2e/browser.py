@@ -5,7 +5,9 @@ them from Debian's packages)."""
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -54,9 +56,11 @@ def aim_up(repo: Path, timeout_s: float = 60):
     """``aim up`` on 127.0.0.1 and a free port; yields its base URL."""
     port = free_ports(1)[0]
     aim = Path(sys.executable).parent / "aim"
+    # Its own process group: `aim up` runs uvicorn and its workers as children, which outlive it when
+    # only `aim up` is stopped
     server = subprocess.Popen([str(aim if aim.exists() else shutil.which("aim")), "up", "--repo", str(repo),
                                "--host", "127.0.0.1", "--port", str(port)],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout_s
@@ -68,16 +72,24 @@ def aim_up(repo: Path, timeout_s: float = 60):
             except OSError:
                 pass
             if server.poll() is not None or time.monotonic() > deadline:
-                server.kill()
+                stop(server, signal.SIGKILL)
                 raise AssertionError(f"aim up did not serve {url}:\n{server.communicate()[0][-2000:]}")
             time.sleep(0.5)
         yield url
     finally:
-        server.terminate()
+        stop(server, signal.SIGTERM)
         try:
             server.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            server.kill()
+            stop(server, signal.SIGKILL)
+
+
+def stop(server: subprocess.Popen, signum: int) -> None:
+    """``signum`` to the server's whole process group (it leads it)."""
+    try:
+        os.killpg(server.pid, signum)
+    except ProcessLookupError:          # all gone already
+        pass
 
 
 def page_text(driver) -> str:
