@@ -72,9 +72,15 @@ def write_dicom_series(folder, hu, spacing, origin_ras, series_uid=None, skip=()
 
 def run_gloo_ranks(fn: Callable, args: tuple, world: int = 2) -> None:
     """``fn(rank, *args)`` in ``world`` processes that may form a gloo group. Forked, not spawned:
-    a spawned child imports torch, MONAI and the test module again, 10-40 s a child on 2 cores."""
+    a spawned child imports torch, MONAI and the test module again, 10-40 s a child on 2 cores. A
+    forked child computes on one thread: OpenMP's pool, started in this process, does not survive a fork."""
+    import torch
     import torch.multiprocessing as mp
-    mp.start_processes(fn, args=args, nprocs=world, join=True, start_method="fork")
+
+    def one_thread(rank, *rest):
+        torch.set_num_threads(1)
+        fn(rank, *rest)
+    mp.start_processes(one_thread, args=args, nprocs=world, join=True, start_method="fork")
 
 
 def registered_checkpoint_steps(run_dir) -> list[int]:

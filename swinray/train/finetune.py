@@ -22,15 +22,15 @@ from swinray.runtime import init_ray, use_gpu
 from swinray.seg.evaluate import score_test_cases
 from swinray.seg.postprocess import describe
 from swinray.storage import copy_to_local, local_file, local_path, shown, write_json
-from swinray.train.finetune_loop import finished_by, model_kwargs, train_fn_per_worker
+from swinray.train.finetune_loop import finished_by, model_kwargs, stop_cause, train_fn_per_worker
 from swinray.train.seg_data import split_cases
 from swinray.train.state import MODEL_FILE
 from swinray.train.trainer import (
-    copy_to_aim,
     finished_result,
     fit_followed,
     loop_config,
     make_trainer,
+    settle_finished,
     worker_resources,
 )
 from swinray.writable import writing_to
@@ -122,9 +122,9 @@ def finetune(resolved: Resolved, log=print) -> dict:
     run_dir = Path(resolved.paths.run_dir)
     result = finished_result(cfg.run, lambda metrics: bool(finished_by(metrics, cfg)))
     if result is not None:
-        log(f"{cfg.run.name} already finished at step {result.metrics['step']} ({finished_by(result.metrics, cfg)}) "
+        log(f"{cfg.run.name} already finished at step {result.metrics['step']} ({stop_cause(result.metrics, cfg)}) "
             f"in {shown(run_dir)}: nothing to train; its best model is scored again")
-        aim_error = copy_to_aim(run_dir, cfg.run.aim_repo, log)
+        aim_error = settle_finished(run_dir, result.metrics["step"], cfg.run.aim_repo, log)
     else:
         cluster = init_ray(cfg.run)
         gpu = use_gpu(cfg.run)
@@ -158,7 +158,7 @@ def finetune(resolved: Resolved, log=print) -> dict:
     with writing_to(run_dir, RUN_STORAGE_KEY):
         test = test_score(plan, model_path, run_dir / "test_per_case.csv", log)
     return {"command": "finetune", "task": cfg.data.task, "run_dir": shown(run_dir), "steps": metrics.get("step"),
-            "stopped_by": metrics.get("stopped_by") or None, "train_bf16": metrics.get("train_bf16"),
+            "stopped_by": stop_cause(metrics, cfg) or None, "train_bf16": metrics.get("train_bf16"),
             "best_val_dice": saved["val_dice"], "best_step": saved["step"], "val_dice_per_class": per_class,
             "val_dice": saved["val_dice"],
             "largest_component": [plan.task["label_names"][c] for c in post],

@@ -124,6 +124,12 @@ def finished_by(metrics: dict, cfg: FinetuneConfig) -> str:
     return stop_reason(progress, progress.step, cfg, progress.elapsed_s >= deadline)
 
 
+def stop_cause(metrics: dict, cfg: FinetuneConfig) -> str:
+    """Why a run whose latest checkpoint reported ``metrics`` ended: what its loop said then, else what
+    ended it under ``cfg`` (a checkpoint that ends a run only under settings given since)."""
+    return metrics.get("stopped_by") or finished_by(metrics, cfg)
+
+
 def _stop_now(deadline_passed: bool, device) -> bool:
     """Every rank stops at the same step: rank 0's clock decides."""
     flag = torch.tensor([float(deadline_passed)], device=device)

@@ -28,11 +28,11 @@ from swinray.train.pretrain_loop import train_fn_per_worker
 from swinray.train.proxy_progress import describe, proxy_progress
 from swinray.train.state import ENCODER_FILE
 from swinray.train.trainer import (
-    copy_to_aim,
     finished_result,
     fit_followed,
     loop_config,
     make_trainer,
+    settle_finished,
     worker_resources,
 )
 from swinray.writable import writing_to
@@ -68,7 +68,7 @@ def pretrain(resolved: Resolved, log=print) -> dict:
     if result is not None:
         log(f"{cfg.run.name} already finished at step {result.metrics['step']} in {shown(run_dir)}: nothing to "
             "train; its encoder is exported again")
-        aim_error = copy_to_aim(run_dir, cfg.run.aim_repo, log)
+        aim_error = settle_finished(run_dir, result.metrics["step"], cfg.run.aim_repo, log)
     else:
         cluster = init_ray(cfg.run)
         gpu = use_gpu(cfg.run)
@@ -91,7 +91,7 @@ def pretrain(resolved: Resolved, log=print) -> dict:
     report = load_encoder(check, encoder_path)
     log(f"encoder exported to {shown(encoder_path)}; into a fresh SwinUNETR: {report.summary()}")
     metrics = result.metrics or {}
-    in_sync = metrics.get("weights_in_sync", True)       # absent when a finished run is rerun
+    in_sync = metrics.get("weights_in_sync", True)       # the last step's checkpoint has it
     if not in_sync:
         log("error: the ranks' weights differ at the end of training; DDP did not keep them in sync")
     metrics_log = run_dir / "metrics.jsonl"

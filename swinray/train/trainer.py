@@ -144,18 +144,20 @@ def finished_result(run: RunConfig, done: Callable[[dict], bool]) -> ray.train.R
     train_logger.setLevel(logging.WARNING)     # "A run snapshot was found in storage folder ..."
     try:
         result = ray.train.Result.from_path(Path(storage) / run.name)
-    except (OSError, RuntimeError, ValueError, KeyError):
-        return None
+    except Exception:       # a shortcut only: a snapshot half written, from another Ray version, or
+        return None         # naming a checkpoint folder that is gone goes through Train
     finally:
         train_logger.setLevel(level)
-    over = result.checkpoint is not None and Path(result.checkpoint.path).is_dir() and done(result.metrics or {})
-    return result if over else None
+    return result if result.checkpoint is not None and done(result.metrics or {}) else None
 
 
-def copy_to_aim(run_dir: Path, aim_repo: str, log) -> str | None:
-    """What a finished run's logs hold that Aim lacks (after an Aim failure mid-run, say) copied
-    into Aim, as ``fit_followed`` does at the end of training; the Aim error, if any."""
+def settle_finished(run_dir: Path, step: int, aim_repo: str, log) -> str | None:
+    """For a run over at its checkpoint of ``step``: lines logged past it (before an interruption)
+    dropped, as a resume drops them, and what Aim lacks (after an Aim failure mid-run, say) copied
+    into Aim, as ``fit_followed`` does at the end of training. Returns the Aim error, if any."""
     from swinray.aim_mirror import mirror_to_aim
+    from swinray.tracking import Tracker
+    Tracker(run_dir, resumed_at=step).close()
     with mirror_to_aim(aim_repo, runs=[run_dir], log=log) as aim:
         pass
     return aim.aim_error

@@ -66,7 +66,7 @@ def test_debug_run_learns_checkpoints_exports_and_a_rerun_resumes(uninterrupted)
     assert pictures == {4: (3 * x + 4, y, CAPTION), 8: (3 * x + 4, y, CAPTION)}   # input | masked | reconstruction
     lines = []
     again = run_pretrain(cfg, lines.append)                # same name: over, so Train does not start
-    assert again["steps"] == cfg.optim.num_steps and again["encoder"] == summary["encoder"]
+    assert again["steps"] == cfg.optim.num_steps and again["weights_in_sync"] is True
     assert any("already finished at step 8" in line for line in lines), lines
     assert not any(line.startswith("pretraining ") for line in lines), lines
     assert len(read_metrics(again)) == cfg.optim.num_steps
