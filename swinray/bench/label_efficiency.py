@@ -35,6 +35,7 @@ from swinray.report.runs import flatten
 from swinray.resolve import ADDED_AT_FORMER_BEHAVIOUR, locate_pretrained, resolve_finetune
 from swinray.storage import local_file, write_json
 from swinray.train.finetune import run_finetune
+from swinray.train.precision import cpu_name
 
 SCRATCH = "scratch"
 ROW_FILE = "label_efficiency_row.json"
@@ -176,6 +177,7 @@ def one_run(run_cfg: FinetuneConfig, row: dict, log, grid: dict) -> dict:
            "training_cases": summary["num_training_cases"], "validation_cases": summary["num_validation_cases"],
            "test_cases": summary["num_test_cases"], "train_seconds": _train_seconds(summary["metrics_log"]),
            "model": summary["model"], "task": summary["task"], "train_bf16": summary.get("train_bf16"),
+           "cpu": cpu_name(),                  # the local workers': bf16 steps round as its kernels do
            "test_images_seen_in_pretraining": len(held_out_images_in_pretraining(run_cfg.seg.pretrained,
                                                                                   Path(summary["split"])))}
     if row["test_images_seen_in_pretraining"]:

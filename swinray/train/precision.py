@@ -5,6 +5,7 @@ CPU stays float32: its step, mostly attention, measured no faster in bf16."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -14,6 +15,16 @@ from swinray.config import FinetuneConfig
 def cpu_has_native_bf16() -> bool:
     return any(bool(getattr(torch.cpu, probe, lambda: False)())
                for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+
+
+def cpu_name() -> str:
+    """This machine's CPU model, from Linux's /proc/cpuinfo ("" elsewhere): bf16 steps round as its
+    kernels do, so a run's path, and a row of a study, depend on it."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return ""
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "")
 
 
 def finetune_autocast(cfg: FinetuneConfig, device: torch.device, native_bf16: Callable[[], bool] = cpu_has_native_bf16
