@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+from ray.train.torch import TorchTrainer
 
 from swinray.config import FinetuneConfig, to_dict
 from swinray.data.preprocess import preprocess_dataset
@@ -25,14 +26,7 @@ from swinray.storage import copy_to_local, local_file, local_path, shown, write_
 from swinray.train.finetune_loop import finished_by, model_kwargs, stop_cause, train_fn_per_worker
 from swinray.train.seg_data import split_cases
 from swinray.train.state import MODEL_FILE
-from swinray.train.trainer import (
-    finished_result,
-    fit_followed,
-    loop_config,
-    make_trainer,
-    settle_finished,
-    worker_resources,
-)
+from swinray.train.trainer import fit_unless_finished, loop_config, make_trainer, worker_resources
 from swinray.writable import writing_to
 
 
@@ -120,22 +114,17 @@ def finetune(resolved: Resolved, log=print) -> dict:
     cfg: FinetuneConfig = resolved.cfg
     plan = plan_finetune(resolved, log)
     run_dir = Path(resolved.paths.run_dir)
-    result = finished_result(cfg.run, lambda metrics: bool(finished_by(metrics, cfg)))
-    if result is not None:
-        log(f"{cfg.run.name} already finished at step {result.metrics['step']} ({stop_cause(result.metrics, cfg)}) "
-            f"in {shown(run_dir)}: nothing to train; its best model is scored again")
-        aim_error = settle_finished(run_dir, result.metrics["step"], cfg.run.aim_repo, log)
-    else:
+
+    def start() -> TorchTrainer:
         cluster = init_ray(cfg.run)
         gpu = use_gpu(cfg.run)
         resources, threads = worker_resources(cluster["cpus"], cfg.run.num_workers, gpu)
         log(f"fine-tuning {cfg.run.name} on {cfg.data.task}: {len(plan.train)} training / {len(plan.val)} "
             f"validation case(s), ROI {cfg.model.roi_size}, {cfg.run.num_workers} worker(s) on "
             f"{'GPU' if gpu else 'CPU'} ({resources}), {cfg.optim.num_steps} steps -> {shown(run_dir)}")
-        trainer = make_trainer(train_fn_per_worker, loop_config(cfg, resolved.paths, threads), cfg.run, gpu, resources)
-        result, aim = fit_followed(trainer, run_dir, cfg.optim.num_steps, f"finetune {cfg.run.name}",
-                                   cfg.run.aim_repo, log)
-        aim_error = aim.aim_error
+        return make_trainer(train_fn_per_worker, loop_config(cfg, resolved.paths, threads), cfg.run, gpu, resources)
+    result, aim_error = fit_unless_finished(cfg.run, run_dir, cfg.optim.num_steps, f"finetune {cfg.run.name}",
+                                            lambda metrics: finished_by(metrics, cfg), start, log)
     model_path = run_dir / MODEL_FILE
     with result.checkpoint.as_directory() as directory, writing_to(run_dir, RUN_STORAGE_KEY):
         copy_to_local(str(Path(directory) / MODEL_FILE), model_path)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ray.train.torch import TorchTrainer
+
 from swinray.config import PretrainConfig
 from swinray.data.preprocess import preprocess_dataset
 from swinray.errors import DatasetError
@@ -27,14 +29,7 @@ from swinray.storage import (
 from swinray.train.pretrain_loop import train_fn_per_worker
 from swinray.train.proxy_progress import describe, proxy_progress
 from swinray.train.state import ENCODER_FILE
-from swinray.train.trainer import (
-    finished_result,
-    fit_followed,
-    loop_config,
-    make_trainer,
-    settle_finished,
-    worker_resources,
-)
+from swinray.train.trainer import fit_unless_finished, loop_config, make_trainer, worker_resources
 from swinray.writable import writing_to
 
 
@@ -64,12 +59,8 @@ def pretrain(resolved: Resolved, log=print) -> dict:
         raise DatasetError(f"{cache['manifest']}: {len(cases)} cached case(s) for run.num_workers="
                            f"{cfg.run.num_workers}; every worker needs at least one (add cases or lower --workers)")
     run_dir = Path(resolved.paths.run_dir)
-    result = finished_result(cfg.run, lambda metrics: metrics.get("step", 0) >= cfg.optim.num_steps)
-    if result is not None:
-        log(f"{cfg.run.name} already finished at step {result.metrics['step']} in {shown(run_dir)}: nothing to "
-            "train; its encoder is exported again")
-        aim_error = settle_finished(run_dir, result.metrics["step"], cfg.run.aim_repo, log)
-    else:
+
+    def start() -> TorchTrainer:
         cluster = init_ray(cfg.run)
         gpu = use_gpu(cfg.run)
         resources, threads = worker_resources(cluster["cpus"], cfg.run.num_workers, gpu)
@@ -78,11 +69,12 @@ def pretrain(resolved: Resolved, log=print) -> dict:
         case_ids = training_cases(Path(resolved.paths.split), [c["case_id"] for c in cases], log)
         with writing_to(run_dir, RUN_STORAGE_KEY):
             write_json(resolved.paths.split, {"training": case_ids})      # rank r trains on every world-th from r
-        trainer = make_trainer(train_fn_per_worker, loop_config(cfg, resolved.paths, threads), cfg.run, gpu,
-                               resources)
-        result, aim = fit_followed(trainer, run_dir, cfg.optim.num_steps, f"pretrain {cfg.run.name}",
-                                   cfg.run.aim_repo, log)
-        aim_error = aim.aim_error
+        return make_trainer(train_fn_per_worker, loop_config(cfg, resolved.paths, threads), cfg.run, gpu, resources)
+
+    def finished_by(metrics: dict) -> str:
+        return "num_steps" if metrics.get("step", 0) >= cfg.optim.num_steps else ""
+    result, aim_error = fit_unless_finished(cfg.run, run_dir, cfg.optim.num_steps, f"pretrain {cfg.run.name}",
+                                            finished_by, start, log)
     encoder_path = run_dir / ENCODER_FILE
     with result.checkpoint.as_directory() as directory, writing_to(run_dir, RUN_STORAGE_KEY):
         copy_to_local(str(Path(directory) / ENCODER_FILE), encoder_path)

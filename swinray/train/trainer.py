@@ -163,6 +163,21 @@ def settle_finished(run_dir: Path, step: int, aim_repo: str, log) -> str | None:
     return aim.aim_error
 
 
+def fit_unless_finished(run: RunConfig, run_dir: Path, total_steps: int, desc: str, finished_by: Callable[[dict], str],
+                        start: Callable[[], TorchTrainer], log) -> tuple[ray.train.Result, str | None]:
+    """``fit_followed`` on the trainer that ``start()`` builds (starting Ray), unless the run is over:
+    ``finished_by(metrics)`` of its latest checkpoint says why, or "" while it has more to do.
+    Returns the result and the Aim error, if any."""
+    result = finished_result(run, lambda metrics: bool(finished_by(metrics)))
+    if result is not None:
+        step = result.metrics["step"]
+        log(f"{run.name} already finished at step {step} ({finished_by(result.metrics)}) in {shown(run_dir)}: "
+            "nothing to train")
+        return result, settle_finished(run_dir, step, run.aim_repo, log)
+    result, aim = fit_followed(start(), run_dir, total_steps, desc, run.aim_repo, log)
+    return result, aim.aim_error
+
+
 def fit_followed(trainer: TorchTrainer, run_dir: Path, total_steps: int, desc: str, aim_repo: str, log):
     """``fit`` as the drivers run it: a progress bar from rank 0's metrics log, the Aim writer copying
     the run as it trains, and a stop signal ending it as ``Interrupted`` with the steps reached.
