@@ -78,9 +78,9 @@ def test_debug_run_learns_checkpoints_exports_and_a_rerun_resumes(uninterrupted)
     assert json.loads((run_dir / "config.requested.json").read_text())["model"]["in_channels"] == 0
 
 
-def test_too_few_cases_for_the_workers_is_one_line_and_ok_false(tmp_path):
-    """A cached dataset with fewer cases than workers: refused before Ray starts, no traceback."""
-    cfg = debug_config(tmp_path / "runs")
+def test_too_few_cases_for_the_workers_is_one_line_and_ok_false(uninterrupted, tmp_path):
+    """A cached dataset with fewer cases than workers (the debug run's): refused before Ray starts, no traceback."""
+    cfg, _, _ = uninterrupted
     out = run_module("platform.pretrain", "--preset", "debug", "--workers", "9", "--set", f"run.storage={tmp_path}",
                      "--set", f"data.phantom_dir={cfg.data.phantom_dir}",
                      "--set", f"data.cache_dir={cfg.data.cache_dir}")
