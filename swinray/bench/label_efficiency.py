@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import statistics
 from dataclasses import replace
 from pathlib import Path
@@ -177,7 +178,7 @@ def one_run(run_cfg: FinetuneConfig, row: dict, log, grid: dict) -> dict:
            "training_cases": summary["num_training_cases"], "validation_cases": summary["num_validation_cases"],
            "test_cases": summary["num_test_cases"], "train_seconds": _train_seconds(summary["metrics_log"]),
            "model": summary["model"], "task": summary["task"], "train_bf16": summary.get("train_bf16"),
-           "cpu": cpu_name(),                  # the local workers': bf16 steps round as its kernels do
+           "cpu": "" if run_cfg.run.ray_address or os.environ.get("RAY_ADDRESS") else cpu_name(),  # local workers'
            "test_images_seen_in_pretraining": len(held_out_images_in_pretraining(run_cfg.seg.pretrained,
                                                                                   Path(summary["split"])))}
     if row["test_images_seen_in_pretraining"]:

@@ -123,8 +123,12 @@ def finetune(resolved: Resolved, log=print) -> dict:
             f"validation case(s), ROI {cfg.model.roi_size}, {cfg.run.num_workers} worker(s) on "
             f"{'GPU' if gpu else 'CPU'} ({resources}), {cfg.optim.num_steps} steps -> {shown(run_dir)}")
         return make_trainer(train_fn_per_worker, loop_config(cfg, resolved.paths, threads), cfg.run, gpu, resources)
+
+    def over(metrics: dict) -> str:
+        """Whether it is over now; if so, why it stopped as its checkpoint says."""
+        return stop_cause(metrics, cfg) if finished_by(metrics, cfg) else ""
     result, aim_error = fit_unless_finished(cfg.run, run_dir, cfg.optim.num_steps, f"finetune {cfg.run.name}",
-                                            lambda metrics: finished_by(metrics, cfg), start, log)
+                                            over, start, log)
     model_path = run_dir / MODEL_FILE
     with result.checkpoint.as_directory() as directory, writing_to(run_dir, RUN_STORAGE_KEY):
         copy_to_local(str(Path(directory) / MODEL_FILE), model_path)

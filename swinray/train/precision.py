@@ -17,14 +17,20 @@ def cpu_has_native_bf16() -> bool:
                for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
 
 
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16", "amx_tile")
+
+
 def cpu_name() -> str:
-    """This machine's CPU model, from Linux's /proc/cpuinfo ("" elsewhere): bf16 steps round as its
-    kernels do, so a run's path, and a row of a study, depend on it."""
+    """This machine's CPU model and its bf16 instructions, from Linux's /proc/cpuinfo ("" elsewhere),
+    e.g. "AMD EPYC (avx512_bf16)": bf16 steps round as these kernels do, so a run's path depends on them."""
     try:
         lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
         return ""
-    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "")
+    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "")
+    flags = set(next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), []))
+    bf16 = [flag for flag in BF16_CPU_FLAGS if flag in flags]
+    return f"{model} ({', '.join(bf16) or 'no bf16 instructions'})" if model else ""
 
 
 def finetune_autocast(cfg: FinetuneConfig, device: torch.device, native_bf16: Callable[[], bool] = cpu_has_native_bf16

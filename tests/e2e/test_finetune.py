@@ -30,7 +30,7 @@ from swinray.models.weights import save_encoder
 from swinray.presets import preset
 from swinray.seg.postprocess import classes_improved
 from swinray.train.finetune import run_finetune
-from swinray.train.precision import cpu_has_native_bf16
+from swinray.train.precision import cpu_has_native_bf16, cpu_name
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -201,7 +201,7 @@ def test_label_efficiency_bench_scores_arms_on_the_test_split_reports_failures_a
     assert all("training case per worker" in r["error"] for r in rows if r["fraction"] == 0.34)
     finished = [r for r in rows if r["fraction"] == 1.0]
     assert all(0.0 <= r["test_dice"] <= 1.0 and r["test_cases"] == 1 and r["steps"] == 2 for r in finished)
-    assert all(r["cpu"] for r in finished)                   # what ran it: bf16 rounds as its CPU does
+    assert all(r["cpu"] == cpu_name() for r in finished)     # what ran it: bf16 rounds as its CPU does
     runs = tmp / "bench" / "label_efficiency"
     splits = [json.loads((runs / name / "split.json").read_text()) for name in ("scratch-f1-s0", f"{tmp.name}-f1-s0")]
     assert splits[0] == splits[1]                            # same split and seed for every arm
