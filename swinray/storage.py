@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import json
 import math
 import os
@@ -209,6 +210,15 @@ def local_file(location: str | Path) -> Path:
     path = local_path(location)
     fetch(path)
     return path
+
+
+def file_sha256(location: str | Path) -> str:
+    """The sha256 of a file's content, read in blocks (an encoder of the paper's size is some 250 MB)."""
+    digest = hashlib.sha256()
+    with open(local_file(location), "rb") as f:
+        for block in iter(functools.partial(f.read, 8 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_remote_bytes(path: str | Path, offset: int = 0) -> bytes | None:

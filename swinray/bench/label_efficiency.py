@@ -21,11 +21,11 @@ apart (``label_efficiency+pretrained_lr_scale=0.1.md``) while the scratch rows a
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
 import statistics
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -34,7 +34,7 @@ from swinray.config import BenchConfig, ConfigError, FinetuneConfig, apply_overr
 from swinray.errors import StorageError
 from swinray.report.runs import flatten
 from swinray.resolve import ADDED_AT_FORMER_BEHAVIOUR, locate_pretrained, resolve_finetune
-from swinray.storage import local_file, write_json
+from swinray.storage import file_sha256, local_file, write_json
 from swinray.train.finetune import run_finetune
 from swinray.train.precision import cpu_name
 
@@ -118,7 +118,7 @@ def _reuse_key(run_cfg: FinetuneConfig, grid: dict) -> dict:
     its data resolves to (a requested "the task's" is whatever the task resolves to now; a row saved
     without it is not reused) and the encoder's content (pretraining again into the same file makes new rows)."""
     encoder = run_cfg.seg.pretrained
-    digest = hashlib.sha256(local_file(encoder).read_bytes()).hexdigest() if encoder else ""
+    digest = file_sha256(encoder) if encoder else ""
     return {**to_dict(replace(run_cfg, run=replace(run_cfg.run, ray_address=""))), "grid": grid,
             "encoder_sha256": digest}
 
@@ -128,15 +128,32 @@ def _reuse_key(run_cfg: FinetuneConfig, grid: dict) -> dict:
 LOCATION_ONLY = {"seg.pretrained"}
 
 
-def same_run(saved: dict, current: dict) -> bool:
-    """Whether a finished row's recorded key describes the run asked for now: every setting it recorded
-    is unchanged but the encoder's path (``LOCATION_ONLY``), and a setting the platform gained since
-    (absent from the row) is at what that run did (``ADDED_AT_FORMER_BEHAVIOUR``, else the default);
-    so a study spanning sessions keeps its rows across new features and checkouts."""
+def changed_settings(saved: dict, current: dict) -> list[str]:
+    """What differs between a finished row's recorded key and the run asked for now: a setting it
+    recorded with another value, but not the encoder's path (``LOCATION_ONLY``), and a setting the
+    platform gained since (absent from the row) away from what that run did (``ADDED_AT_FORMER_BEHAVIOUR``,
+    else the default); so a study spanning sessions keeps its rows across new features and checkouts."""
     saved, current = flatten(saved), flatten(current)
     former = {**flatten(to_dict(FinetuneConfig())), **ADDED_AT_FORMER_BEHAVIOUR}
-    return all(saved[key] == value if key in saved else key in former and former[key] == value
-               for key, value in current.items() if key not in LOCATION_ONLY)
+    return [key for key, value in current.items() if key not in LOCATION_ONLY and
+            not (saved[key] == value if key in saved else key in former and former[key] == value)]
+
+
+def same_run(saved: dict, current: dict) -> bool:
+    """Whether a finished row's recorded key describes the run asked for now (``changed_settings``)."""
+    return not changed_settings(saved, current)
+
+
+def set_aside(run_dir: Path) -> Path:
+    """Move a finished run that is no longer the one asked for out of its name's way, kept whole:
+    run again under that name, it would be taken as finished and its old model scored as the new row."""
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    target, n = run_dir.with_name(f"{run_dir.name}.superseded-{stamp}"), 1
+    while target.exists():
+        n += 1
+        target = run_dir.with_name(f"{run_dir.name}.superseded-{stamp}-{n}")
+    run_dir.rename(target)
+    return target
 
 
 def held_out_images_in_pretraining(encoder: str, split_file: Path) -> list[str]:
@@ -163,9 +180,13 @@ def one_run(run_cfg: FinetuneConfig, row: dict, log, grid: dict) -> dict:
     row_file = Path(run_cfg.run.storage) / run_cfg.run.name / ROW_FILE
     if row_file.is_file():
         saved = json.loads(row_file.read_text())
-        if same_run(saved.get("config") or {}, _reuse_key(run_cfg, grid)):
+        changed = changed_settings(saved.get("config") or {}, _reuse_key(run_cfg, grid))
+        if not changed:
             log(f"label efficiency: {row['run']} finished before: test Dice {saved['row']['test_dice']:.4f} (reused)")
             return saved["row"]
+        kept = set_aside(row_file.parent)
+        log(f"label efficiency: {row['run']} finished before with other settings ({', '.join(changed[:4])}"
+            f"{', ...' if len(changed) > 4 else ''}): kept as {kept}, and run again")
     try:
         summary = run_finetune(run_cfg, log)
     except StorageError:    # a full or refused disk is no run's failure: every run after would meet it too

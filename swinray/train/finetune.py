@@ -18,11 +18,11 @@ from swinray.data.preprocess import preprocess_dataset
 from swinray.errors import ConfigError, DatasetError
 from swinray.models.registry import build_swin_unetr
 from swinray.models.weights import LoadReport, load_encoder
-from swinray.resolve import RUN_STORAGE_KEY, Resolved, resolve_finetune, save
+from swinray.resolve import RESUMABLE, RUN_STORAGE_KEY, Resolved, resolve_finetune, save
 from swinray.runtime import init_ray, use_gpu
 from swinray.seg.evaluate import score_test_cases
 from swinray.seg.postprocess import describe
-from swinray.storage import copy_to_local, local_file, local_path, shown, write_json
+from swinray.storage import copy_to_local, file_sha256, local_file, local_path, shown, write_json
 from swinray.train.finetune_loop import finished_by, model_kwargs, stop_cause, train_fn_per_worker
 from swinray.train.seg_data import split_cases
 from swinray.train.state import MODEL_FILE
@@ -40,6 +40,25 @@ def check_pretrained(path: str, kwargs: dict) -> LoadReport:
         raise ConfigError(f"seg.pretrained={path}: no encoder tensor fits this model "
                           f"(model.feature_size={kwargs['feature_size']}?): {report.summary()}")
     return report
+
+
+PRETRAINED_REPORT = "pretrained_report.json"
+
+
+def check_same_encoder(folder: Path, pretrained: str, digest: str) -> None:
+    """Refuse to resume a run or sweep from other weights than it started from: pretraining again into
+    the same file leaves config.json as it was, but the checkpoints grew from the former encoder."""
+    report = folder / PRETRAINED_REPORT
+    if not report.is_file() or not any(next(folder.glob(pattern), None) for pattern in RESUMABLE):
+        return
+    try:
+        before = json.loads(report.read_text()).get("sha256")
+    except (OSError, ValueError):
+        return
+    if before and before != digest:
+        raise ConfigError(f"seg.pretrained={pretrained}: the file changed since {folder} started from it (sha256 "
+                          f"{before[:12]}..., now {digest[:12]}...), and its checkpoints grew from the former weights: "
+                          f"fine-tune under another run.name, or move {folder} away to start it again")
 
 
 @dataclass(frozen=True)
@@ -72,15 +91,18 @@ def plan_finetune(resolved: Resolved, log=print) -> FinetunePlan:
                            f"(split.test_fraction={cfg.split.test_fraction} holds cases out for the test score)")
     report = check_pretrained(str(local_file(cfg.seg.pretrained)), model_kwargs(cfg.model)) \
         if cfg.seg.pretrained else None
+    digest = file_sha256(cfg.seg.pretrained) if cfg.seg.pretrained else ""
+    if digest:
+        check_same_encoder(Path(resolved.paths.split).parent, cfg.seg.pretrained, digest)
     with writing_to(Path(resolved.paths.split).parent, RUN_STORAGE_KEY):
         write_json(resolved.paths.split, {"split": to_dict(cfg.split), "training": [r["case_id"] for r in train],
                                           "validation": [r["case_id"] for r in val],
                                           "test": [r["case_id"] for r in test]})
         if report is not None:
-            write_json(Path(resolved.paths.split).parent / "pretrained_report.json",
-                       {"file": cfg.seg.pretrained, "loaded": report.loaded, "missing": report.missing,
-                        "unexpected": report.unexpected, "shape_mismatched": report.shape_mismatched,
-                        "notes": report.notes})
+            write_json(Path(resolved.paths.split).parent / PRETRAINED_REPORT,
+                       {"file": cfg.seg.pretrained, "sha256": digest, "loaded": report.loaded,
+                        "missing": report.missing, "unexpected": report.unexpected,
+                        "shape_mismatched": report.shape_mismatched, "notes": report.notes})
             log(f"pretrained encoder {cfg.seg.pretrained} into SwinUNETR: {report.summary()}")
     if not cfg.seg.pretrained and cfg.seg.pretrained_lr_scale != 1.0:
         log(f"warning: seg.pretrained_lr_scale={cfg.seg.pretrained_lr_scale} changes nothing: no seg.pretrained "

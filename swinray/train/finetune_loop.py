@@ -115,13 +115,17 @@ def stop_reason(progress: Progress, step: int, cfg: FinetuneConfig, out_of_time:
     return "max_minutes" if out_of_time else ""
 
 
+def deadline_s(cfg: FinetuneConfig) -> float:
+    """Training seconds ``seg.max_minutes`` allows, counted across resumes (infinite when it is 0)."""
+    return cfg.seg.max_minutes * 60 if cfg.seg.max_minutes > 0 else float("inf")
+
+
 def finished_by(metrics: dict, cfg: FinetuneConfig) -> str:
     """Why a run whose latest checkpoint reported ``metrics`` is over under ``cfg``, as its workers
     would decide on resuming it, or "" when it has more to do."""
     progress = Progress(step=metrics.get("step", 0), elapsed_s=metrics.get("elapsed_s", 0.0),
                         best_step=metrics.get("best_step", 0), diverged_step=metrics.get("diverged_step", 0))
-    deadline = cfg.seg.max_minutes * 60 if cfg.seg.max_minutes > 0 else float("inf")
-    return stop_reason(progress, progress.step, cfg, progress.elapsed_s >= deadline)
+    return stop_reason(progress, progress.step, cfg, progress.elapsed_s >= deadline_s(cfg))
 
 
 def stop_cause(metrics: dict, cfg: FinetuneConfig) -> str:
@@ -177,7 +181,7 @@ def train_fn_per_worker(config: dict) -> None:
     if rank == 0 and amp_warning:
         print(f"[swinray] {cfg.run.name}: {amp_warning}", flush=True)
     started = time.perf_counter()
-    deadline = cfg.seg.max_minutes * 60 if cfg.seg.max_minutes > 0 else float("inf")
+    deadline = deadline_s(cfg)
     metrics, stopped_by = {}, stop_reason(progress, step, cfg, elapsed_before >= deadline)
     stop = bool(stopped_by)
 

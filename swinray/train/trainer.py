@@ -132,10 +132,11 @@ def fit(trainer: TorchTrainer, run_dir: str | Path) -> ray.train.Result:
         raise fault from None
 
 
-def finished_result(run: RunConfig, done: Callable[[dict], bool]) -> ray.train.Result | None:
-    """A run whose latest checkpoint says it is over (``done`` of its metrics), read from its local
-    storage without starting Ray or Train: a rerun of a finished run takes seconds, not Train's
-    start-up. None otherwise (no checkpoint, more to do, object storage, unreadable): Train resumes it."""
+def finished_result(run: RunConfig, why_over: Callable[[dict], str]) -> tuple[ray.train.Result, str] | None:
+    """A run whose latest checkpoint says it is over, and why (``why_over`` of its metrics, "" while it
+    has more to do), read from its local storage without starting Ray or Train: a rerun of a finished
+    run takes seconds, not Train's start-up. None otherwise (no checkpoint, more to do, object storage,
+    unreadable): Train resumes it."""
     storage = ray_storage_path(run.storage)
     if is_uri(storage) or not (Path(storage) / run.name).is_dir():
         return None
@@ -148,7 +149,8 @@ def finished_result(run: RunConfig, done: Callable[[dict], bool]) -> ray.train.R
         return None         # naming a checkpoint folder that is gone goes through Train
     finally:
         train_logger.setLevel(level)
-    return result if result.checkpoint is not None and done(result.metrics or {}) else None
+    why = why_over(result.metrics or {}) if result.checkpoint is not None else ""
+    return (result, why) if why else None
 
 
 def settle_finished(run_dir: Path, step: int, aim_repo: str, log) -> str | None:
@@ -168,11 +170,11 @@ def fit_unless_finished(run: RunConfig, run_dir: Path, total_steps: int, desc: s
     """``fit_followed`` on the trainer that ``start()`` builds (starting Ray), unless the run is over:
     ``finished_by(metrics)`` of its latest checkpoint says why, or "" while it has more to do.
     Returns the result and the Aim error, if any."""
-    result = finished_result(run, lambda metrics: bool(finished_by(metrics)))
-    if result is not None:
+    finished = finished_result(run, finished_by)
+    if finished is not None:
+        result, why = finished
         step = result.metrics["step"]
-        log(f"{run.name} already finished at step {step} ({finished_by(result.metrics)}) in {shown(run_dir)}: "
-            "nothing to train")
+        log(f"{run.name} already finished at step {step} ({why}) in {shown(run_dir)}: nothing to train")
         return result, settle_finished(run_dir, step, run.aim_repo, log)
     result, aim = fit_followed(start(), run_dir, total_steps, desc, run.aim_repo, log)
     return result, aim.aim_error

@@ -29,6 +29,7 @@ from swinray.models.registry import build_ssl_head
 from swinray.models.weights import save_encoder
 from swinray.presets import preset
 from swinray.seg.postprocess import classes_improved
+from swinray.storage import file_sha256
 from swinray.train.finetune import run_finetune
 from swinray.train.precision import cpu_has_native_bf16, cpu_name
 
@@ -205,7 +206,8 @@ def test_label_efficiency_bench_scores_arms_on_the_test_split_reports_failures_a
     runs = tmp / "bench" / "label_efficiency"
     splits = [json.loads((runs / name / "split.json").read_text()) for name in ("scratch-f1-s0", f"{tmp.name}-f1-s0")]
     assert splits[0] == splits[1]                            # same split and seed for every arm
-    assert (runs / f"{tmp.name}-f1-s0" / "pretrained_report.json").exists()
+    report = json.loads((runs / f"{tmp.name}-f1-s0" / "pretrained_report.json").read_text())
+    assert report["sha256"] == file_sha256(tmp / "encoder.pt")      # what a resume checks the file against
     assert not (runs / "scratch-f1-s0" / "pretrained_report.json").exists()
     assert "| 0.34 | ? | - | - | - | 2 |" in Path(result["table"]).read_text()
     assert Path(result["plot"]).read_bytes()[:4] == b"\x89PNG"

@@ -31,9 +31,9 @@ def test_settings_given_since_can_end_a_run_and_the_loops_own_reason_comes_first
 
 def test_no_run_folder_or_an_unreadable_snapshot_is_left_to_ray_train(tmp_path):
     run = RunConfig(name="r", storage=str(tmp_path))
-    assert finished_result(run, lambda metrics: True) is None              # never ran
+    assert finished_result(run, lambda metrics: "num_steps") is None              # never ran
     (tmp_path / "r").mkdir()
-    assert finished_result(run, lambda metrics: True) is None              # no checkpoint yet
+    assert finished_result(run, lambda metrics: "num_steps") is None              # no checkpoint yet
     (tmp_path / "r" / "checkpoint_manager_snapshot.json").write_text('{"checkpoint_results": [{"che')
-    assert finished_result(run, lambda metrics: True) is None              # written half when it stopped
-    assert finished_result(RunConfig(name="r", storage="s3://bucket/runs"), lambda metrics: True) is None
+    assert finished_result(run, lambda metrics: "num_steps") is None              # written half when it stopped
+    assert finished_result(RunConfig(name="r", storage="s3://bucket/runs"), lambda metrics: "num_steps") is None
