@@ -17,6 +17,10 @@ class ConfigError(UserError, ValueError):
     """A configuration value or key is invalid; the message names the field and what is valid."""
 
 
+class EncoderChanged(ConfigError):
+    """A started run's ``seg.pretrained`` file now holds other weights than the run started from."""
+
+
 class DatasetError(UserError, ValueError):
     """A dataset file or folder is unusable; the message names the file and the problem."""
 

@@ -11,8 +11,10 @@ slower node changes how long the study takes, never what it measures.
 
 Runs are ``<out_dir>/label_efficiency/<arm>-f<fraction>-s<seed>``. A finished run leaves its row
 beside it, and running the bench again reuses every row whose run config is unchanged and resumes
-unfinished runs: the study can be run in parts (``--fractions 0.1`` first). A run that fails is
-reported in the table and the others go on. ``ssl_set`` makes a variant of the SSL arms (how their
+unfinished runs: the study can be run in parts (``--fractions 0.1`` first). A row that no longer
+matches (other settings, another grid, other weights in the encoder file) is not reused: its run
+folder is kept aside as ``<run>.superseded-<UTC time>`` and the run starts again (``make_way``).
+A run that fails is reported in the table and the others go on. ``ssl_set`` makes a variant of the SSL arms (how their
 pretrained layers fine-tune: ``seg.pretrained_lr_scale``, ``seg.freeze_encoder_*``), named and tabled
 apart (``label_efficiency+pretrained_lr_scale=0.1.md``) while the scratch rows are reused.
 
@@ -21,6 +23,7 @@ apart (``label_efficiency+pretrained_lr_scale=0.1.md``) while the scratch rows a
 """
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -31,11 +34,11 @@ from pathlib import Path
 
 from swinray.bench import finetune_base
 from swinray.config import BenchConfig, ConfigError, FinetuneConfig, apply_overrides, parse_assignments, to_dict
-from swinray.errors import StorageError
+from swinray.errors import EncoderChanged, StorageError
 from swinray.report.runs import flatten
-from swinray.resolve import ADDED_AT_FORMER_BEHAVIOUR, locate_pretrained, resolve_finetune
-from swinray.storage import file_sha256, local_file, write_json
-from swinray.train.finetune import run_finetune
+from swinray.resolve import ADDED_AT_FORMER_BEHAVIOUR, locate_pretrained, resolve_finetune, run_dir
+from swinray.storage import file_sha256, local_file, remote_of, write_json
+from swinray.train.finetune import PRETRAINED_REPORT, run_finetune
 from swinray.train.precision import cpu_name
 
 SCRATCH = "scratch"
@@ -144,16 +147,57 @@ def same_run(saved: dict, current: dict) -> bool:
     return not changed_settings(saved, current)
 
 
-def set_aside(run_dir: Path) -> Path:
-    """Move a finished run that is no longer the one asked for out of its name's way, kept whole:
-    run again under that name, it would be taken as finished and its old model scored as the new row."""
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-    target, n = run_dir.with_name(f"{run_dir.name}.superseded-{stamp}"), 1
+def set_aside(path: Path) -> Path:
+    """Move a run folder or row file out of its name's way, kept whole as ``<name>.superseded-<UTC time>``."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target, n = path.with_name(f"{path.name}.superseded-{stamp}"), 1
     while target.exists():
         n += 1
-        target = run_dir.with_name(f"{run_dir.name}.superseded-{stamp}-{n}")
-    run_dir.rename(target)
+        target = path.with_name(f"{path.name}.superseded-{stamp}-{n}")
+    try:
+        path.rename(target)
+    except OSError as e:
+        raise StorageError(target, e.errno or errno.EIO, "out_dir") from None
     return target
+
+
+def recorded_encoder(folder: Path) -> str | None:
+    """The sha256 of the encoder a run folder's own run started from, as its ``pretrained_report.json``
+    says ("" for a run without one, None when unknown: a report from before reports recorded it)."""
+    report = folder / PRETRAINED_REPORT
+    try:
+        return json.loads(report.read_text()).get("sha256") if report.is_file() else ""
+    except (OSError, ValueError):
+        return None
+
+
+def make_way(row_file: Path, saved: dict, wanted: dict) -> Path:
+    """Out of the way of the run asked for (``wanted``), what a row that no longer matches it leaves:
+    its run folder, which a rerun under its name would take as finished (and score the former model as
+    the new row), or would refuse to resume; but only the row file when the folder holds the run asked
+    for (its encoder is the one wanted, the row came from elsewhere: a row restored from another machine's
+    encoder onto a run in progress here). Returns where it went."""
+    folder = row_file.parent
+    if remote_of(folder) is not None:
+        raise ConfigError(f"{folder}: its row ({row_file.name}) is not the run asked for now, and a folder in "
+                          "object storage cannot be moved aside here: move it away, or choose another out_dir")
+    row_from_elsewhere = saved.get("encoder_sha256") != wanted["encoder_sha256"] and \
+        recorded_encoder(folder) == wanted["encoder_sha256"]
+    return set_aside(row_file if row_from_elsewhere else folder)
+
+
+def run_or_restart(run_cfg: FinetuneConfig, log) -> dict:
+    """``run_finetune``; a run begun from an encoder file whose weights have changed since is kept aside and
+    started again (``EncoderChanged``): its checkpoints belong to the former weights."""
+    try:
+        return run_finetune(run_cfg, log)
+    except EncoderChanged as e:
+        folder = run_dir(run_cfg.run.storage, run_cfg.run.name)
+        if remote_of(folder) is not None:      # object storage: not ours to move from here
+            raise
+        kept = set_aside(folder)
+        log(f"label efficiency: {run_cfg.run.name}: {e}. Kept as {kept}, and run again")
+        return run_finetune(run_cfg, log)
 
 
 def held_out_images_in_pretraining(encoder: str, split_file: Path) -> list[str]:
@@ -177,18 +221,19 @@ def _train_seconds(metrics_log: str) -> float | None:
 
 def one_run(run_cfg: FinetuneConfig, row: dict, log, grid: dict) -> dict:
     """A finished run's row (reused when its config and ``grid`` are unchanged), else the run itself."""
-    row_file = Path(run_cfg.run.storage) / run_cfg.run.name / ROW_FILE
-    if row_file.is_file():
-        saved = json.loads(row_file.read_text())
-        changed = changed_settings(saved.get("config") or {}, _reuse_key(run_cfg, grid))
-        if not changed:
-            log(f"label efficiency: {row['run']} finished before: test Dice {saved['row']['test_dice']:.4f} (reused)")
-            return saved["row"]
-        kept = set_aside(row_file.parent)
-        log(f"label efficiency: {row['run']} finished before with other settings ({', '.join(changed[:4])}"
-            f"{', ...' if len(changed) > 4 else ''}): kept as {kept}, and run again")
+    row_file = local_file(run_dir(run_cfg.run.storage, run_cfg.run.name) / ROW_FILE)   # where the run writes
     try:
-        summary = run_finetune(run_cfg, log)
+        if row_file.is_file():
+            saved, wanted = json.loads(row_file.read_text()), _reuse_key(run_cfg, grid)
+            changed = changed_settings(saved.get("config") or {}, wanted)
+            if not changed:
+                log(f"label efficiency: {row['run']} finished before: test Dice {saved['row']['test_dice']:.4f} "
+                    "(reused)")
+                return saved["row"]
+            kept = make_way(row_file, saved.get("config") or {}, wanted)
+            log(f"label efficiency: {row['run']} finished before with other settings ({', '.join(changed[:4])}"
+                f"{', ...' if len(changed) > 4 else ''}): kept as {kept}, and run again")
+        summary = run_or_restart(run_cfg, log)
     except StorageError:    # a full or refused disk is no run's failure: every run after would meet it too
         raise
     except Exception as e:  # one failed run is a row in the table, not the end of the bench

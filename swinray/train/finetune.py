@@ -15,7 +15,7 @@ from ray.train.torch import TorchTrainer
 
 from swinray.config import FinetuneConfig, to_dict
 from swinray.data.preprocess import preprocess_dataset
-from swinray.errors import ConfigError, DatasetError
+from swinray.errors import ConfigError, DatasetError, EncoderChanged
 from swinray.models.registry import build_swin_unetr
 from swinray.models.weights import LoadReport, load_encoder
 from swinray.resolve import RESUMABLE, RUN_STORAGE_KEY, Resolved, resolve_finetune, save
@@ -45,20 +45,25 @@ def check_pretrained(path: str, kwargs: dict) -> LoadReport:
 PRETRAINED_REPORT = "pretrained_report.json"
 
 
-def check_same_encoder(folder: Path, pretrained: str, digest: str) -> None:
-    """Refuse to resume a run or sweep from other weights than it started from: pretraining again into
-    the same file leaves config.json as it was, but the checkpoints grew from the former encoder."""
-    report = folder / PRETRAINED_REPORT
-    if not report.is_file() or not any(next(folder.glob(pattern), None) for pattern in RESUMABLE):
-        return
+def encoder_digest_to_record(folder: Path, pretrained: str, digest: str) -> str | None:
+    """The encoder's sha256 for ``pretrained_report.json``, refusing (``EncoderChanged``) to resume a run
+    or sweep from other weights than it started from: pretraining again into the same file leaves
+    config.json as it was, but the checkpoints grew from the former encoder. None for a run started
+    before reports recorded it: its weights are unknown, and recording today's would vouch for them."""
+    report = local_file(folder / PRETRAINED_REPORT)         # in object storage: this node may lack it
+    if not any(next(folder.glob(pattern), None) for pattern in RESUMABLE):
+        return digest                                         # not started: nothing to resume
     try:
-        before = json.loads(report.read_text()).get("sha256")
+        recorded = json.loads(report.read_text()) if report.is_file() else {}
     except (OSError, ValueError):
-        return
+        return None
+    before = recorded.get("sha256")
     if before and before != digest:
-        raise ConfigError(f"seg.pretrained={pretrained}: the file changed since {folder} started from it (sha256 "
-                          f"{before[:12]}..., now {digest[:12]}...), and its checkpoints grew from the former weights: "
-                          f"fine-tune under another run.name, or move {folder} away to start it again")
+        raise EncoderChanged(f"seg.pretrained={pretrained}: the file changed since {folder} started from it "
+                             f"(sha256 {before[:12]}..., now {digest[:12]}...), and its checkpoints grew from the "
+                             "former weights: give the run (or sweep) another name, or move its folder away to "
+                             "start it again")
+    return before
 
 
 @dataclass(frozen=True)
@@ -80,6 +85,10 @@ def plan_finetune(resolved: Resolved, log=print) -> FinetunePlan:
     """Preprocess if needed, split and record the split, check the ROI and the pretrained file: fail
     here, not in a worker."""
     cfg: FinetuneConfig = resolved.cfg
+    run_folder = Path(resolved.paths.split).parent
+    encoder = local_file(cfg.seg.pretrained) if cfg.seg.pretrained else None    # missing: check_pretrained says so
+    digest = encoder_digest_to_record(run_folder, cfg.seg.pretrained, file_sha256(encoder)) \
+        if encoder and encoder.is_file() else None          # before preprocessing: a refusal comes first
     cache = preprocess_dataset(resolved.dataset, Path(resolved.paths.cache), cfg.data.max_cases, cfg.run, log)
     task = json.loads((local_path(cache["cache_dir"]) / "task.json").read_text())
     rows = json.loads(local_path(cache["manifest"]).read_text())["cases"]
@@ -91,15 +100,12 @@ def plan_finetune(resolved: Resolved, log=print) -> FinetunePlan:
                            f"(split.test_fraction={cfg.split.test_fraction} holds cases out for the test score)")
     report = check_pretrained(str(local_file(cfg.seg.pretrained)), model_kwargs(cfg.model)) \
         if cfg.seg.pretrained else None
-    digest = file_sha256(cfg.seg.pretrained) if cfg.seg.pretrained else ""
-    if digest:
-        check_same_encoder(Path(resolved.paths.split).parent, cfg.seg.pretrained, digest)
-    with writing_to(Path(resolved.paths.split).parent, RUN_STORAGE_KEY):
+    with writing_to(run_folder, RUN_STORAGE_KEY):
         write_json(resolved.paths.split, {"split": to_dict(cfg.split), "training": [r["case_id"] for r in train],
                                           "validation": [r["case_id"] for r in val],
                                           "test": [r["case_id"] for r in test]})
         if report is not None:
-            write_json(Path(resolved.paths.split).parent / PRETRAINED_REPORT,
+            write_json(run_folder / PRETRAINED_REPORT,
                        {"file": cfg.seg.pretrained, "sha256": digest, "loaded": report.loaded,
                         "missing": report.missing, "unexpected": report.unexpected,
                         "shape_mismatched": report.shape_mismatched, "notes": report.notes})

@@ -173,7 +173,7 @@ def test_the_plot_is_a_png(tmp_path):
 
 
 def _finished(row_file, key: dict, row: dict) -> None:
-    """A finished run's folder as the bench leaves it: its row, and a checkpoint a rerun would take as done."""
+    """A finished run's folder as the bench leaves it: its row beside its checkpoints."""
     (row_file.parent / "checkpoint_000000").mkdir(parents=True, exist_ok=True)
     row_file.write_text(json.dumps({"config": key, "row": row}))
 
@@ -195,28 +195,6 @@ def test_a_finished_row_is_reused_only_while_its_run_config_is_unchanged(tmp_pat
     _finished(row_file, {k: v for k, v in _reuse_key(run_cfg, GRID).items() if k != "grid"},
               finished)                                        # saved before rows recorded their grid
     assert "no-such-dataset" in one_run(run_cfg, {"run": run_cfg.run.name}, lambda *_: None, GRID)["error"]
-
-
-def test_a_row_that_no_longer_matches_is_kept_aside_and_its_run_starts_afresh(tmp_path):
-    """Pretraining again into the same encoder file changes no setting of the run: left in place, the
-    former run would be taken as finished, and its old model scored as the new encoder's row."""
-    encoder = tmp_path / "ssl" / "encoder.pt"
-    encoder.parent.mkdir()
-    encoder.write_bytes(b"first weights")
-    cfg = apply_overrides(preset(BenchConfig, "debug"), {"out_dir": str(tmp_path),
-                                                         "data.source": str(tmp_path / "no-such-dataset")})
-    run_cfg = run_config(cfg, "ssl", str(encoder), 0.1, 0)
-    runs = tmp_path / "label_efficiency"
-    row_file = runs / run_cfg.run.name / ROW_FILE
-    _finished(row_file, _reuse_key(run_cfg, GRID), {"run": run_cfg.run.name, "test_dice": 0.5})
-    encoder.write_bytes(b"second weights")
-    lines = []
-    again = one_run(run_cfg, {"run": run_cfg.run.name}, lines.append, GRID)
-    assert "no-such-dataset" in again["error"]                  # it ran again (and fails here, without data)
-    kept = [p for p in runs.iterdir() if p.name.startswith(f"{run_cfg.run.name}.superseded-")]
-    assert len(kept) == 1 and (kept[0] / ROW_FILE).is_file() and (kept[0] / "checkpoint_000000").is_dir()
-    assert not row_file.exists() and not (row_file.parent / "checkpoint_000000").exists()
-    assert "other settings (encoder_sha256)" in lines[0] and str(kept[0]) in lines[0]
 
 
 def test_a_run_storage_that_cannot_be_written_stops_the_bench_not_one_row(tmp_path):

@@ -219,21 +219,3 @@ def test_a_run_saved_before_phantom_shape_existed_resumes_whatever_shape_is_aske
     saved.write_text(json.dumps({**ran, "data": {k: v for k, v in ran["data"].items() if k != "phantom_shape"}}))
     save(resolve_finetune(apply_overrides(resolved.requested, {"data.phantom_shape": [64, 64, 32]}), print))
 
-
-def test_a_run_is_not_resumed_from_an_encoder_file_whose_weights_changed(tmp_path):
-    """Pretraining again into the same file leaves the run's config as it was; its checkpoints grew
-    from the former weights, so resuming or reusing it is refused, naming the file and the run."""
-    from swinray.storage import file_sha256
-    from swinray.train.finetune import PRETRAINED_REPORT, check_same_encoder
-
-    encoder, run_dir = tmp_path / "encoder.pt", tmp_path / "run"
-    encoder.write_bytes(b"first weights")
-    run_dir.mkdir()
-    (run_dir / PRETRAINED_REPORT).write_text(json.dumps({"file": str(encoder), "sha256": file_sha256(encoder)}))
-    encoder.write_bytes(b"second weights")
-    check_same_encoder(run_dir, str(encoder), file_sha256(encoder))         # not started: nothing to resume
-    (run_dir / "metrics.jsonl").write_text("{}\n")
-    with pytest.raises(ConfigError, match=rf"seg.pretrained={encoder}: the file changed since {run_dir} started"):
-        check_same_encoder(run_dir, str(encoder), file_sha256(encoder))
-    encoder.write_bytes(b"first weights")
-    check_same_encoder(run_dir, str(encoder), file_sha256(encoder))         # the same weights again
