@@ -17,7 +17,11 @@ class ConfigError(UserError, ValueError):
     """A configuration value or key is invalid; the message names the field and what is valid."""
 
 
-class EncoderChanged(ConfigError):
+class RunChanged(ConfigError):
+    """A run folder already holds a run of the name asked for, started with another config."""
+
+
+class EncoderChanged(RunChanged):
     """A started run's ``seg.pretrained`` file now holds other weights than the run started from."""
 
 

@@ -31,6 +31,7 @@ from swinray.config import (
     save_config,
     to_dict,
 )
+from swinray.errors import RunChanged
 from swinray.storage import is_uri, local_path
 from swinray.writable import writing_to
 
@@ -185,7 +186,7 @@ def check_same_run(saved_path: Path, cfg, log=print) -> None:
         pins = [f"--set {k}={','.join(str(x) for x in was)}" for k, (was, _) in changed.items()
                 if k.removeprefix("finetune.") in FROM_THE_DATA and isinstance(was, list)
                 and all(isinstance(x, (int, float)) for x in was)]
-        raise ConfigError(f"{saved_path.parent} already holds a run of this name with another config "
+        raise RunChanged(f"{saved_path.parent} already holds a run of this name with another config "
                           f"({listed}); a rerun resumes that run, so choose another name (--name, or "
                           f"--set run.name=...) or rerun it as it was (--config {saved_path}"
                           + (f", with {' '.join(pins)}: its data now resolves to others)" if pins else ")"))

@@ -12,8 +12,9 @@ slower node changes how long the study takes, never what it measures.
 Runs are ``<out_dir>/label_efficiency/<arm>-f<fraction>-s<seed>``. A finished run leaves its row
 beside it, and running the bench again reuses every row whose run config is unchanged and resumes
 unfinished runs: the study can be run in parts (``--fractions 0.1`` first). A row that no longer
-matches (other settings, another grid, other weights in the encoder file) is not reused: its run
-folder is kept aside as ``<run>.superseded-<UTC time>`` and the run starts again (``make_way``).
+matches (other settings, another grid, other weights in the encoder file) is not reused: a run
+folder that fine-tuning would not resume as it is, or whose encoder was another, is kept aside as
+``<run>.superseded-<UTC time>`` and the run starts again (``make_way``, ``run_or_restart``).
 A run that fails is reported in the table and the others go on. ``ssl_set`` makes a variant of the SSL arms (how their
 pretrained layers fine-tune: ``seg.pretrained_lr_scale``, ``seg.freeze_encoder_*``), named and tabled
 apart (``label_efficiency+pretrained_lr_scale=0.1.md``) while the scratch rows are reused.
@@ -34,7 +35,7 @@ from pathlib import Path
 
 from swinray.bench import finetune_base
 from swinray.config import BenchConfig, ConfigError, FinetuneConfig, apply_overrides, parse_assignments, to_dict
-from swinray.errors import EncoderChanged, StorageError
+from swinray.errors import RunChanged, StorageError
 from swinray.report.runs import flatten
 from swinray.resolve import ADDED_AT_FORMER_BEHAVIOUR, locate_pretrained, resolve_finetune, run_dir
 from swinray.storage import file_sha256, local_file, remote_of, write_json
@@ -171,27 +172,24 @@ def recorded_encoder(folder: Path) -> str | None:
         return None
 
 
-def make_way(row_file: Path, saved: dict, wanted: dict) -> Path:
-    """Out of the way of the run asked for (``wanted``), what a row that no longer matches it leaves:
-    its run folder, which a rerun under its name would take as finished (and score the former model as
-    the new row), or would refuse to resume; but only the row file when the folder holds the run asked
-    for (its encoder is the one wanted, the row came from elsewhere: a row restored from another machine's
-    encoder onto a run in progress here). Returns where it went."""
+def make_way(row_file: Path, wanted: dict) -> Path:
+    """Out of the way of the run asked for (``wanted``), what a row that no longer matches it leaves: the
+    row file alone while the folder's own run began from the encoder wanted (fine-tuning then reuses
+    it, resumes it, or refuses it as another run, ``run_or_restart``); else the whole folder, whose
+    former weights a rerun would take as finished and score as the new row. Returns where it went."""
     folder = row_file.parent
     if remote_of(folder) is not None:
         raise ConfigError(f"{folder}: its row ({row_file.name}) is not the run asked for now, and a folder in "
                           "object storage cannot be moved aside here: move it away, or choose another out_dir")
-    row_from_elsewhere = saved.get("encoder_sha256") != wanted["encoder_sha256"] and \
-        recorded_encoder(folder) == wanted["encoder_sha256"]
-    return set_aside(row_file if row_from_elsewhere else folder)
+    return set_aside(row_file if recorded_encoder(folder) == wanted["encoder_sha256"] else folder)
 
 
 def run_or_restart(run_cfg: FinetuneConfig, log) -> dict:
-    """``run_finetune``; a run begun from an encoder file whose weights have changed since is kept aside and
-    started again (``EncoderChanged``): its checkpoints belong to the former weights."""
+    """``run_finetune``; a run folder that holds another run of the name (other settings, or weights
+    its encoder file no longer holds: ``RunChanged``) is kept aside and the run started again."""
     try:
         return run_finetune(run_cfg, log)
-    except EncoderChanged as e:
+    except RunChanged as e:
         folder = run_dir(run_cfg.run.storage, run_cfg.run.name)
         if remote_of(folder) is not None:      # object storage: not ours to move from here
             raise
@@ -230,7 +228,7 @@ def one_run(run_cfg: FinetuneConfig, row: dict, log, grid: dict) -> dict:
                 log(f"label efficiency: {row['run']} finished before: test Dice {saved['row']['test_dice']:.4f} "
                     "(reused)")
                 return saved["row"]
-            kept = make_way(row_file, saved.get("config") or {}, wanted)
+            kept = make_way(row_file, wanted)
             log(f"label efficiency: {row['run']} finished before with other settings ({', '.join(changed[:4])}"
                 f"{', ...' if len(changed) > 4 else ''}): kept as {kept}, and run again")
         summary = run_or_restart(run_cfg, log)

@@ -22,7 +22,7 @@ from swinray.resolve import RESUMABLE, RUN_STORAGE_KEY, Resolved, resolve_finetu
 from swinray.runtime import init_ray, use_gpu
 from swinray.seg.evaluate import score_test_cases
 from swinray.seg.postprocess import describe
-from swinray.storage import copy_to_local, file_sha256, local_file, local_path, shown, write_json
+from swinray.storage import copy_to_local, file_sha256, local_file, local_path, remote_of, shown, write_json
 from swinray.train.finetune_loop import finished_by, model_kwargs, stop_cause, train_fn_per_worker
 from swinray.train.seg_data import split_cases
 from swinray.train.state import MODEL_FILE
@@ -51,8 +51,10 @@ def encoder_digest_to_record(folder: Path, pretrained: str, digest: str) -> str 
     config.json as it was, but the checkpoints grew from the former encoder. None for a run started
     before reports recorded it: its weights are unknown, and recording today's would vouch for them."""
     report = local_file(folder / PRETRAINED_REPORT)         # in object storage: this node may lack it
-    if not any(next(folder.glob(pattern), None) for pattern in RESUMABLE):
-        return digest                                         # not started: nothing to resume
+    started = any(next(folder.glob(pattern), None) for pattern in RESUMABLE) or \
+        (remote_of(folder) is not None and report.is_file())  # a bucket's checkpoints are not mirrored here
+    if not started:
+        return digest                                         # nothing to resume
     try:
         recorded = json.loads(report.read_text()) if report.is_file() else {}
     except (OSError, ValueError):

@@ -8,7 +8,7 @@ from swinray.bench import label_efficiency
 from swinray.bench.label_efficiency import ROW_FILE, _reuse_key, one_run, run_config
 from swinray.config import BenchConfig, FinetuneConfig, apply_overrides
 from swinray.data.phantom import write_phantom_dataset
-from swinray.errors import EncoderChanged
+from swinray.errors import EncoderChanged, RunChanged
 from swinray.presets import preset
 from swinray.resolve import resolve_finetune, save
 from swinray.storage import file_sha256
@@ -50,14 +50,15 @@ def test_a_started_run_is_refused_other_weights_in_its_encoder_file(tmp_path, en
 def test_fine_tuning_refuses_a_changed_encoder_before_preprocessing(tmp_path, encoder):
     write_phantom_dataset(tmp_path / "data", 2, shape=(64, 64, 32))
     cfg = apply_overrides(preset(FinetuneConfig, "debug"), {
-        "data.source": str(tmp_path / "data"), "run.storage": str(tmp_path / "runs"), "seg.pretrained": str(encoder)})
+        "data.source": str(tmp_path / "data"), "data.cache_dir": str(tmp_path / "cache"),
+        "run.storage": str(tmp_path / "runs"), "seg.pretrained": str(encoder)})
     resolved = resolve_finetune(cfg, print)
     save(resolved)
     started(tmp_path / "runs" / cfg.run.name, file_sha256(encoder))
     encoder.write_bytes(b"second weights")
     with pytest.raises(EncoderChanged):
         plan_finetune(resolved)
-    assert not (tmp_path / "runs" / "cache").exists()                               # nothing preprocessed
+    assert resolved.paths.cache.startswith(str(tmp_path / "cache")) and not (tmp_path / "cache").exists()
 
 
 def bench_run(tmp_path, encoder):
@@ -99,16 +100,19 @@ def test_a_row_of_other_weights_restored_onto_a_run_of_these_keeps_the_run(tmp_p
     assert len(list(run_dir.glob(f"{ROW_FILE}.superseded-*"))) == 1
 
 
-def test_an_unfinished_run_of_the_former_weights_is_kept_aside_and_started_again(tmp_path, encoder, monkeypatch):
+@pytest.mark.parametrize("refusal", [EncoderChanged("the file changed"), RunChanged("another config")])
+def test_a_run_folder_fine_tuning_refuses_is_kept_aside_and_the_run_started_again(tmp_path, encoder, monkeypatch,
+                                                                                   refusal):
+    """An unfinished run of the former weights, or a run of other settings, under the name asked for."""
     run_cfg = bench_run(tmp_path, encoder)
     runs = tmp_path / "label_efficiency"
     started(runs / run_cfg.run.name, "former")
     calls = []
 
-    def refused_once(cfg, log):          # the fault: fine-tuning finds the run began from other weights
+    def refused_once(cfg, log):          # the fault: fine-tuning refuses the folder's run as another
         calls.append((runs / run_cfg.run.name).exists())
         if len(calls) == 1:
-            raise EncoderChanged("the file changed")
+            raise refusal
         raise RuntimeError("ran again")
     monkeypatch.setattr(label_efficiency, "run_finetune", refused_once)
     row = one_run(run_cfg, {"run": run_cfg.run.name}, lambda *_: None, GRID)

@@ -189,6 +189,8 @@ def test_a_finished_row_is_reused_only_while_its_run_config_is_unchanged(tmp_pat
     longer = apply_overrides(run_cfg, {"optim.num_steps": run_cfg.optim.num_steps + 1})
     again = one_run(longer, {"run": run_cfg.run.name}, lambda *_: None, GRID)                 # runs, and fails here
     assert again["test_dice"] is None and "no-such-dataset" in again["error"]
+    assert not row_file.exists() and len(list(row_file.parent.glob(f"{ROW_FILE}.superseded-*"))) == 1
+    assert (row_file.parent / "checkpoint_000000").is_dir()       # the run's to resume, reuse or refuse
     coarser = {**GRID, "spacing_mm": [4.054, 4.054, 2.5]}       # the same request, now resolved to another grid
     _finished(row_file, _reuse_key(run_cfg, GRID), finished)
     assert "no-such-dataset" in one_run(run_cfg, {"run": run_cfg.run.name}, lambda *_: None, coarser)["error"]
