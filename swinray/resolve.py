@@ -187,9 +187,9 @@ def check_same_run(saved_path: Path, cfg, log=print) -> None:
                 if k.removeprefix("finetune.") in FROM_THE_DATA and isinstance(was, list)
                 and all(isinstance(x, (int, float)) for x in was)]
         raise RunChanged(f"{saved_path.parent} already holds a run of this name with another config "
-                          f"({listed}); a rerun resumes that run, so choose another name (--name, or "
-                          f"--set run.name=...) or rerun it as it was (--config {saved_path}"
-                          + (f", with {' '.join(pins)}: its data now resolves to others)" if pins else ")"))
+                         f"({listed}); a rerun resumes that run, so choose another name (--name, or "
+                         f"--set run.name=...) or rerun it as it was (--config {saved_path}"
+                         + (f", with {' '.join(pins)}: its data now resolves to others)" if pins else ")"))
 
 
 def _grid_trained_on(folder: Path) -> dict:
