@@ -9,15 +9,12 @@ from swinray.bench.label_efficiency import (
     arms,
     bench_label_efficiency,
     held_out_images_in_pretraining,
-    markdown_table,
     one_run,
-    paired_difference,
-    plot,
     run_config,
     same_run,
     settings_suffix,
-    summarise,
 )
+from swinray.bench.label_efficiency_table import markdown_table, paired_difference, plot, summarise
 from swinray.config import BenchConfig, ConfigError, FinetuneConfig, apply_overrides
 from swinray.presets import preset
 
