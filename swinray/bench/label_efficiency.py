@@ -15,7 +15,8 @@ unfinished runs: the study can be run in parts (``--fractions 0.1`` first). A ro
 matches (other settings, another grid, other weights in the encoder file) is not reused: a run
 folder that fine-tuning would not resume as it is, or whose encoder was another, is kept aside as
 ``<run>.superseded-<UTC time>`` and the run starts again (``make_way``, ``run_or_restart``).
-A run that fails is reported in the table and the others go on. ``ssl_set`` makes a variant of the SSL arms (how their
+A run that fails is reported in the table and the others go on; the table is
+rewritten after every run (``write_study``). ``ssl_set`` makes a variant of the SSL arms (how their
 pretrained layers fine-tune: ``seg.pretrained_lr_scale``, ``seg.freeze_encoder_*``), named and tabled
 apart (``label_efficiency+pretrained_lr_scale=0.1.md``) while the scratch rows are reused.
 
@@ -255,11 +256,35 @@ def one_run(run_cfg: FinetuneConfig, row: dict, log, grid: dict) -> dict:
     return row
 
 
+def write_study(cfg: BenchConfig, rows: list[dict], names: list[str], planned: int, log) -> dict:
+    """The table, plot and JSON of the rows so far, ``planned`` runs in all: rewritten after every run,
+    so a study run in parts, interrupted, or on a machine that is lost shows every cell it finished."""
+    out_dir, stem = Path(cfg.out_dir), "label_efficiency" + settings_suffix(cfg)    # a variant's beside the study's
+    out_dir.mkdir(parents=True, exist_ok=True)
+    task = next((r["task"] for r in rows if r.get("task")), cfg.data.task)
+    seeds = [cfg.run.seed + i for i in range(cfg.seeds)]
+    cells = summarise(rows, names)
+    table = markdown_table(cells, names)
+    so_far = "" if len(rows) == planned else f", {len(rows)} of {planned} runs so far"
+    png = plot(cells, names, f"{task}: {cfg.finetune_preset}, {len(seeds)} seed(s), patience "
+               f"{cfg.patience_validations} validations{so_far}", out_dir / f"{stem}.png")
+    (out_dir / f"{stem}.md").write_text(table)
+    failed = [r for r in rows if r.get("test_dice") is None]
+    result = {"command": "bench", "target": "label-efficiency", "task": task, "preset": cfg.finetune_preset,
+              "ssl_set": list(cfg.ssl_set), "fractions": sorted(set(cfg.fractions)), "seeds": seeds, "arms": names,
+              "runs": len(rows), "runs_planned": planned, "failed": len(failed),
+              "cells": cells, "table": str(out_dir / f"{stem}.md"), "plot": str(png),
+              "results": str(out_dir / f"{stem}.json"), "ok": not failed and len(rows) == planned}
+    write_json(out_dir / f"{stem}.json", {**result, "rows": rows})
+    if so_far:
+        log(f"label efficiency: the table{so_far}: {out_dir / f'{stem}.md'}")
+    return result
+
+
 def bench_label_efficiency(cfg: BenchConfig, log=print) -> dict:
     fractions = sorted(set(cfg.fractions))     # BenchConfig checked them
     seeds = [cfg.run.seed + i for i in range(cfg.seeds)]
-    suffix = settings_suffix(cfg)
-    arm_list = arms(cfg.pretrained, suffix)
+    arm_list = arms(cfg.pretrained, settings_suffix(cfg))
     if cfg.ssl_set and len(arm_list) == 1:
         raise ConfigError(f"ssl_set={list(cfg.ssl_set)}: sets how the SSL arms fine-tune, but no --pretrained "
                           "file gives an SSL arm")
@@ -269,8 +294,8 @@ def bench_label_efficiency(cfg: BenchConfig, log=print) -> dict:
         except ConfigError as e:
             raise ConfigError(f"ssl_set={list(cfg.ssl_set)}: {e}" if encoder and cfg.ssl_set else str(e)) from None
     grid = resolved_grid(run_config(cfg, *arm_list[0], fractions[0], seeds[0]), log)
-    out_dir = Path(cfg.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    names = [a for a, _ in arm_list]
+    planned = len(fractions) * len(seeds) * len(arm_list)
     rows = []
     for fraction in fractions:                 # the smallest fraction first: the headline comes first
         for seed in seeds:
@@ -281,20 +306,7 @@ def bench_label_efficiency(cfg: BenchConfig, log=print) -> dict:
                 row = {"arm": arm, "pretrained": encoder or None, "fraction": fraction, "seed": seed,
                        "run": run_cfg.run.name}
                 rows.append(one_run(run_cfg, row, log, grid))
-    names = [a for a, _ in arm_list]
-    task = next((r["task"] for r in rows if r.get("task")), cfg.data.task)
-    cells = summarise(rows, names)
-    table = markdown_table(cells, names)
-    log("label efficiency (test Dice, mean ± sd over seeds; the test split chose nothing):\n" + table)
-    stem = "label_efficiency" + suffix         # a variant's table beside the study's
-    (out_dir / f"{stem}.md").write_text(table)
-    png = plot(cells, names, f"{task}: {cfg.finetune_preset}, {len(seeds)} seed(s), patience "
-               f"{cfg.patience_validations} validations", out_dir / f"{stem}.png")
-    failed = [r for r in rows if r.get("test_dice") is None]
-    result = {"command": "bench", "target": "label-efficiency", "task": task, "preset": cfg.finetune_preset,
-              "ssl_set": list(cfg.ssl_set),
-              "fractions": fractions, "seeds": seeds, "arms": names, "runs": len(rows), "failed": len(failed),
-              "cells": cells, "table": str(out_dir / f"{stem}.md"), "plot": str(png),
-              "results": str(out_dir / f"{stem}.json"), "ok": not failed}
-    write_json(out_dir / f"{stem}.json", {**result, "rows": rows})
+                result = write_study(cfg, rows, names, planned, log)
+    log("label efficiency (test Dice, mean ± sd over seeds; the test split chose nothing):\n"
+        + Path(result["table"]).read_text())
     return result

@@ -3,6 +3,7 @@ import json
 
 import pytest
 
+from swinray.bench import label_efficiency
 from swinray.bench.label_efficiency import (
     ROW_FILE,
     _reuse_key,
@@ -10,6 +11,7 @@ from swinray.bench.label_efficiency import (
     bench_label_efficiency,
     held_out_images_in_pretraining,
     one_run,
+    resolved_grid,
     run_config,
     same_run,
     settings_suffix,
@@ -265,3 +267,31 @@ def test_an_ssl_row_is_reused_from_another_checkout_of_the_same_encoder_and_not_
     assert key["here"]["seg"]["pretrained"] != key["elsewhere"]["seg"]["pretrained"]
     assert same_run(key["here"], key["elsewhere"])            # the same weights, copied or checked out elsewhere
     assert not same_run(key["here"], key["other"])            # other weights: the run is another
+
+
+def test_the_table_is_rewritten_after_every_run_so_a_study_stopped_midway_shows_every_cell_it_finished(
+        tmp_path, monkeypatch):
+    from swinray.data.phantom import write_phantom_dataset
+    write_phantom_dataset(tmp_path / "phantom", 4, seed=1, shape=(48, 48, 16))
+    cfg = apply_overrides(preset(BenchConfig, "debug"), {"out_dir": str(tmp_path / "bench"), "seeds": 2,
+                                                         "fractions": [0.5, 1.0],
+                                                         "data.source": str(tmp_path / "phantom")})
+    grid = resolved_grid(run_config(cfg, "scratch", "", 0.5, 0), lambda *_: None)
+    for seed, dice in ((0, 0.60), (1, 0.64)):                  # fraction 0.5 finished at both seeds
+        run_cfg = run_config(cfg, "scratch", "", 0.5, seed)
+        _finished(tmp_path / "bench" / "label_efficiency" / run_cfg.run.name / ROW_FILE, _reuse_key(run_cfg, grid),
+                  {"arm": "scratch", "fraction": 0.5, "seed": seed, "run": run_cfg.run.name, "test_dice": dice,
+                   "training_cases": 1})
+
+    def stopped(run_cfg, log):          # the fault: the study is stopped during its third run
+        raise KeyboardInterrupt
+    monkeypatch.setattr(label_efficiency, "run_finetune", stopped)
+    lines = []
+    with pytest.raises(KeyboardInterrupt):
+        bench_label_efficiency(cfg, log=lines.append)
+    saved = json.loads((tmp_path / "bench" / "label_efficiency.json").read_text())
+    assert (saved["runs"], saved["runs_planned"], saved["ok"]) == (2, 4, False)
+    assert (tmp_path / "bench" / "label_efficiency.md").read_text().splitlines()[2].startswith(
+        "| 0.5 | 1 | 0.620 ± 0.028 (n=2) |")
+    assert (tmp_path / "bench" / "label_efficiency.png").read_bytes()[:4] == b"\x89PNG"
+    assert "the table, 2 of 4 runs so far" in lines[-2]
