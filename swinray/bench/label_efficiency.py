@@ -38,7 +38,7 @@ from swinray.config import BenchConfig, ConfigError, FinetuneConfig, apply_overr
 from swinray.errors import RunChanged, StorageError
 from swinray.report.runs import flatten
 from swinray.resolve import ADDED_AT_FORMER_BEHAVIOUR, locate_pretrained, resolve_finetune, run_dir
-from swinray.storage import file_sha256, local_file, remote_of, write_json
+from swinray.storage import file_sha256, local_file, remote_of, write_json, write_text
 from swinray.train.finetune import PRETRAINED_REPORT, run_finetune
 from swinray.train.precision import cpu_name
 
@@ -216,17 +216,30 @@ def _train_seconds(metrics_log: str) -> float | None:
     return rows[-1].get("elapsed_s") if rows else None
 
 
+def row_file_of(run_cfg: FinetuneConfig) -> Path:
+    return local_file(run_dir(run_cfg.run.storage, run_cfg.run.name) / ROW_FILE)   # where the run writes it
+
+
+def reusable_row(run_cfg: FinetuneConfig, grid: dict) -> dict | None:
+    """The row a finished run left, if it is the run asked for now (``changed_settings``); else None."""
+    try:
+        saved = json.loads(row_file_of(run_cfg).read_text())
+        return None if changed_settings(saved.get("config") or {}, _reuse_key(run_cfg, grid)) else saved["row"]
+    except (OSError, ValueError, KeyError, AttributeError):  # none, or unreadable: one_run says which
+        return None
+
+
 def one_run(run_cfg: FinetuneConfig, row: dict, log, grid: dict) -> dict:
     """A finished run's row (reused when its config and ``grid`` are unchanged), else the run itself."""
-    row_file = local_file(run_dir(run_cfg.run.storage, run_cfg.run.name) / ROW_FILE)   # where the run writes
+    row_file = row_file_of(run_cfg)
     try:
-        if row_file.is_file():
-            saved, wanted = json.loads(row_file.read_text()), _reuse_key(run_cfg, grid)
-            changed = changed_settings(saved.get("config") or {}, wanted)
-            if not changed:
-                log(f"label efficiency: {row['run']} finished before: test Dice {saved['row']['test_dice']:.4f} "
-                    "(reused)")
-                return saved["row"]
+        reused = reusable_row(run_cfg, grid)
+        if reused is not None:
+            log(f"label efficiency: {row['run']} finished before: test Dice {reused['test_dice']:.4f} (reused)")
+            return reused
+        if row_file.is_file():                  # another run's row: out of this one's way
+            wanted = _reuse_key(run_cfg, grid)
+            changed = changed_settings(json.loads(row_file.read_text()).get("config") or {}, wanted)
             kept = make_way(row_file, wanted)
             log(f"label efficiency: {row['run']} finished before with other settings ({', '.join(changed[:4])}"
                 f"{', ...' if len(changed) > 4 else ''}): kept as {kept}, and run again")
@@ -256,19 +269,17 @@ def one_run(run_cfg: FinetuneConfig, row: dict, log, grid: dict) -> dict:
     return row
 
 
-def write_study(cfg: BenchConfig, rows: list[dict], names: list[str], planned: int, log) -> dict:
-    """The table, plot and JSON of the rows so far, ``planned`` runs in all: rewritten after every run,
-    so a study run in parts, interrupted, or on a machine that is lost shows every cell it finished."""
+def write_study(cfg: BenchConfig, rows: list[dict], names: list[str], planned: int) -> dict:
+    """The table, plot and JSON of ``rows`` (of ``planned`` runs), rewritten after every run: a study run
+    in parts, stopped midway, or on a machine that is lost shows every cell it has finished."""
     out_dir, stem = Path(cfg.out_dir), "label_efficiency" + settings_suffix(cfg)    # a variant's beside the study's
-    out_dir.mkdir(parents=True, exist_ok=True)
     task = next((r["task"] for r in rows if r.get("task")), cfg.data.task)
     seeds = [cfg.run.seed + i for i in range(cfg.seeds)]
     cells = summarise(rows, names)
-    table = markdown_table(cells, names)
     so_far = "" if len(rows) == planned else f", {len(rows)} of {planned} runs so far"
     png = plot(cells, names, f"{task}: {cfg.finetune_preset}, {len(seeds)} seed(s), patience "
                f"{cfg.patience_validations} validations{so_far}", out_dir / f"{stem}.png")
-    (out_dir / f"{stem}.md").write_text(table)
+    write_text(out_dir / f"{stem}.md", markdown_table(cells, names))
     failed = [r for r in rows if r.get("test_dice") is None]
     result = {"command": "bench", "target": "label-efficiency", "task": task, "preset": cfg.finetune_preset,
               "ssl_set": list(cfg.ssl_set), "fractions": sorted(set(cfg.fractions)), "seeds": seeds, "arms": names,
@@ -276,8 +287,6 @@ def write_study(cfg: BenchConfig, rows: list[dict], names: list[str], planned: i
               "cells": cells, "table": str(out_dir / f"{stem}.md"), "plot": str(png),
               "results": str(out_dir / f"{stem}.json"), "ok": not failed and len(rows) == planned}
     write_json(out_dir / f"{stem}.json", {**result, "rows": rows})
-    if so_far:
-        log(f"label efficiency: the table{so_far}: {out_dir / f'{stem}.md'}")
     return result
 
 
@@ -295,18 +304,20 @@ def bench_label_efficiency(cfg: BenchConfig, log=print) -> dict:
             raise ConfigError(f"ssl_set={list(cfg.ssl_set)}: {e}" if encoder and cfg.ssl_set else str(e)) from None
     grid = resolved_grid(run_config(cfg, *arm_list[0], fractions[0], seeds[0]), log)
     names = [a for a, _ in arm_list]
-    planned = len(fractions) * len(seeds) * len(arm_list)
+    # The smallest fraction first: the headline comes first
+    plan = [({"arm": arm, "pretrained": encoder or None, "fraction": fraction, "seed": seed},
+             run_config(cfg, arm, encoder, fraction, seed))
+            for fraction in fractions for seed in seeds for arm, encoder in arm_list]
+    finished = [reusable_row(run_cfg, grid) for _, run_cfg in plan]   # tabled before the loop reaches them
     rows = []
-    for fraction in fractions:                 # the smallest fraction first: the headline comes first
-        for seed in seeds:
-            for arm, encoder in arm_list:
-                run_cfg = run_config(cfg, arm, encoder, fraction, seed)
-                log(f"label efficiency: {arm} at fraction {fraction:g}, seed {seed} (up to {run_cfg.optim.num_steps} "
-                    f"steps, patience {run_cfg.seg.patience_validations} validations) -> {run_cfg.run.name}")
-                row = {"arm": arm, "pretrained": encoder or None, "fraction": fraction, "seed": seed,
-                       "run": run_cfg.run.name}
-                rows.append(one_run(run_cfg, row, log, grid))
-                result = write_study(cfg, rows, names, planned, log)
+    for i, (row, run_cfg) in enumerate(plan):
+        log(f"label efficiency: {row['arm']} at fraction {row['fraction']:g}, seed {row['seed']} (up to "
+            f"{run_cfg.optim.num_steps} steps, patience {run_cfg.seg.patience_validations} validations) -> "
+            f"{run_cfg.run.name}")
+        rows.append(one_run(run_cfg, {**row, "run": run_cfg.run.name}, log, grid))
+        result = write_study(cfg, rows + [r for r in finished[i + 1:] if r], names, len(plan))
+        if finished[i] is None and result["runs"] < len(plan):    # a run that trained: where the table stands
+            log(f"label efficiency: the table, {result['runs']} of {len(plan)} runs so far: {result['table']}")
     log("label efficiency (test Dice, mean ± sd over seeds; the test split chose nothing):\n"
-        + Path(result["table"]).read_text())
+        + markdown_table(result["cells"], names))
     return result

@@ -6,6 +6,8 @@ import math
 import statistics
 from pathlib import Path
 
+from swinray.storage import atomic_write
+
 SCRATCH = "scratch"
 
 
@@ -105,8 +107,9 @@ def plot(cells: list[dict], arm_names: list[str], title: str, path: Path) -> Pat
     ax.set_ylabel("test Dice (mean foreground), mean ± sd over seeds")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:     # none while every run so far has failed
+        ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
+    atomic_write(path, lambda f: fig.savefig(f, format="png"))    # rewritten after every run: never half a file
     plt.close(fig)
     return path

@@ -269,29 +269,31 @@ def test_an_ssl_row_is_reused_from_another_checkout_of_the_same_encoder_and_not_
     assert not same_run(key["here"], key["other"])            # other weights: the run is another
 
 
-def test_the_table_is_rewritten_after_every_run_so_a_study_stopped_midway_shows_every_cell_it_finished(
-        tmp_path, monkeypatch):
+def test_the_table_is_rewritten_after_every_run_with_every_finished_row_so_a_study_stopped_midway_keeps_them(
+        tmp_path, monkeypatch, encoder):
+    """Runs finished in an earlier session count from the start, also those the loop has not reached
+    when the study is stopped (here during its second run, the SSL arm at fraction 0.5)."""
     from swinray.data.phantom import write_phantom_dataset
     write_phantom_dataset(tmp_path / "phantom", 4, seed=1, shape=(48, 48, 16))
-    cfg = apply_overrides(preset(BenchConfig, "debug"), {"out_dir": str(tmp_path / "bench"), "seeds": 2,
-                                                         "fractions": [0.5, 1.0],
+    cfg = apply_overrides(preset(BenchConfig, "debug"), {"out_dir": str(tmp_path / "bench"), "seeds": 1,
+                                                         "fractions": [0.5, 1.0], "pretrained": [encoder],
                                                          "data.source": str(tmp_path / "phantom")})
     grid = resolved_grid(run_config(cfg, "scratch", "", 0.5, 0), lambda *_: None)
-    for seed, dice in ((0, 0.60), (1, 0.64)):                  # fraction 0.5 finished at both seeds
-        run_cfg = run_config(cfg, "scratch", "", 0.5, seed)
+    for arm, file, fraction, dice in (("scratch", "", 0.5, 0.60), ("scratch", "", 1.0, 0.80),
+                                      ("ssl-ct", encoder, 1.0, 0.83)):
+        run_cfg = run_config(cfg, arm, file, fraction, 0)
         _finished(tmp_path / "bench" / "label_efficiency" / run_cfg.run.name / ROW_FILE, _reuse_key(run_cfg, grid),
-                  {"arm": "scratch", "fraction": 0.5, "seed": seed, "run": run_cfg.run.name, "test_dice": dice,
+                  {"arm": arm, "fraction": fraction, "seed": 0, "run": run_cfg.run.name, "test_dice": dice,
                    "training_cases": 1})
 
-    def stopped(run_cfg, log):          # the fault: the study is stopped during its third run
+    def stopped(run_cfg, log):          # the fault: the study is stopped during the run it has to train
         raise KeyboardInterrupt
     monkeypatch.setattr(label_efficiency, "run_finetune", stopped)
-    lines = []
     with pytest.raises(KeyboardInterrupt):
-        bench_label_efficiency(cfg, log=lines.append)
+        bench_label_efficiency(cfg, log=lambda *_: None)
     saved = json.loads((tmp_path / "bench" / "label_efficiency.json").read_text())
-    assert (saved["runs"], saved["runs_planned"], saved["ok"]) == (2, 4, False)
-    assert (tmp_path / "bench" / "label_efficiency.md").read_text().splitlines()[2].startswith(
-        "| 0.5 | 1 | 0.620 ± 0.028 (n=2) |")
+    assert (saved["runs"], saved["runs_planned"], saved["ok"]) == (3, 4, False)
+    assert (tmp_path / "bench" / "label_efficiency.md").read_text().splitlines()[2:] == [
+        "| 0.5 | 1 | 0.600 (n=1) | - | - | 0 | 0 | ? |",
+        "| 1 | 1 | 0.800 (n=1) | 0.830 (n=1) | +0.030 (one seed: no interval) (n=1) | 0 | 0 | ? |"]
     assert (tmp_path / "bench" / "label_efficiency.png").read_bytes()[:4] == b"\x89PNG"
-    assert "the table, 2 of 4 runs so far" in lines[-2]
