@@ -221,11 +221,13 @@ def row_file_of(run_cfg: FinetuneConfig) -> Path:
 
 
 def reusable_row(run_cfg: FinetuneConfig, grid: dict) -> dict | None:
-    """The row a finished run left, if it is the run asked for now (``changed_settings``); else None."""
+    """The row a finished run left, if it is the run asked for now (``changed_settings``) and whole; else None."""
     try:
         saved = json.loads(row_file_of(run_cfg).read_text())
-        return None if changed_settings(saved.get("config") or {}, _reuse_key(run_cfg, grid)) else saved["row"]
-    except (OSError, ValueError, KeyError, AttributeError):  # none, or unreadable: one_run says which
+        row = saved["row"]
+        whole = isinstance(row.get("test_dice"), float) and {"arm", "fraction", "seed"} <= row.keys()
+        return row if whole and not changed_settings(saved.get("config") or {}, _reuse_key(run_cfg, grid)) else None
+    except (OSError, ValueError, KeyError, AttributeError, TypeError):  # none, or unreadable: one_run says which
         return None
 
 
@@ -240,6 +242,9 @@ def one_run(run_cfg: FinetuneConfig, row: dict, log, grid: dict) -> dict:
         if row_file.is_file():                  # another run's row: out of this one's way
             wanted = _reuse_key(run_cfg, grid)
             changed = changed_settings(json.loads(row_file.read_text()).get("config") or {}, wanted)
+            if not changed:
+                raise ValueError(f"{row_file}: the row of this run, but not a whole one (no test Dice, arm, "
+                                 "fraction or seed); move it away to run the run again")
             kept = make_way(row_file, wanted)
             log(f"label efficiency: {row['run']} finished before with other settings ({', '.join(changed[:4])}"
                 f"{', ...' if len(changed) > 4 else ''}): kept as {kept}, and run again")
@@ -309,6 +314,8 @@ def bench_label_efficiency(cfg: BenchConfig, log=print) -> dict:
              run_config(cfg, arm, encoder, fraction, seed))
             for fraction in fractions for seed in seeds for arm, encoder in arm_list]
     finished = [reusable_row(run_cfg, grid) for _, run_cfg in plan]   # tabled before the loop reaches them
+    if any(finished):                           # where a resumed study stands, before its first run
+        write_study(cfg, [r for r in finished if r], names, len(plan))
     rows = []
     for i, (row, run_cfg) in enumerate(plan):
         log(f"label efficiency: {row['arm']} at fraction {row['fraction']:g}, seed {row['seed']} (up to "

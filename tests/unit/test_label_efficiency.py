@@ -12,6 +12,7 @@ from swinray.bench.label_efficiency import (
     held_out_images_in_pretraining,
     one_run,
     resolved_grid,
+    reusable_row,
     run_config,
     same_run,
     settings_suffix,
@@ -297,3 +298,14 @@ def test_the_table_is_rewritten_after_every_run_with_every_finished_row_so_a_stu
         "| 0.5 | 1 | 0.600 (n=1) | - | - | 0 | 0 | ? |",
         "| 1 | 1 | 0.800 (n=1) | 0.830 (n=1) | +0.030 (one seed: no interval) (n=1) | 0 | 0 | ? |"]
     assert (tmp_path / "bench" / "label_efficiency.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_row_file_of_this_run_that_is_not_whole_is_a_failed_row_naming_it_not_the_end_of_the_study(tmp_path):
+    cfg = apply_overrides(preset(BenchConfig, "debug"), {"out_dir": str(tmp_path)})
+    run_cfg = run_config(cfg, "scratch", "", 0.1, 0)
+    row_file = tmp_path / "label_efficiency" / run_cfg.run.name / ROW_FILE
+    _finished(row_file, _reuse_key(run_cfg, GRID), {"arm": "scratch", "fraction": 0.1})     # edited by hand
+    assert reusable_row(run_cfg, GRID) is None          # the bench's look-ahead leaves it out
+    failed = one_run(run_cfg, {"run": run_cfg.run.name}, lambda *_: None, GRID)
+    assert failed["test_dice"] is None and str(row_file) in failed["error"] and "not a whole one" in failed["error"]
+    assert row_file.is_file()                           # left for the user to look at
