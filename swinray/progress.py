@@ -83,7 +83,9 @@ def _last_step(whole_lines: bytes) -> int:
 
 @contextlib.contextmanager
 def follow_run(metrics_log: Path, total_steps: int, desc: str, poll_s: float = 1.0):
-    """Show a run's steps (and its latest loss and Dice) while the block runs, from its metrics log.
+    """Show a run's steps (and its latest loss and Dice) while the block runs, from its metrics log,
+    and once each ``note`` a row carries: what the workers have to tell the user (their own output
+    reaches the driver only with ``--verbose``).
 
     Steps already in the log (a resumed run) count as done from the start. A log in object storage
     is also read from there (rank 0 may run on another node and uploads it every few seconds)."""
@@ -94,7 +96,7 @@ def follow_run(metrics_log: Path, total_steps: int, desc: str, poll_s: float = 1
     except OSError:
         initial = 0
     progress = Progress(total_steps, "step", desc, initial=initial, clock_from_first_update=True)  # not Ray's start-up
-    stop = threading.Event()
+    stop, noted = threading.Event(), set()
 
     def read_new_lines(final: bool = False):
         try:
@@ -102,6 +104,10 @@ def follow_run(metrics_log: Path, total_steps: int, desc: str, poll_s: float = 1
         except (OSError, ValueError):
             return
         rows = _rows(lines)
+        for note in (row["note"] for row in rows if isinstance(row.get("note"), str)):
+            if note not in noted:       # once: a restart's rewritten log holds it again
+                noted.add(note)
+                print(f"[swinray] {desc}: {note}", file=sys.stderr, flush=True)
         if rows:    # one move per read: a rewritten log (a restart) read again from step 1 is where the run
                     # stands, not steps done since the last read (they would inflate the rate); the figures
                     # are the latest of each in the read (a validation row need not be the last line)

@@ -133,7 +133,7 @@ RESUMABLE = ("checkpoint_*", "metrics.jsonl", "tune")   # what a started run or 
 # Settings added after runs were saved without them, at the value that is what those runs did: a saved
 # run lacking one resumes while it is at that value (other missing settings count as changes).
 ADDED_AT_FORMER_BEHAVIOUR = {"seg.pretrained_lr_scale": 1.0, "seg.cpu_bf16": False, "seg.tta_flips": False,
-                             "seg.largest_component": False}
+                             "seg.largest_component": False, "seg.schedule_within_max_minutes": False}
 # Settings saved unset ("the task's") before config.json recorded what the task resolved them to: such a
 # run is compared with the task its latest checkpoint's model.pt trained on (fine-tuning), if there is one.
 RESOLVED_SINCE = {f"data.{key}": to_dict(DataConfig())[key] for key in ("spacing_mm", "window_hu")}

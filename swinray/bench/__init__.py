@@ -23,8 +23,10 @@ def finetune_base(cfg: BenchConfig) -> FinetuneConfig:
     """``cfg.finetune_preset`` as a bench runs it: on the bench's data settings, except the voxel size
     and HU window the bench left unchosen (their "the task's" value), which stay the preset's (a CT
     preset's window survives ``--data``); and counted in steps or samples, with the preset's wall-time
-    limit off, so a busy machine changes how long a bench takes, never what it measures."""
+    limit off, and the schedule that follows it, so a busy machine changes how long a bench takes,
+    never what it measures."""
     base, unchosen = preset(FinetuneConfig, cfg.finetune_preset), DataConfig()
     kept = {key: getattr(base.data, key) for key in ("spacing_mm", "window_hu")
             if getattr(cfg.data, key) == getattr(unchosen, key)}
-    return replace(base, data=replace(cfg.data, **kept), seg=replace(base.seg, max_minutes=0.0))
+    return replace(base, data=replace(cfg.data, **kept),
+                   seg=replace(base.seg, max_minutes=0.0, schedule_within_max_minutes=False))

@@ -120,6 +120,18 @@ def deadline_s(cfg: FinetuneConfig) -> float:
     return cfg.seg.max_minutes * 60 if cfg.seg.max_minutes > 0 else float("inf")
 
 
+def schedule_step(step: int, elapsed_s: float, cfg: FinetuneConfig) -> int:
+    """Where the learning-rate schedule stands after ``step`` steps and ``elapsed_s`` training seconds: at
+    ``step``, or with ``seg.schedule_within_max_minutes`` as far along as the clock is, if that is further
+    (the fraction of ``optim.num_steps`` that ``elapsed_s`` is of ``seg.max_minutes``). A preset sized
+    for one CPU then still decays to its end by the deadline on a slower one, rather than stopping
+    part-way at a high learning rate; on a faster one it ends at ``num_steps`` as before."""
+    if not cfg.seg.schedule_within_max_minutes or cfg.seg.max_minutes <= 0:
+        return step
+    by_clock = math.ceil(cfg.optim.num_steps * min(1.0, elapsed_s / deadline_s(cfg)))
+    return min(cfg.optim.num_steps, max(step, by_clock))
+
+
 def finished_by(metrics: dict, cfg: FinetuneConfig) -> str:
     """Why a run whose latest checkpoint reported ``metrics`` is over under ``cfg``, as its workers
     would decide on resuming it, or "" when it has more to do."""
@@ -134,12 +146,19 @@ def stop_cause(metrics: dict, cfg: FinetuneConfig) -> str:
     return metrics.get("stopped_by") or finished_by(metrics, cfg)
 
 
-def _stop_now(deadline_passed: bool, device) -> bool:
-    """Every rank stops at the same step: rank 0's clock decides."""
-    flag = torch.tensor([float(deadline_passed)], device=device)
+def _rank0_clock(elapsed_s: float, device) -> float:
+    """Rank 0's training seconds on every rank: all stop at the same step, on the same schedule."""
+    clock = torch.tensor([elapsed_s], dtype=torch.float64, device=device)
     if dist.is_available() and dist.is_initialized():
-        dist.broadcast(flag, src=0)
-    return bool(flag.item())
+        dist.broadcast(clock, src=0)
+    return float(clock.item())
+
+
+def _schedule_to(scheduler, position: int) -> None:
+    """Set the learning rate to the schedule's value at ``position`` (one past where it stood, unless
+    ``schedule_step`` moved it on); it is saved with the scheduler's state, so a resume goes on from it."""
+    scheduler.last_epoch = position - 1
+    scheduler.step()
 
 
 def train_fn_per_worker(config: dict) -> None:
@@ -178,8 +197,7 @@ def train_fn_per_worker(config: dict) -> None:
         tracker = Tracker(paths.run_dir, resumed_at=step)     # the driver copies it into Aim
         _record_for_cleanup(Path(paths.run_dir))
     infer_amp = cfg.run.amp_bf16 and device.type == "cuda"    # validation on a CPU: float32, as evaluate
-    if rank == 0 and amp_warning:
-        print(f"[swinray] {cfg.run.name}: {amp_warning}", flush=True)
+    note = amp_warning if rank == 0 else ""     # in the first row logged: the driver shows it
     started = time.perf_counter()
     deadline = deadline_s(cfg)
     metrics, stopped_by = {}, stop_reason(progress, step, cfg, elapsed_before >= deadline)
@@ -220,17 +238,22 @@ def train_fn_per_worker(config: dict) -> None:
         diverged = not math.isfinite(float(grad_norm))
         if not diverged:
             optimizer.step()
-            scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
         elapsed = elapsed_before + time.perf_counter() - started
-        out_of_time = deadline < float("inf") and _stop_now(elapsed > deadline, device)
+        if deadline < float("inf"):
+            elapsed = _rank0_clock(elapsed, device)
+        out_of_time = elapsed > deadline
+        if not diverged:
+            _schedule_to(scheduler, schedule_step(step, elapsed, cfg))
         stopped_by = "diverged" if diverged else "num_steps" if step >= cfg.optim.num_steps else (
             "max_minutes" if out_of_time else "")
         stop = bool(stopped_by)
         seconds = time.perf_counter() - began
         metrics = {"loss": loss.item(), "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
-                   "samples_per_s": world * cfg.optim.batch_size / seconds, "elapsed_s": elapsed}
+                   "samples_per_s": world * cfg.optim.batch_size / seconds, "elapsed_s": elapsed,
+                   **({"note": note} if note else {})}
+        note = ""
         if diverged:
             progress.diverged_step = step
             if rank == 0:

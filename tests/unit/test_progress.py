@@ -89,6 +89,24 @@ def test_a_run_whose_last_line_was_cut_short_is_followed_from_its_last_whole_ste
     assert progress.done == 3 and progress.figures == "loss 0.5000"
 
 
+def test_a_note_from_the_workers_is_shown_once_though_a_restart_logs_it_again(tmp_path, capsys):
+    """Workers' own output reaches the driver only with --verbose: what the user must know (training
+    in float32 where bf16 was asked for) rides in a row of the metrics log."""
+    log = tmp_path / "metrics.jsonl"
+    log.write_text("")
+    with follow_run(log, total_steps=3, desc="finetune x", poll_s=0.05) as progress:
+        for row in ({"step": 1, "loss": 2.0, "note": "training stays float32"}, {"step": 2, "loss": 1.0},
+                    {"step": 1, "loss": 2.0, "note": "training stays float32"}, {"step": 3, "loss": 0.5}):
+            with log.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            time.sleep(0.15)
+        deadline = time.time() + 5
+        while progress.done != 3 and time.time() < deadline:
+            time.sleep(0.05)
+    notes = [line for line in capsys.readouterr().err.splitlines() if "float32" in line]
+    assert notes == ["[swinray] finetune x: training stays float32"]
+
+
 def test_a_sweeps_progress_callback_is_saved_with_the_experiment_without_its_bar(capsys):
     class Trial:
         def __init__(self, status):

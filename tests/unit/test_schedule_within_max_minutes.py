@@ -1,0 +1,64 @@
+"""``seg.schedule_within_max_minutes``: a preset sized in steps for one CPU still ends its cosine decay by
+its ``seg.max_minutes`` on a slower CPU, where the clock would otherwise stop it part-way, at a high
+learning rate; on a CPU fast enough for its ``optim.num_steps`` nothing changes."""
+import pytest
+import torch
+from monai.optimizers import WarmupCosineSchedule
+
+from swinray.config import FinetuneConfig, apply_overrides
+from swinray.presets import preset
+from swinray.train.finetune_loop import _schedule_to, schedule_step
+
+TIMED = apply_overrides(FinetuneConfig(), {"optim.num_steps": 2800, "optim.warmup_steps": 50,
+                                           "seg.max_minutes": 56, "seg.schedule_within_max_minutes": True})
+HOUR = 56 * 60
+
+
+@pytest.mark.parametrize("step, elapsed_s, position", [
+    (1000, HOUR / 2, 1400),         # a slow CPU: half the time gone at step 1,000, so halfway along
+    (2000, HOUR / 2, 2000),         # a fast one: the steps are ahead of the clock, as without the setting
+    (1700, HOUR + 1, 2800),         # past the deadline: the end of the schedule, never beyond it
+    (2800, HOUR / 4, 2800),
+])
+def test_the_schedule_stands_at_the_step_or_the_clock_whichever_is_further(step, elapsed_s, position):
+    assert schedule_step(step, elapsed_s, TIMED) == position
+
+
+def test_without_the_setting_or_a_deadline_the_schedule_follows_the_steps():
+    assert schedule_step(1000, HOUR / 2, apply_overrides(TIMED, {"seg.schedule_within_max_minutes": False})) == 1000
+    assert schedule_step(1000, HOUR / 2, apply_overrides(TIMED, {"seg.max_minutes": 0})) == 1000
+
+
+def test_the_head_and_neck_preset_decays_by_its_deadline():
+    seg = preset(FinetuneConfig, "cpu-headneck-oar").seg
+    assert seg.max_minutes > 0 and seg.schedule_within_max_minutes
+
+
+def _schedule(num_steps=100):
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    return optimizer, WarmupCosineSchedule(optimizer, warmup_steps=10, t_total=num_steps)
+
+
+def test_a_step_the_clock_moved_on_takes_the_schedules_rate_there_and_ends_at_zero():
+    optimizer, scheduler = _schedule()
+    reference = WarmupCosineSchedule(torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3),
+                                     warmup_steps=10, t_total=100)
+    _schedule_to(scheduler, 1)
+    assert scheduler.get_last_lr()[0] == pytest.approx(1e-4)            # warm-up, one step in
+    _schedule_to(scheduler, 60)
+    assert scheduler.get_last_lr()[0] == pytest.approx(1e-3 * reference.lr_lambda(60))
+    assert optimizer.param_groups[0]["lr"] == scheduler.get_last_lr()[0]
+    _schedule_to(scheduler, 100)
+    assert scheduler.get_last_lr()[0] == 0.0
+
+
+def test_where_the_clock_moved_the_schedule_is_saved_for_a_resume():
+    _, scheduler = _schedule()
+    _schedule_to(scheduler, 60)
+    _, resumed = _schedule()
+    resumed.load_state_dict(scheduler.state_dict())
+    _schedule_to(resumed, 61)                                           # the next step, nothing moved on
+    _, straight = _schedule()
+    for position in range(1, 62):
+        _schedule_to(straight, position)
+    assert resumed.get_last_lr() == straight.get_last_lr()
