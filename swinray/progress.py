@@ -107,7 +107,7 @@ def follow_run(metrics_log: Path, total_steps: int, desc: str, poll_s: float = 1
         for note in (row["note"] for row in rows if isinstance(row.get("note"), str)):
             if note not in noted:       # once: a restart's rewritten log holds it again
                 noted.add(note)
-                print(f"[swinray] {desc}: {note}", file=sys.stderr, flush=True)
+                progress.bar.write(f"[swinray] {desc}: {note}", file=sys.stderr)    # above a bar, not into it
         if rows:    # one move per read: a rewritten log (a restart) read again from step 1 is where the run
                     # stands, not steps done since the last read (they would inflate the rate); the figures
                     # are the latest of each in the read (a validation row need not be the last line)

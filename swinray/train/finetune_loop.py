@@ -32,7 +32,7 @@ from swinray.seg.overlay import legend, overlay_pair
 from swinray.seg.postprocess import classes_improved, keep_largest_components
 from swinray.storage import local_file, write_text
 from swinray.tracking import NullTracker, Tracker
-from swinray.train.precision import finetune_autocast, float32_bottleneck
+from swinray.train.precision import cpu_name, finetune_autocast, float32_bottleneck
 from swinray.train.replay import seed_step
 from swinray.train.seg_data import StepBatches, load_validation_case
 from swinray.train.state import MODEL_FILE, make_optimizer, report, restore, training_state
@@ -120,15 +120,16 @@ def deadline_s(cfg: FinetuneConfig) -> float:
     return cfg.seg.max_minutes * 60 if cfg.seg.max_minutes > 0 else float("inf")
 
 
-def schedule_step(step: int, elapsed_s: float, cfg: FinetuneConfig) -> int:
+def schedule_position(step: int, elapsed_s: float, cfg: FinetuneConfig) -> int:
     """Where the learning-rate schedule stands after ``step`` steps and ``elapsed_s`` training seconds: at
     ``step``, or with ``seg.schedule_within_max_minutes`` as far along as the clock is, if that is further
     (the fraction of ``optim.num_steps`` that ``elapsed_s`` is of ``seg.max_minutes``). A preset sized
     for one CPU then still decays to its end by the deadline on a slower one, rather than stopping
-    part-way at a high learning rate; on a faster one it ends at ``num_steps`` as before."""
+    part-way at a high learning rate; one clearly faster than the preset's pace ends at ``num_steps`` as
+    before. Raising ``seg.max_minutes`` on a resume moves the schedule back: a warm restart."""
     if not cfg.seg.schedule_within_max_minutes or cfg.seg.max_minutes <= 0:
         return step
-    by_clock = math.ceil(cfg.optim.num_steps * min(1.0, elapsed_s / deadline_s(cfg)))
+    by_clock = math.floor(cfg.optim.num_steps * min(1.0, elapsed_s / deadline_s(cfg)))
     return min(cfg.optim.num_steps, max(step, by_clock))
 
 
@@ -156,7 +157,8 @@ def _rank0_clock(elapsed_s: float, device) -> float:
 
 def _schedule_to(scheduler, position: int) -> None:
     """Set the learning rate to the schedule's value at ``position`` (one past where it stood, unless
-    ``schedule_step`` moved it on); it is saved with the scheduler's state, so a resume goes on from it."""
+    ``schedule_position`` moved it on). A resume's first step runs at the rate the optimizer saved;
+    each step after it places the schedule anew from the step and the clock."""
     scheduler.last_epoch = position - 1
     scheduler.step()
 
@@ -197,7 +199,9 @@ def train_fn_per_worker(config: dict) -> None:
         tracker = Tracker(paths.run_dir, resumed_at=step)     # the driver copies it into Aim
         _record_for_cleanup(Path(paths.run_dir))
     infer_amp = cfg.run.amp_bf16 and device.type == "cuda"    # validation on a CPU: float32, as evaluate
-    note = amp_warning if rank == 0 else ""     # in the first row logged: the driver shows it
+    note = f"{amp_warning} ({cpu_name()})" if rank == 0 and amp_warning else ""   # the driver shows it
+    if note:
+        print(f"[swinray] {cfg.run.name}: {note}", flush=True)    # a sweep's trials: with --verbose
     started = time.perf_counter()
     deadline = deadline_s(cfg)
     metrics, stopped_by = {}, stop_reason(progress, step, cfg, elapsed_before >= deadline)
@@ -245,7 +249,7 @@ def train_fn_per_worker(config: dict) -> None:
             elapsed = _rank0_clock(elapsed, device)
         out_of_time = elapsed > deadline
         if not diverged:
-            _schedule_to(scheduler, schedule_step(step, elapsed, cfg))
+            _schedule_to(scheduler, schedule_position(step, elapsed, cfg))
         stopped_by = "diverged" if diverged else "num_steps" if step >= cfg.optim.num_steps else (
             "max_minutes" if out_of_time else "")
         stop = bool(stopped_by)

@@ -32,7 +32,7 @@ from swinray.presets import preset
 from swinray.seg.postprocess import classes_improved
 from swinray.storage import file_sha256
 from swinray.train.finetune import run_finetune
-from swinray.train.finetune_loop import schedule_step
+from swinray.train.finetune_loop import schedule_position
 from swinray.train.precision import cpu_has_native_bf16, cpu_name
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
@@ -278,13 +278,13 @@ def test_real_head_and_neck_ct_fine_tunes_five_organs_in_its_minutes_and_scores_
                                                                                               capsys):
     """Three real OpenKBP CTs (one each for training, validation and test), the task inferred from
     the data: a CT window, label pairs from the parotids' names, every organ scored. Trained as the
-    preset is, until its minutes run out (here 6 s, long before ``optim.num_steps``) on a schedule
+    preset is, until its minutes run out (here 12 s, long before ``optim.num_steps``) on a schedule
     that follows the clock (``seg.schedule_within_max_minutes``): every step's rate is the schedule's
     where the step or the clock stands, whichever is further, and the last is 0 (without the setting,
     near the peak). Where the CPU has no native bf16 the driver says the steps run in float32."""
     data = shared_dataset("OpenKBP_HN_OAR")
     cfg = debug_config(tmp_path / "runs", DataConfig(source=str(data), cache_dir=str(tmp_path / "cache"), max_cases=3),
-                       **{"optim.num_steps": 100_000, "seg.max_minutes": 0.1, "seg.schedule_within_max_minutes": True,
+                       **{"optim.num_steps": 100_000, "seg.max_minutes": 0.2, "seg.schedule_within_max_minutes": True,
                           "seg.val_every_steps": 100_000, "run.checkpoint_every_steps": 100_000, "run.name": "ft-oar",
                           "run.num_workers": 1, "split.num_folds": 2, "seg.num_overlay_cases": 0,
                           "seg.cpu_bf16": True})       # as the preset: bf16 steps where the CPU has it
@@ -299,12 +299,12 @@ def test_real_head_and_neck_ct_fine_tunes_five_organs_in_its_minutes_and_scores_
     assert (float32_note in capsys.readouterr().err) == (not cpu_has_native_bf16())
 
     rows = logged_rows(Path(summary["metrics_log"]).parent)
-    assert summary["stopped_by"] == "max_minutes" and 1 <= summary["steps"] == len(rows) < 100_000
+    assert summary["stopped_by"] == "max_minutes" and 2 <= summary["steps"] == len(rows) < 100_000
     assert (float32_note in rows[0].get("note", "")) == (not cpu_has_native_bf16())
     schedule = WarmupCosineSchedule(torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))]),
                                     cfg.optim.warmup_steps, cfg.optim.num_steps)
     for row in rows[:-1]:           # the last row's elapsed_s includes the final validation
-        position = schedule_step(row["step"], row["elapsed_s"], cfg)
+        position = schedule_position(row["step"], row["elapsed_s"], cfg)
         assert position > row["step"] and row["lr"] == pytest.approx(cfg.optim.lr * schedule.lr_lambda(position))
     assert rows[-1]["lr"] == 0.0
     task = json.loads(next((tmp_path / "cache").glob("OpenKBP_HN_OAR-*/task.json")).read_text())

@@ -7,7 +7,7 @@ from monai.optimizers import WarmupCosineSchedule
 
 from swinray.config import FinetuneConfig, apply_overrides
 from swinray.presets import preset
-from swinray.train.finetune_loop import _schedule_to, schedule_step
+from swinray.train.finetune_loop import _schedule_to, schedule_position
 
 TIMED = apply_overrides(FinetuneConfig(), {"optim.num_steps": 2800, "optim.warmup_steps": 50,
                                            "seg.max_minutes": 56, "seg.schedule_within_max_minutes": True})
@@ -21,12 +21,12 @@ HOUR = 56 * 60
     (2800, HOUR / 4, 2800),
 ])
 def test_the_schedule_stands_at_the_step_or_the_clock_whichever_is_further(step, elapsed_s, position):
-    assert schedule_step(step, elapsed_s, TIMED) == position
+    assert schedule_position(step, elapsed_s, TIMED) == position
 
 
 def test_without_the_setting_or_a_deadline_the_schedule_follows_the_steps():
-    assert schedule_step(1000, HOUR / 2, apply_overrides(TIMED, {"seg.schedule_within_max_minutes": False})) == 1000
-    assert schedule_step(1000, HOUR / 2, apply_overrides(TIMED, {"seg.max_minutes": 0})) == 1000
+    assert schedule_position(1000, HOUR / 2, apply_overrides(TIMED, {"seg.schedule_within_max_minutes": False})) == 1000
+    assert schedule_position(1000, HOUR / 2, apply_overrides(TIMED, {"seg.max_minutes": 0})) == 1000
 
 
 def test_the_head_and_neck_preset_decays_by_its_deadline():
@@ -36,29 +36,31 @@ def test_the_head_and_neck_preset_decays_by_its_deadline():
 
 def _schedule(num_steps=100):
     optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
-    return optimizer, WarmupCosineSchedule(optimizer, warmup_steps=10, t_total=num_steps)
+    scheduler = WarmupCosineSchedule(optimizer, warmup_steps=10, t_total=num_steps)
+    optimizer.step()                                                    # as in training: a step, then the schedule
+    return optimizer, scheduler
 
 
 def test_a_step_the_clock_moved_on_takes_the_schedules_rate_there_and_ends_at_zero():
     optimizer, scheduler = _schedule()
-    reference = WarmupCosineSchedule(torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3),
-                                     warmup_steps=10, t_total=100)
     _schedule_to(scheduler, 1)
     assert scheduler.get_last_lr()[0] == pytest.approx(1e-4)            # warm-up, one step in
     _schedule_to(scheduler, 60)
-    assert scheduler.get_last_lr()[0] == pytest.approx(1e-3 * reference.lr_lambda(60))
+    assert scheduler.get_last_lr()[0] == pytest.approx(1e-3 * scheduler.lr_lambda(60))
     assert optimizer.param_groups[0]["lr"] == scheduler.get_last_lr()[0]
     _schedule_to(scheduler, 100)
     assert scheduler.get_last_lr()[0] == 0.0
 
 
-def test_where_the_clock_moved_the_schedule_is_saved_for_a_resume():
-    _, scheduler = _schedule()
-    _schedule_to(scheduler, 60)
-    _, resumed = _schedule()
-    resumed.load_state_dict(scheduler.state_dict())
-    _schedule_to(resumed, 61)                                           # the next step, nothing moved on
-    _, straight = _schedule()
-    for position in range(1, 62):
-        _schedule_to(straight, position)
-    assert resumed.get_last_lr() == straight.get_last_lr()
+def test_a_resume_takes_its_first_step_at_the_saved_rate_and_goes_on_from_the_clock():
+    optimizer, scheduler = _schedule()
+    _schedule_to(scheduler, 60)                                         # the clock had moved it on
+    saved = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+    resumed_optimizer, resumed = _schedule()
+    resumed_optimizer.load_state_dict(saved["optimizer"])
+    resumed.load_state_dict(saved["scheduler"])
+    at_60 = 1e-3 * resumed.lr_lambda(60)
+    assert resumed_optimizer.param_groups[0]["lr"] == pytest.approx(at_60)   # the first step's rate
+    _schedule_to(resumed, 70)
+    at_70 = resumed_optimizer.param_groups[0]["lr"]
+    assert at_70 == pytest.approx(1e-3 * resumed.lr_lambda(70)) and at_70 < at_60
