@@ -46,8 +46,8 @@ def finetune_autocast(cfg: FinetuneConfig, device: torch.device, native_bf16: Ca
         return True, ""
     return False, ("seg.cpu_bf16 is on, but this CPU has no native bf16 (AVX512-BF16 or AMX) and would "
                    "emulate it, slower than float32: training stays float32, at about 1.7x the time per step "
-                   "(a preset sized for bf16 may reach seg.max_minutes before optim.num_steps; with "
-                   "seg.schedule_within_max_minutes its learning-rate decay still ends by then)")
+                   "(a preset sized for bf16 may reach seg.max_minutes before optim.num_steps, its learning rate "
+                   "not yet decayed; seg.schedule_within_max_minutes=true decays it by then)")
 
 
 def float32_bottleneck(net: torch.nn.Module) -> None:

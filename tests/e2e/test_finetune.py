@@ -277,8 +277,8 @@ def test_two_channel_mri_fine_tunes_from_one_channel_weights_adapting_the_patch_
 def test_real_head_and_neck_ct_fine_tunes_five_organs_in_its_minutes_and_scores_the_test_split(local_ray, tmp_path,
                                                                                               capsys):
     """Three real OpenKBP CTs (one each for training, validation and test), the task inferred from
-    the data: a CT window, label pairs from the parotids' names, every organ scored. Trained as the
-    preset is, until its minutes run out (here 12 s, long before ``optim.num_steps``) on a schedule
+    the data: a CT window, label pairs from the parotids' names, every organ scored. Trained until
+    its minutes run out, as the preset on a slow CPU (here 12 s, long before ``optim.num_steps``), on a schedule
     that follows the clock (``seg.schedule_within_max_minutes``): every step's rate is the schedule's
     where the step or the clock stands, whichever is further, and the last is 0 (without the setting,
     near the peak). Where the CPU has no native bf16 the driver says the steps run in float32."""

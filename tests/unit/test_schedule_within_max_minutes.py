@@ -6,7 +6,6 @@ import torch
 from monai.optimizers import WarmupCosineSchedule
 
 from swinray.config import FinetuneConfig, apply_overrides
-from swinray.presets import preset
 from swinray.train.finetune_loop import _schedule_to, schedule_position
 
 TIMED = apply_overrides(FinetuneConfig(), {"optim.num_steps": 2800, "optim.warmup_steps": 50,
@@ -27,11 +26,6 @@ def test_the_schedule_stands_at_the_step_or_the_clock_whichever_is_further(step,
 def test_without_the_setting_or_a_deadline_the_schedule_follows_the_steps():
     assert schedule_position(1000, HOUR / 2, apply_overrides(TIMED, {"seg.schedule_within_max_minutes": False})) == 1000
     assert schedule_position(1000, HOUR / 2, apply_overrides(TIMED, {"seg.max_minutes": 0})) == 1000
-
-
-def test_the_head_and_neck_preset_decays_by_its_deadline():
-    seg = preset(FinetuneConfig, "cpu-headneck-oar").seg
-    assert seg.max_minutes > 0 and seg.schedule_within_max_minutes
 
 
 def _schedule(num_steps=100):
