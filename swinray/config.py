@@ -192,7 +192,7 @@ class SegConfig:
     max_minutes: float = 0.0            # stop training after this wall time (0 = num_steps only)
     schedule_within_max_minutes: bool = False  # the cosine decay ends by max_minutes too: it stands at the
                                         # larger of step/num_steps and elapsed/max_minutes, so a CPU slower
-                                        # than a preset was sized for still anneals instead of stopping early
+                                        # than a preset was sized for does not stop at a high learning rate
     patience_validations: int = 0       # stop once this many validations in a row bring no better Dice
                                         # (0 = never: num_steps, max_minutes); num_steps stays the cap
     freeze_encoder_stages: int = 0      # freeze the patch embedding and the first k-1 Swin stages (0-5)...

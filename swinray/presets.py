@@ -60,7 +60,7 @@ PRESET_CPU_HIPPOCAMPUS = FinetuneConfig(
 # found. Training steps in bf16 where the CPU computes it natively (1.7x faster): 2 workers on 2 idle
 # cores take about 1.2 s per step with validation on an AMD EPYC (2800 steps and 7 validations in
 # 55 minutes, 58 with the test score) and 1.33 s on an Intel Xeon, where max_minutes stops them
-# near step 2500; it keeps the hour too on a CPU without native bf16 (near step 1700). A cosine decay
+# near step 2500; it keeps the hour too on a CPU without native bf16 (near step 1500). A cosine decay
 # that follows the clock there (seg.schedule_within_max_minutes) was measured and not adopted.
 PRESET_CPU_HEADNECK_OAR = FinetuneConfig(
     data=DataConfig(window_hu=(-160.0, 240.0)),

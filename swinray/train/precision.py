@@ -44,10 +44,12 @@ def finetune_autocast(cfg: FinetuneConfig, device: torch.device, native_bf16: Ca
         return False, ""
     if native_bf16():
         return True, ""
+    cut_short = (" (a preset sized for bf16 may reach seg.max_minutes before optim.num_steps, its learning "
+                 "rate not yet decayed: see docs/training.md for float32 settings)"
+                 if cfg.seg.max_minutes > 0 and not cfg.seg.schedule_within_max_minutes else "")
     return False, ("seg.cpu_bf16 is on, but this CPU has no native bf16 (AVX512-BF16 or AMX) and would "
                    "emulate it, slower than float32: training stays float32, at about 1.7x the time per step "
-                   "(a preset sized for bf16 may reach seg.max_minutes before optim.num_steps, its learning rate "
-                   "not yet decayed; seg.schedule_within_max_minutes=true decays it by then)")
+                   "on the same CPU" + cut_short)
 
 
 def float32_bottleneck(net: torch.nn.Module) -> None:

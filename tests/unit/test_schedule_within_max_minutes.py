@@ -46,7 +46,7 @@ def test_a_step_the_clock_moved_on_takes_the_schedules_rate_there_and_ends_at_ze
     assert scheduler.get_last_lr()[0] == 0.0
 
 
-def test_a_resume_takes_its_first_step_at_the_saved_rate_and_goes_on_from_the_clock():
+def test_the_rate_the_clock_set_is_in_the_optimizers_saved_state_and_the_next_position_goes_on_from_it():
     optimizer, scheduler = _schedule()
     _schedule_to(scheduler, 60)                                         # the clock had moved it on
     saved = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
