@@ -199,9 +199,10 @@ def train_fn_per_worker(config: dict) -> None:
         tracker = Tracker(paths.run_dir, resumed_at=step)     # the driver copies it into Aim
         _record_for_cleanup(Path(paths.run_dir))
     infer_amp = cfg.run.amp_bf16 and device.type == "cuda"    # validation on a CPU: float32, as evaluate
-    note = " ".join(filter(None, (amp_warning, cpu_name() and f"({cpu_name()})"))) if rank == 0 and amp_warning \
-        else ""     # the driver shows it
-    if note:
+    note = ""                           # in rank 0's first row logged: the driver shows it
+    if rank == 0 and amp_warning:
+        cpu = cpu_name()
+        note = f"{amp_warning} ({cpu})" if cpu else amp_warning
         print(f"[swinray] {cfg.run.name}: {note}", flush=True)    # a sweep's trials: with --verbose
     started = time.perf_counter()
     deadline = deadline_s(cfg)
