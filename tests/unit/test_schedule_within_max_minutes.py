@@ -3,10 +3,12 @@ its ``seg.max_minutes`` on a slower CPU, where the clock would otherwise stop it
 learning rate; on a CPU fast enough for its ``optim.num_steps`` nothing changes."""
 import pytest
 import torch
+import torch.distributed as dist
 from monai.optimizers import WarmupCosineSchedule
 
+from conftest import run_gloo_ranks
 from swinray.config import FinetuneConfig, apply_overrides
-from swinray.train.finetune_loop import _schedule_to, schedule_position
+from swinray.train.finetune_loop import _rank0_clock, _schedule_to, schedule_position
 
 TIMED = apply_overrides(FinetuneConfig(), {"optim.num_steps": 2800, "optim.warmup_steps": 50,
                                            "seg.max_minutes": 56, "seg.schedule_within_max_minutes": True})
@@ -58,3 +60,19 @@ def test_the_rate_the_clock_set_is_in_the_optimizers_saved_state_and_the_next_po
     _schedule_to(resumed, 70)
     at_70 = resumed_optimizer.param_groups[0]["lr"]
     assert at_70 == pytest.approx(1e-3 * resumed.lr_lambda(70)) and at_70 < at_60
+
+
+def _rank_reads_the_clock(rank: int, init_file: str, out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        own = HOUR - 1.0 if rank == 0 else HOUR + 1.0      # rank 1's clock alone is past the deadline
+        elapsed = _rank0_clock(own, torch.device("cpu"))
+        torch.save([elapsed, elapsed > HOUR, schedule_position(1000, elapsed, TIMED)], f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_every_rank_takes_rank_0s_clock_so_all_stop_at_the_same_step_on_the_same_schedule(tmp_path):
+    run_gloo_ranks(_rank_reads_the_clock, (str(tmp_path / "store"), str(tmp_path)))
+    on_rank = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in range(2)]
+    assert on_rank[0] == on_rank[1] == [HOUR - 1.0, False, schedule_position(1000, HOUR - 1.0, TIMED)]
