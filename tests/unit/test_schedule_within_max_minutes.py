@@ -63,16 +63,18 @@ def test_the_rate_the_clock_set_is_in_the_optimizers_saved_state_and_the_next_po
 
 
 def _rank_reads_the_clock(rank: int, init_file: str, out_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=3)
     try:
-        own = HOUR - 1.0 if rank == 0 else HOUR + 1.0      # rank 1's clock alone is past the deadline
+        # rank 1 alone is past the deadline; rank 0's clock is neither the least nor the greatest
+        own = {0: HOUR - 1.0, 1: HOUR + 1.0, 2: HOUR - 100.0}[rank]
         elapsed = _rank0_clock(own, torch.device("cpu"))
         torch.save([elapsed, elapsed > HOUR, schedule_position(1000, elapsed, TIMED)], f"{out_dir}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
 
+@pytest.mark.timeout(120)
 def test_every_rank_takes_rank_0s_clock_so_all_stop_at_the_same_step_on_the_same_schedule(tmp_path):
-    run_gloo_ranks(_rank_reads_the_clock, (str(tmp_path / "store"), str(tmp_path)))
-    on_rank = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in range(2)]
-    assert on_rank[0] == on_rank[1] == [HOUR - 1.0, False, schedule_position(1000, HOUR - 1.0, TIMED)]
+    run_gloo_ranks(_rank_reads_the_clock, (str(tmp_path / "store"), str(tmp_path)), world=3)
+    on_rank = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in range(3)]
+    assert on_rank == [[HOUR - 1.0, False, 2799]] * 3
