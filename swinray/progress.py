@@ -28,8 +28,19 @@ class Progress:
                         dynamic_ncols=True, initial=initial)
         self.done, self.last_log, self.every = initial, -math.inf, log_every_s
         self.figures = ""
+        self.time_limit: tuple[float, str] | None = None    # (perf_counter when a clock ends the work, its name)
         # The rate's origin (time, count): now, or the first change when start-up should not count
         self.since = None if clock_from_first_update else (time.perf_counter(), initial)
+
+    def limit_time(self, seconds_from_now: float, name: str) -> None:
+        """A clock that may end the work before its count does (``seg.max_minutes``): time left is the sooner."""
+        self.time_limit = (time.perf_counter() + seconds_from_now, name) if math.isfinite(seconds_from_now) else None
+
+    def _clock_left(self, now: float, count_left_s: float) -> str:
+        """``"<s> s left (<name>)"`` when the clock ends the work first, else ``""``."""
+        if self.time_limit is None or self.time_limit[0] - now >= count_left_s:
+            return ""
+        return f"{max(self.time_limit[0] - now, 0):.0f} s left ({self.time_limit[1]})"
 
     def update(self, n: int = 1) -> None:
         self.set(self.done + n)
@@ -42,16 +53,18 @@ class Progress:
         if self.since is None or done < self.done:     # a restart's repeated steps are not progress
             self.since = (now, done)
         self.done, self.figures = done, figures or self.figures
-        if not self.bar.disable:
+        rate = (self.done - self.since[1]) / max(now - self.since[0], 1e-9)
+        count_left_s = (self.total - self.done) / rate if rate > 0 else math.inf
+        clock_left = self._clock_left(now, count_left_s)
+        if not self.bar.disable:        # tqdm's own estimate counts items: the clock's goes beside it
             self.bar.n = done
-            self.bar.set_postfix_str(self.figures, refresh=False)
+            self.bar.set_postfix_str(", ".join(filter(None, (self.figures, clock_left))), refresh=False)
             self.bar.refresh()
             return
         if now - self.last_log >= self.every or self.done == self.total:
             self.last_log = now
-            rate = (self.done - self.since[1]) / max(now - self.since[0], 1e-9)
-            pace = (f"{rate:.2f} {self.unit}/s, {(self.total - self.done) / rate:.0f} s left" if rate > 0
-                    else "time left unknown")
+            pace = (f"{rate:.2f} {self.unit}/s, " if rate > 0 else "") + (
+                clock_left or (f"{count_left_s:.0f} s left" if rate > 0 else "time left unknown"))
             print(f"[swinray] {self.desc}: {self.done}/{self.total} {self.unit}, {pace}"
                   + (f", {self.figures}" if self.figures else ""), file=sys.stderr, flush=True)
 
@@ -75,27 +88,37 @@ def _rows(lines: list[bytes]) -> list[dict]:
     return rows
 
 
-def _last_step(whole_lines: bytes) -> int:
-    """The step of the last line that parses (0 when none): where a resumed run's log stands."""
+def _last_row(whole_lines: bytes) -> dict:
+    """The last line that parses (empty when none): where a resumed run's log stands."""
     rows = _rows(whole_lines.splitlines())
-    return rows[-1].get("step", 0) if rows else 0
+    return rows[-1] if rows else {}
 
 
 @contextlib.contextmanager
-def follow_run(metrics_log: Path, total_steps: int, desc: str, poll_s: float = 1.0):
+def follow_run(metrics_log: Path, total_steps: int, desc: str, poll_s: float = 1.0,
+               time_limit: tuple[float, str] = (math.inf, "")):
     """Show a run's steps (and its latest loss and Dice) while the block runs, from its metrics log,
     and once each ``note`` a row carries: what the workers have to tell the user (their own output
     reaches the driver only with ``--verbose``).
 
-    Steps already in the log (a resumed run) count as done from the start. A log in object storage
-    is also read from there (rank 0 may run on another node and uploads it every few seconds)."""
+    ``time_limit`` (seconds, name) is a clock that stops training before ``total_steps``, such as
+    ``seg.max_minutes``: counted against the rows' ``elapsed_s`` (resumes included), it is the time
+    left when it comes sooner. Steps already in the log (a resumed run) count as done from the start.
+    A log in object storage is also read from there (rank 0 may run on another node and uploads it
+    every few seconds)."""
     metrics_log = Path(metrics_log)
     tail = LogTail(metrics_log)     # in object storage it reads the object: a resumed run's earlier steps
     try:
-        initial = _last_step(b"\n".join(tail.read()[0]))
+        last = _last_row(b"\n".join(tail.read()[0]))
     except OSError:
-        initial = 0
-    progress = Progress(total_steps, "step", desc, initial=initial, clock_from_first_update=True)  # not Ray's start-up
+        last = {}
+    progress = Progress(total_steps, "step", desc, initial=last.get("step", 0),
+                        clock_from_first_update=True)       # not Ray's start-up
+
+    def limit_time(row: dict):
+        if isinstance(row.get("elapsed_s"), (int, float)):
+            progress.limit_time(time_limit[0] - row["elapsed_s"], time_limit[1])
+    limit_time(last)
     stop, noted = threading.Event(), set()
 
     def read_new_lines(final: bool = False):
@@ -112,6 +135,7 @@ def follow_run(metrics_log: Path, total_steps: int, desc: str, poll_s: float = 1
                     # stands, not steps done since the last read (they would inflate the rate); the figures
                     # are the latest of each in the read (a validation row need not be the last line)
             latest = {key: value for row in rows for key, value in row.items()}
+            limit_time(latest)
             progress.set(rows[-1].get("step", progress.done), _figures(latest))
 
     def follow():

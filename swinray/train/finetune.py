@@ -23,7 +23,7 @@ from swinray.runtime import init_ray, use_gpu
 from swinray.seg.evaluate import score_test_cases
 from swinray.seg.postprocess import describe
 from swinray.storage import copy_to_local, file_sha256, local_file, local_path, remote_of, shown, write_json
-from swinray.train.finetune_loop import finished_by, model_kwargs, stop_cause, train_fn_per_worker
+from swinray.train.finetune_loop import deadline_s, finished_by, model_kwargs, stop_cause, train_fn_per_worker
 from swinray.train.seg_data import split_cases
 from swinray.train.state import MODEL_FILE
 from swinray.train.trainer import fit_unless_finished, loop_config, make_trainer, worker_resources
@@ -158,7 +158,7 @@ def finetune(resolved: Resolved, log=print) -> dict:
         """Whether it is over now; if so, why it stopped as its checkpoint says."""
         return stop_cause(metrics, cfg) if finished_by(metrics, cfg) else ""
     result, aim_error = fit_unless_finished(cfg.run, run_dir, cfg.optim.num_steps, f"finetune {cfg.run.name}",
-                                            over, start, log)
+                                            over, start, log, (deadline_s(cfg), "seg.max_minutes"))
     model_path = run_dir / MODEL_FILE
     with result.checkpoint.as_directory() as directory, writing_to(run_dir, RUN_STORAGE_KEY):
         copy_to_local(str(Path(directory) / MODEL_FILE), model_path)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
@@ -166,9 +167,11 @@ def settle_finished(run_dir: Path, step: int, aim_repo: str, log) -> str | None:
 
 
 def fit_unless_finished(run: RunConfig, run_dir: Path, total_steps: int, desc: str, finished_by: Callable[[dict], str],
-                        start: Callable[[], TorchTrainer], log) -> tuple[ray.train.Result, str | None]:
+                        start: Callable[[], TorchTrainer], log,
+                        time_limit: tuple[float, str] = (math.inf, "")) -> tuple[ray.train.Result, str | None]:
     """``fit_followed`` on the trainer that ``start()`` builds (starting Ray), unless the run is over:
     ``finished_by(metrics)`` of its latest checkpoint says why, or "" while it has more to do.
+    ``time_limit`` is a clock that may stop training first (see ``follow_run``).
     Returns the result and the Aim error, if any."""
     finished = finished_result(run, finished_by)
     if finished is not None:
@@ -176,11 +179,12 @@ def fit_unless_finished(run: RunConfig, run_dir: Path, total_steps: int, desc: s
         step = result.metrics["step"]
         log(f"{run.name} already finished at step {step} ({why}) in {shown(run_dir)}: nothing to train")
         return result, settle_finished(run_dir, step, run.aim_repo, log)
-    result, aim = fit_followed(start(), run_dir, total_steps, desc, run.aim_repo, log)
+    result, aim = fit_followed(start(), run_dir, total_steps, desc, run.aim_repo, log, time_limit)
     return result, aim.aim_error
 
 
-def fit_followed(trainer: TorchTrainer, run_dir: Path, total_steps: int, desc: str, aim_repo: str, log):
+def fit_followed(trainer: TorchTrainer, run_dir: Path, total_steps: int, desc: str, aim_repo: str, log,
+                 time_limit: tuple[float, str] = (math.inf, "")):
     """``fit`` as the drivers run it: a progress bar from rank 0's metrics log, the Aim writer copying
     the run as it trains, and a stop signal ending it as ``Interrupted`` with the steps reached.
     Returns (the result, the Aim mirror, whose ``aim_error`` the summary reports)."""
@@ -189,7 +193,7 @@ def fit_followed(trainer: TorchTrainer, run_dir: Path, total_steps: int, desc: s
     from swinray.progress import follow_run
     with interrupt.interruptible(lambda: {"run_dir": shown(run_dir), "steps": progress.done,
                                           "aim_error": aim.aim_error}), \
-            follow_run(run_dir / "metrics.jsonl", total_steps, desc) as progress, \
+            follow_run(run_dir / "metrics.jsonl", total_steps, desc, time_limit=time_limit) as progress, \
             mirror_to_aim(aim_repo, runs=[run_dir], log=log) as aim:
         with interrupt.ours_after():    # Train's SIGINT handler outlives fit: ours are back for Aim's last copy
             result = fit(trainer, run_dir)

@@ -22,6 +22,40 @@ def test_off_a_terminal_progress_is_a_line_every_interval_and_one_at_the_end(cap
     assert "\r" not in err                                               # no bar redraws in a log
 
 
+def test_time_left_is_the_clocks_when_a_time_limit_stops_the_work_before_its_count(capsys):
+    """A preset sized in steps on a slower CPU: seg.max_minutes ends training long before the last step,
+    and the time left says so rather than counting steps that will never run."""
+    progress = Progress(total=10**6, unit="step", desc="finetune x", log_every_s=0)
+    progress.set(1)
+    time.sleep(0.05)                                             # at most 60 steps/s: >= 16,000 s by count
+    progress.limit_time(10**9, "seg.max_minutes")
+    progress.set(2)
+    progress.limit_time(30, "seg.max_minutes")
+    progress.set(3)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[1].endswith(" s left") and "max_minutes" not in lines[1]     # the count comes first
+    left = int(lines[2].split(", ")[2].split(" s left")[0])
+    assert 28 <= left <= 30 and lines[2].endswith(" s left (seg.max_minutes)")
+
+
+def test_a_followed_runs_time_limit_counts_from_its_rows_elapsed_time_resumes_included(tmp_path):
+    log = tmp_path / "metrics.jsonl"
+    log.write_text(json.dumps({"step": 100, "loss": 1.0, "elapsed_s": 580.0}) + "\n")   # a resumed run
+    with follow_run(log, total_steps=2800, desc="finetune x", poll_s=0.05,
+                    time_limit=(600.0, "seg.max_minutes")) as progress:
+        left_at_resume = progress.time_limit[0] - time.perf_counter()
+        with log.open("a") as f:
+            f.write(json.dumps({"step": 101, "loss": 1.0, "elapsed_s": 590.0}) + "\n")
+        deadline = time.time() + 5
+        while progress.done != 101 and time.time() < deadline:
+            time.sleep(0.05)
+        left = progress.time_limit[0] - time.perf_counter()
+    assert 15 < left_at_resume <= 20 and 5 < left <= 10 and progress.time_limit[1] == "seg.max_minutes"
+    with follow_run(log, total_steps=2800, desc="pretrain x", poll_s=0.05) as progress:   # no limit: none shown
+        time.sleep(0.2)
+    assert progress.time_limit is None
+
+
 def test_a_run_is_followed_through_its_metrics_log_including_a_restart(tmp_path, capsys):
     log = tmp_path / "metrics.jsonl"
     log.write_text(json.dumps({"step": 1, "loss": 2.0}) + "\n")        # a resumed run: step 1 is done
