@@ -28,19 +28,21 @@ class Progress:
                         dynamic_ncols=True, initial=initial)
         self.done, self.last_log, self.every = initial, -math.inf, log_every_s
         self.figures = ""
-        self.time_limit: tuple[float, str] | None = None    # (perf_counter when a clock ends the work, its name)
+        self.deadline: tuple[float, str] | None = None      # (perf_counter when a clock ends the work, its name)
         # The rate's origin (time, count): now, or the first change when start-up should not count
         self.since = None if clock_from_first_update else (time.perf_counter(), initial)
 
     def limit_time(self, seconds_from_now: float, name: str) -> None:
         """A clock that may end the work before its count does (``seg.max_minutes``): time left is the sooner."""
-        self.time_limit = (time.perf_counter() + seconds_from_now, name) if math.isfinite(seconds_from_now) else None
+        self.deadline = (time.perf_counter() + seconds_from_now, name) if math.isfinite(seconds_from_now) else None
 
     def _clock_left(self, now: float, count_left_s: float) -> str:
-        """``"<s> s left (<name>)"`` when the clock ends the work first, else ``""``."""
-        if self.time_limit is None or self.time_limit[0] - now >= count_left_s:
+        """``"<s> s left (<name>)"`` when the clock ends the work first (``at most`` while the rate is
+        unknown), else ``""``."""
+        if self.deadline is None or self.deadline[0] - now >= count_left_s:
             return ""
-        return f"{max(self.time_limit[0] - now, 0):.0f} s left ({self.time_limit[1]})"
+        bound = "at most " if math.isinf(count_left_s) else ""
+        return f"{bound}{max(self.deadline[0] - now, 0):.0f} s left ({self.deadline[1]})"
 
     def update(self, n: int = 1) -> None:
         self.set(self.done + n)
@@ -88,10 +90,10 @@ def _rows(lines: list[bytes]) -> list[dict]:
     return rows
 
 
-def _last_row(whole_lines: bytes) -> dict:
-    """The last line that parses (empty when none): where a resumed run's log stands."""
+def _last_step(whole_lines: bytes) -> int:
+    """The step of the last line that parses (0 when none): where a resumed run's log stands."""
     rows = _rows(whole_lines.splitlines())
-    return rows[-1] if rows else {}
+    return rows[-1].get("step", 0) if rows else 0
 
 
 @contextlib.contextmanager
@@ -101,24 +103,24 @@ def follow_run(metrics_log: Path, total_steps: int, desc: str, poll_s: float = 1
     and once each ``note`` a row carries: what the workers have to tell the user (their own output
     reaches the driver only with ``--verbose``).
 
-    ``time_limit`` (seconds, name) is a clock that stops training before ``total_steps``, such as
-    ``seg.max_minutes``: counted against the rows' ``elapsed_s`` (resumes included), it is the time
-    left when it comes sooner. Steps already in the log (a resumed run) count as done from the start.
+    ``time_limit`` (seconds, name) is a clock that may stop training before ``total_steps``, such as
+    ``seg.max_minutes``: counted against the latest row's ``elapsed_s`` (resumes included) and its age,
+    it is the time left when it comes sooner. Steps already in the log (a resumed run) count as done from the start.
     A log in object storage is also read from there (rank 0 may run on another node and uploads it
     every few seconds)."""
     metrics_log = Path(metrics_log)
     tail = LogTail(metrics_log)     # in object storage it reads the object: a resumed run's earlier steps
     try:
-        last = _last_row(b"\n".join(tail.read()[0]))
+        initial = _last_step(b"\n".join(tail.read()[0]))
     except OSError:
-        last = {}
-    progress = Progress(total_steps, "step", desc, initial=last.get("step", 0),
-                        clock_from_first_update=True)       # not Ray's start-up
+        initial = 0
+    progress = Progress(total_steps, "step", desc, initial=initial, clock_from_first_update=True)  # not Ray's start-up
 
-    def limit_time(row: dict):
+    def limit_from(row: dict):
+        """The clock as of ``row``, less the time since rank 0 wrote it (a read from object storage lags)."""
         if isinstance(row.get("elapsed_s"), (int, float)):
-            progress.limit_time(time_limit[0] - row["elapsed_s"], time_limit[1])
-    limit_time(last)
+            age = max(time.time() - row["time"], 0.0) if isinstance(row.get("time"), (int, float)) else 0.0
+            progress.limit_time(time_limit[0] - row["elapsed_s"] - age, time_limit[1])
     stop, noted = threading.Event(), set()
 
     def read_new_lines(final: bool = False):
@@ -135,7 +137,7 @@ def follow_run(metrics_log: Path, total_steps: int, desc: str, poll_s: float = 1
                     # stands, not steps done since the last read (they would inflate the rate); the figures
                     # are the latest of each in the read (a validation row need not be the last line)
             latest = {key: value for row in rows for key, value in row.items()}
-            limit_time(latest)
+            limit_from(latest)
             progress.set(rows[-1].get("step", progress.done), _figures(latest))
 
     def follow():
