@@ -19,7 +19,7 @@ from swinray.bench.label_efficiency import (
 )
 from swinray.bench.label_efficiency_table import markdown_table, paired_difference, plot, summarise
 from swinray.config import BenchConfig, ConfigError, FinetuneConfig, apply_overrides
-from swinray.presets import PRESETS, preset
+from swinray.presets import preset
 
 GRID = {"spacing_mm": [3.906, 3.906, 2.5], "window_hu": [-160.0, 240.0]}    # what a run's data resolved to
 
@@ -125,10 +125,8 @@ def test_a_run_is_measured_in_steps_not_the_presets_wall_time(tmp_path):
     assert run_config(cfg, "scratch", "", 0.1, 0).seg.max_minutes == 0.0     # a busy machine changes no row
 
 
-def test_a_preset_whose_decay_follows_the_clock_is_run_on_its_steps(monkeypatch, tmp_path):
-    on_the_clock = apply_overrides(preset(FinetuneConfig, "cpu-headneck-oar"),
-                                   {"seg.schedule_within_max_minutes": True})
-    monkeypatch.setitem(PRESETS[FinetuneConfig], "cpu-headneck-oar", on_the_clock)
+def test_a_preset_whose_decay_follows_the_clock_is_run_on_its_steps(tmp_path):
+    assert preset(FinetuneConfig, "cpu-headneck-oar").seg.schedule_within_max_minutes
     cfg = apply_overrides(preset(BenchConfig, "debug"), {"finetune_preset": "cpu-headneck-oar",
                                                          "out_dir": str(tmp_path)})
     assert not run_config(cfg, "scratch", "", 0.1, 0).seg.schedule_within_max_minutes   # rows keyed as before
