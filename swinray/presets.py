@@ -60,11 +60,11 @@ PRESET_CPU_HIPPOCAMPUS = FinetuneConfig(
 # found. Training steps in bf16 where the CPU computes it natively (1.7x faster): 2 workers on 2 idle
 # cores take about 1.2 s per step with validation on an AMD EPYC (2800 steps and 7 validations in
 # 55 minutes, 58 with the test score) and 1.33 s on an Intel Xeon, where max_minutes stops them
-# near step 2500. On a CPU without native bf16 the steps run in float32 and the hour holds about 1,450:
-# the cosine decay follows the clock (seg.schedule_within_max_minutes), so it ends by the deadline there,
-# chosen on validation scored as the test split is (0.777 against 0.755 with the decay cut off at half
-# its peak). Where bf16 brings 2,500 to 2,800 steps into the hour the clock moves the schedule little
-# (not measured there).
+# near step 2500. On a CPU without native bf16 the steps run in float32 and the hour holds 1,400 to
+# 1,450: the cosine decay follows the clock (seg.schedule_within_max_minutes), so it ends by the deadline
+# there, chosen on validation scored as the test split is (0.777 against 0.755 with the decay cut off at
+# half its peak; one seed each). Where bf16 brings 2,500 to 2,800 steps into the hour the clock moves
+# the schedule little (not measured there).
 PRESET_CPU_HEADNECK_OAR = FinetuneConfig(
     data=DataConfig(window_hu=(-160.0, 240.0)),
     model=ModelConfig(feature_size=12, roi_size=(64, 64, 64), window_size=4),
